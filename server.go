@@ -1,0 +1,98 @@
+package ferry
+
+import "time"
+
+// SourceServer is a machine being migrated: its facts as the agent reported
+// them, where it stands in the migration, and how it is replicated and
+// launched.
+type SourceServer struct {
+	ID               string              `json:"id"`
+	MachineID        string              `json:"machine_id"`
+	Hostname         string              `json:"hostname"`
+	OS               string              `json:"os"`
+	Kernel           string              `json:"kernel"`
+	CPUs             int                 `json:"cpus"`
+	RAMBytes         int64               `json:"ram_bytes"`
+	NICs             []NIC               `json:"nics"`
+	Disks            []Disk              `json:"disks"`
+	Tags             map[string]string   `json:"tags"`
+	Lifecycle        LifecycleState      `json:"lifecycle_state"`
+	Replication      ReplicationInfo     `json:"replication"`
+	Archived         bool                `json:"archived"`
+	ApplicationID    string              `json:"application_id,omitempty"`
+	WaveID           string              `json:"wave_id,omitempty"`
+	AgentVersion     string              `json:"agent_version,omitempty"`
+	AgentCertSerial  string              `json:"-"`
+	ReplicationSetup ReplicationSettings `json:"replication_settings"`
+	LaunchSetup      LaunchSettings      `json:"launch_settings"`
+	LastSeenAt       time.Time           `json:"last_seen_at,omitzero"`
+	CreatedAt        time.Time           `json:"created_at"`
+	UpdatedAt        time.Time           `json:"updated_at"`
+}
+
+// NIC is a network interface of a source server.
+type NIC struct {
+	Name string   `json:"name"`
+	MAC  string   `json:"mac"`
+	IPs  []string `json:"ips,omitempty"`
+}
+
+// Disk is a block device of a source server and what has been replicated
+// of it.
+type Disk struct {
+	Name             string `json:"name"`
+	SizeBytes        int64  `json:"size_bytes"`
+	LogicalBlockSize int    `json:"logical_block_size"`
+	Model            string `json:"model,omitempty"`
+	Boot             bool   `json:"boot,omitempty"`
+	ReplicatedBytes  int64  `json:"replicated_bytes"`
+	RescannedBytes   int64  `json:"rescanned_bytes"`
+	BackloggedBytes  int64  `json:"backlogged_bytes"`
+}
+
+// ReplicationInfo is the live data-replication picture of a server.
+type ReplicationInfo struct {
+	State             ReplicationState      `json:"state"`
+	ErrorCode         ReplicationErrorCode  `json:"error_code,omitempty"`
+	ErrorMessage      string                `json:"error_message,omitempty"`
+	Steps             []InitiationStepState `json:"initiation_steps,omitempty"`
+	LagSeconds        float64               `json:"lag_seconds"`
+	ETASeconds        float64               `json:"eta_seconds,omitempty"`
+	LastSnapshotAt    time.Time             `json:"last_snapshot_at,omitzero"`
+	ReplicationServer string                `json:"replication_server,omitempty"`
+}
+
+// InitiationStepState is the status of one initiation step.
+type InitiationStepState struct {
+	Step   InitiationStep `json:"step"`
+	Status StepStatus     `json:"status"`
+}
+
+// TotalBytes is the sum of the sizes of the server's disks.
+func (s *SourceServer) TotalBytes() int64 {
+	var n int64
+	for _, d := range s.Disks {
+		n += d.SizeBytes
+	}
+	return n
+}
+
+// Clone returns a deep copy, so a store can hand out servers that callers
+// may change without touching the store's own copy.
+func (s *SourceServer) Clone() *SourceServer {
+	c := *s
+	c.NICs = append([]NIC(nil), s.NICs...)
+	for i := range c.NICs {
+		c.NICs[i].IPs = append([]string(nil), s.NICs[i].IPs...)
+	}
+	c.Disks = append([]Disk(nil), s.Disks...)
+	if s.Tags != nil {
+		c.Tags = make(map[string]string, len(s.Tags))
+		for k, v := range s.Tags {
+			c.Tags[k] = v
+		}
+	}
+	c.Replication.Steps = append([]InitiationStepState(nil), s.Replication.Steps...)
+	c.LaunchSetup = s.LaunchSetup.clone()
+	return &c
+}
