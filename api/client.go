@@ -1,0 +1,176 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/ferrymigrate/ferry"
+)
+
+// Client calls Ferry's API. Build one with NewClient.
+type Client struct {
+	base  string
+	token string
+	hc    *http.Client
+}
+
+// NewClient returns a client for the server at addr (https://host:port),
+// authenticating with token (may be empty for pairing and health), over TLS
+// configured by tlsConf (which pins Ferry's CA; see package pki).
+func NewClient(addr, token string, tlsConf *tls.Config) (*Client, error) {
+	u, err := url.Parse(addr)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return nil, fmt.Errorf("server address %q: want https://host:port", addr)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tlsConf
+	return &Client{
+		base:  strings.TrimRight(addr, "/") + "/api/v1",
+		token: token,
+		hc:    &http.Client{Transport: tr, Timeout: 60 * time.Second},
+	}, nil
+}
+
+// Do sends a request with an optional JSON body and decodes a JSON answer
+// into out (if not nil). An error answer comes back as *Error.
+func (c *Client) Do(ctx context.Context, method, path string, query url.Values, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	u := c.base + path
+	if len(query) > 0 {
+		u += "?" + query.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return fmt.Errorf("build request: %w", err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: read answer: %w", method, path, err)
+	}
+	if resp.StatusCode >= 400 {
+		e := &Error{Status: resp.StatusCode}
+		if json.Unmarshal(data, e) != nil || e.Code == "" {
+			e.Code = http.StatusText(resp.StatusCode)
+			e.Message = strings.TrimSpace(string(data))
+		}
+		return e
+	}
+	if out != nil && resp.StatusCode != http.StatusNoContent {
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// Health asks whether the server is up. It needs no token.
+func (c *Client) Health(ctx context.Context) (*Health, error) {
+	var h Health
+	return &h, c.Do(ctx, http.MethodGet, "/health", nil, nil, &h)
+}
+
+// WhoAmI describes the client's token.
+func (c *Client) WhoAmI(ctx context.Context) (*WhoAmI, error) {
+	var w WhoAmI
+	return &w, c.Do(ctx, http.MethodGet, "/whoami", nil, nil, &w)
+}
+
+// Pair pairs an agent; it needs no API token.
+func (c *Client) Pair(ctx context.Context, req *PairRequest) (*PairResponse, error) {
+	var r PairResponse
+	return &r, c.Do(ctx, http.MethodPost, "/pair", nil, req, &r)
+}
+
+// ListServers returns one page of servers; q holds filters
+// (lifecycle_state, replication_state, application_id, wave_id, tag, text,
+// archived, limit, next_token).
+func (c *Client) ListServers(ctx context.Context, q url.Values) (*List[ferry.SourceServer], error) {
+	var l List[ferry.SourceServer]
+	return &l, c.Do(ctx, http.MethodGet, "/servers", q, nil, &l)
+}
+
+// AllServers walks every page of servers matching q.
+func (c *Client) AllServers(ctx context.Context, q url.Values) ([]ferry.SourceServer, error) {
+	q2 := url.Values{}
+	for k, v := range q {
+		q2[k] = v
+	}
+	var all []ferry.SourceServer
+	for {
+		page, err := c.ListServers(ctx, q2)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page.Items...)
+		if page.NextToken == "" {
+			return all, nil
+		}
+		q2.Set("next_token", page.NextToken)
+	}
+}
+
+// Server returns one server.
+func (c *Client) Server(ctx context.Context, id string) (*ferry.SourceServer, error) {
+	var s ferry.SourceServer
+	return &s, c.Do(ctx, http.MethodGet, "/servers/"+url.PathEscape(id), nil, nil, &s)
+}
+
+// CreateToken makes an API token.
+func (c *Client) CreateToken(ctx context.Context, req *CreateTokenRequest) (*CreatedToken, error) {
+	var t CreatedToken
+	return &t, c.Do(ctx, http.MethodPost, "/tokens", nil, req, &t)
+}
+
+// ListTokens lists API tokens.
+func (c *Client) ListTokens(ctx context.Context) ([]ferry.Token, error) {
+	var l List[ferry.Token]
+	return l.Items, c.Do(ctx, http.MethodGet, "/tokens", nil, nil, &l)
+}
+
+// RevokeToken revokes an API token.
+func (c *Client) RevokeToken(ctx context.Context, id string) error {
+	return c.Do(ctx, http.MethodDelete, "/tokens/"+url.PathEscape(id), nil, nil, nil)
+}
+
+// CreateInstallToken makes an install token.
+func (c *Client) CreateInstallToken(ctx context.Context, req *CreateInstallTokenRequest) (*CreatedInstallToken, error) {
+	var t CreatedInstallToken
+	return &t, c.Do(ctx, http.MethodPost, "/install-tokens", nil, req, &t)
+}
+
+// ListInstallTokens lists install tokens.
+func (c *Client) ListInstallTokens(ctx context.Context) ([]ferry.InstallToken, error) {
+	var l List[ferry.InstallToken]
+	return l.Items, c.Do(ctx, http.MethodGet, "/install-tokens", nil, nil, &l)
+}
+
+// RevokeInstallToken revokes an install token.
+func (c *Client) RevokeInstallToken(ctx context.Context, id string) error {
+	return c.Do(ctx, http.MethodDelete, "/install-tokens/"+url.PathEscape(id), nil, nil, nil)
+}

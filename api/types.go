@@ -1,0 +1,170 @@
+package api
+
+import (
+	"time"
+
+	"github.com/ferrymigrate/ferry"
+)
+
+// Error is the body of every error response.
+type Error struct {
+	// Code is a stable machine-readable reason, e.g. "not_found".
+	Code string `json:"code"`
+	// Message says what was wrong in words a person can act on.
+	Message string `json:"message"`
+	// Status is the HTTP status; not sent on the wire.
+	Status int `json:"-"`
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// Error codes.
+const (
+	CodeBadRequest        = "bad_request"
+	CodeUnauthorized      = "unauthorized"
+	CodeForbidden         = "forbidden"
+	CodeNotFound          = "not_found"
+	CodeConflict          = "conflict"
+	CodeInvalidTransition = "invalid_transition"
+	CodeTooLarge          = "payload_too_large"
+	CodeRateLimited       = "rate_limited"
+	CodeInternal          = "internal"
+	CodeUnsupportedMedia  = "unsupported_media_type"
+	CodeMethodNotAllowed  = "method_not_allowed"
+)
+
+// List is one page of a list, with the cursor for the next page.
+type List[T any] struct {
+	Items []T `json:"items"`
+	// NextToken is passed as ?next_token= to get the next page; empty on
+	// the last page.
+	NextToken string `json:"next_token,omitempty"`
+}
+
+// WhoAmI describes the token a request was made with.
+type WhoAmI struct {
+	TokenID string     `json:"token_id"`
+	Name    string     `json:"name"`
+	Role    ferry.Role `json:"role"`
+}
+
+// CreateTokenRequest asks for a new API token.
+type CreateTokenRequest struct {
+	Name string     `json:"name"`
+	Role ferry.Role `json:"role"`
+	// ExpiresInSeconds, when positive, makes the token expire.
+	ExpiresInSeconds int64 `json:"expires_in_seconds,omitempty"`
+}
+
+// CreatedToken is a new API token; Secret is shown this once.
+type CreatedToken struct {
+	ferry.Token
+	Secret string `json:"secret"`
+}
+
+// CreateInstallTokenRequest asks for a new install token.
+type CreateInstallTokenRequest struct {
+	Name          string            `json:"name"`
+	ApplicationID string            `json:"application_id,omitempty"`
+	WaveID        string            `json:"wave_id,omitempty"`
+	Tags          map[string]string `json:"tags,omitempty"`
+	// MaxUses limits how many agents may pair with it (0: no limit).
+	MaxUses int `json:"max_uses,omitempty"`
+	// ExpiresInSeconds is required: install tokens always expire.
+	ExpiresInSeconds int64 `json:"expires_in_seconds"`
+}
+
+// CreatedInstallToken is a new install token; Secret is shown this once.
+type CreatedInstallToken struct {
+	ferry.InstallToken
+	Secret string `json:"secret"`
+}
+
+// PairRequest is what an agent sends to pair: the install token, its host
+// facts and a certificate signing request.
+type PairRequest struct {
+	InstallToken string      `json:"install_token"`
+	MachineID    string      `json:"machine_id"`
+	Hostname     string      `json:"hostname"`
+	OS           string      `json:"os"`
+	Kernel       string      `json:"kernel"`
+	CPUs         int         `json:"cpus"`
+	RAMBytes     int64       `json:"ram_bytes"`
+	NICs         []ferry.NIC `json:"nics"`
+	Disks        []PairDisk  `json:"disks"`
+	AgentVersion string      `json:"agent_version"`
+	// CSR is a PEM certificate signing request for the agent's key.
+	CSR string `json:"csr"`
+}
+
+// PairDisk is a disk as the agent found it.
+type PairDisk struct {
+	Name             string `json:"name"`
+	SizeBytes        int64  `json:"size_bytes"`
+	LogicalBlockSize int    `json:"logical_block_size"`
+	Model            string `json:"model,omitempty"`
+}
+
+// PairResponse gives the agent its identity.
+type PairResponse struct {
+	SourceServerID string `json:"source_server_id"`
+	// Certificate is the agent's client certificate, PEM.
+	Certificate string `json:"certificate"`
+	// CACertificate is the server CA, PEM, trusted from now on.
+	CACertificate string `json:"ca_certificate"`
+	// DataPlaneAddress is where the agent sends data (host:port).
+	DataPlaneAddress string `json:"data_plane_address"`
+}
+
+// UpdateServerRequest changes what an operator may change on a server.
+// Absent fields are left as they are.
+type UpdateServerRequest struct {
+	Tags          *map[string]string         `json:"tags,omitempty"`
+	ApplicationID *string                    `json:"application_id,omitempty"`
+	WaveID        *string                    `json:"wave_id,omitempty"`
+	Replication   *ferry.ReplicationSettings `json:"replication_settings,omitempty"`
+	Launch        *ferry.LaunchSettings      `json:"launch_settings,omitempty"`
+}
+
+// ChangeLifecycleRequest moves a server to another lifecycle state by hand,
+// as MGN's ChangeServerLifeCycleState does.
+type ChangeLifecycleRequest struct {
+	State ferry.LifecycleState `json:"state"`
+}
+
+// CreateTemplateRequest makes a settings template; absent settings take
+// Ferry's defaults.
+type CreateTemplateRequest struct {
+	Name        string                     `json:"name"`
+	Replication *ferry.ReplicationSettings `json:"replication_settings,omitempty"`
+	Launch      *ferry.LaunchSettings      `json:"launch_settings,omitempty"`
+}
+
+// UpdateTemplateRequest changes a template; absent fields are kept.
+type UpdateTemplateRequest struct {
+	Name        *string                    `json:"name,omitempty"`
+	Replication *ferry.ReplicationSettings `json:"replication_settings,omitempty"`
+	Launch      *ferry.LaunchSettings      `json:"launch_settings,omitempty"`
+}
+
+// GroupRequest creates or changes an application or a wave; absent fields
+// are kept on update.
+type GroupRequest struct {
+	Name        *string            `json:"name,omitempty"`
+	Description *string            `json:"description,omitempty"`
+	WaveID      *string            `json:"wave_id,omitempty"` // applications only
+	Tags        *map[string]string `json:"tags,omitempty"`
+}
+
+// JobWithLog is a job and its log.
+type JobWithLog struct {
+	ferry.Job
+	Log []ferry.JobLogItem `json:"log"`
+}
+
+// Health is the body of GET /api/v1/health.
+type Health struct {
+	Status  string    `json:"status"`
+	Version string    `json:"version"`
+	Time    time.Time `json:"time"`
+}

@@ -1,0 +1,168 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Server is the configuration of `ferry server`.
+type Server struct {
+	// Dev runs with everything embedded and created on first start.
+	Dev bool `yaml:"dev"`
+	// DataDir holds the metadata store (SQLite), keys and the replica store.
+	DataDir string `yaml:"data_dir"`
+	// Listen is the API and dashboard address (default ":8443").
+	Listen string `yaml:"listen"`
+	// DataListen is where agents connect (default ":1500").
+	DataListen string `yaml:"data_listen"`
+	// Database is "sqlite:PATH" or a postgres:// URL.
+	Database string `yaml:"database"`
+	// CACert and CAKey are the PEM files of the CA that signs agent
+	// certificates.
+	CACert string `yaml:"ca_cert"`
+	CAKey  string `yaml:"ca_key"`
+	// TLSCert and TLSKey are the server's own certificate and key, PEM.
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
+	// Advertise is the host name or address agents reach this server by;
+	// it goes into the server certificate (dev) and the data-plane address
+	// told to agents.
+	Advertise string `yaml:"advertise"`
+}
+
+// Defaults for addresses.
+const (
+	DefaultListen     = ":8443"
+	DefaultDataListen = ":1500"
+)
+
+// maxFileBytes bounds a configuration file.
+const maxFileBytes = 1 << 20
+
+// Load reads a YAML configuration file. Unknown keys are errors, so a
+// misspelt setting is not silently ignored.
+func Load(path string) (Server, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Server{}, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxFileBytes+1))
+	if err != nil {
+		return Server{}, fmt.Errorf("config: read %s: %w", path, err)
+	}
+	if len(data) > maxFileBytes {
+		return Server{}, fmt.Errorf("config: %s is larger than %d bytes", path, maxFileBytes)
+	}
+	c, err := Parse(data)
+	if err != nil {
+		return Server{}, fmt.Errorf("config: %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes a YAML configuration document.
+func Parse(data []byte) (Server, error) {
+	var c Server
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return Server{}, fmt.Errorf("parse yaml: %w", err)
+	}
+	var extra any
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return Server{}, errors.New("parse yaml: want one document, found more")
+	}
+	return c, nil
+}
+
+// EnvVars maps each setting to the environment variable that sets it.
+var EnvVars = map[string]string{
+	"data_dir":    "FERRY_DATA_DIR",
+	"listen":      "FERRY_LISTEN",
+	"data_listen": "FERRY_DATA_LISTEN",
+	"database":    "FERRY_DATABASE",
+	"ca_cert":     "FERRY_CA_CERT",
+	"ca_key":      "FERRY_CA_KEY",
+	"tls_cert":    "FERRY_TLS_CERT",
+	"tls_key":     "FERRY_TLS_KEY",
+	"advertise":   "FERRY_ADVERTISE",
+}
+
+// ApplyEnv sets every field whose environment variable is set and
+// non-empty; getenv is os.Getenv outside tests.
+func (c *Server) ApplyEnv(getenv func(string) string) {
+	for key, p := range c.fields() {
+		if v := getenv(EnvVars[key]); v != "" {
+			*p = v
+		}
+	}
+	if v := getenv("FERRY_DEV"); v == "1" || v == "true" {
+		c.Dev = true
+	}
+}
+
+func (c *Server) fields() map[string]*string {
+	return map[string]*string{
+		"data_dir": &c.DataDir, "listen": &c.Listen, "data_listen": &c.DataListen,
+		"database": &c.Database, "ca_cert": &c.CACert, "ca_key": &c.CAKey,
+		"tls_cert": &c.TLSCert, "tls_key": &c.TLSKey, "advertise": &c.Advertise,
+	}
+}
+
+// Set sets one setting by its YAML key; the command uses it for flags.
+func (c *Server) Set(key, value string) error {
+	p, ok := c.fields()[key]
+	if !ok {
+		return fmt.Errorf("config: unknown setting %q", key)
+	}
+	*p = value
+	return nil
+}
+
+// Finish fills defaults and checks the configuration. In dev mode only the
+// data directory is needed and everything else is derived from it; outside
+// dev mode every piece must be given, and the error lists all that are
+// missing.
+func (c *Server) Finish() error {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.DataListen == "" {
+		c.DataListen = DefaultDataListen
+	}
+	if c.DataDir == "" {
+		return errors.New("config: data_dir is required (--data, FERRY_DATA_DIR or data_dir in the config file)")
+	}
+	if c.Dev {
+		if c.Database == "" {
+			c.Database = "sqlite:" + c.DataDir + "/ferry.db"
+		}
+	} else {
+		var missing []string
+		for _, k := range []string{"database", "ca_cert", "ca_key", "tls_cert", "tls_key"} {
+			if *c.fields()[k] == "" {
+				missing = append(missing, fmt.Sprintf("%s (--%s or %s)", k, strings.ReplaceAll(k, "_", "-"), EnvVars[k]))
+			}
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("config: without --dev these settings are required: %s", strings.Join(missing, ", "))
+		}
+	}
+	for _, a := range []struct{ key, v string }{{"listen", c.Listen}, {"data_listen", c.DataListen}} {
+		if _, _, err := net.SplitHostPort(a.v); err != nil {
+			return fmt.Errorf("config: %s %q: want host:port or :port: %w", a.key, a.v, err)
+		}
+	}
+	if !strings.HasPrefix(c.Database, "sqlite:") && !strings.HasPrefix(c.Database, "postgres://") && !strings.HasPrefix(c.Database, "postgresql://") {
+		return fmt.Errorf("config: database %q: want sqlite:PATH or postgres://…", c.Database)
+	}
+	return nil
+}

@@ -1,0 +1,85 @@
+package config
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name, doc string
+		wantErr   string
+		want      Server
+	}{
+		{name: "empty", doc: ""},
+		{name: "full", doc: "data_dir: /d\nlisten: :9\ndatabase: postgres://x\n", want: Server{DataDir: "/d", Listen: ":9", Database: "postgres://x"}},
+		{name: "unknown key", doc: "data_dri: /d\n", wantErr: "data_dri"},
+		{name: "wrong type", doc: "dev: [1]\n", wantErr: "cannot unmarshal"},
+		{name: "two docs", doc: "dev: true\n---\ndev: false\n", wantErr: "one document"},
+		{name: "garbage", doc: "\t: : :", wantErr: "parse yaml"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Parse([]byte(tt.doc))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want it to contain %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want {
+				t.Fatalf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestFinish(t *testing.T) {
+	c := Server{Dev: true, DataDir: "/d"}
+	if err := c.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Database != "sqlite:/d/ferry.db" || c.Listen != ":8443" || c.DataListen != ":1500" {
+		t.Fatalf("dev defaults: %+v", c)
+	}
+	c = Server{DataDir: "/d"}
+	err := c.Finish()
+	for _, k := range []string{"database", "ca_cert", "ca_key", "tls_cert", "tls_key"} {
+		if err == nil || !strings.Contains(err.Error(), k) {
+			t.Fatalf("non-dev error %v does not name %s", err, k)
+		}
+	}
+	if err := (&Server{Dev: true}).Finish(); err == nil || !strings.Contains(err.Error(), "data_dir") {
+		t.Fatalf("missing data dir: %v", err)
+	}
+	if err := (&Server{Dev: true, DataDir: "/d", Listen: "8443"}).Finish(); err == nil || !strings.Contains(err.Error(), "listen") {
+		t.Fatalf("bad listen: %v", err)
+	}
+	if err := (&Server{Dev: true, DataDir: "/d", Database: "mysql://x"}).Finish(); err == nil || !strings.Contains(err.Error(), "database") {
+		t.Fatalf("bad database: %v", err)
+	}
+}
+
+func TestApplyEnv(t *testing.T) {
+	env := map[string]string{"FERRY_DATA_DIR": "/e", "FERRY_DEV": "1", "FERRY_LISTEN": ""}
+	c := Server{Listen: ":1"}
+	c.ApplyEnv(func(k string) string { return env[k] })
+	if c.DataDir != "/e" || !c.Dev || c.Listen != ":1" {
+		t.Fatalf("got %+v", c)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("data_dir: /d\ndev: true\n"))
+	f.Add([]byte("listen: [\n"))
+	f.Add([]byte("---\n---\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse(data)
+		if err == nil {
+			_ = c.Finish()
+		}
+	})
+}

@@ -1,0 +1,238 @@
+package controlplane
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/ferrymigrate/ferry"
+	"github.com/ferrymigrate/ferry/api"
+	"github.com/ferrymigrate/ferry/auth"
+)
+
+// Signer issues agent client certificates; *pki.CA is one.
+type Signer interface {
+	// SignAgentCSR checks a PEM CSR and returns a PEM client certificate
+	// for serverID and its serial.
+	SignAgentCSR(csrPEM []byte, serverID string, validity time.Duration) ([]byte, *big.Int, error)
+	// CertPEM returns the CA certificate, PEM.
+	CertPEM() []byte
+}
+
+// Server is the control plane's API. Fill in the fields, then serve
+// Handler. Store and Signer are required.
+type Server struct {
+	Store  ferry.Store
+	Signer Signer
+	// DataPlaneAddr is the host:port agents send data to, told to them at
+	// pairing.
+	DataPlaneAddr string
+	// Version is reported by /health.
+	Version string
+	// Logger receives operational logs; never secrets.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// AgentCertValidity is how long agent certificates last (default one
+	// year).
+	AgentCertValidity time.Duration
+
+	limiter *failLimiter
+}
+
+// Actor kinds written into audit events.
+const (
+	actorAnonymous = "anonymous"
+)
+
+// caller is who made a request.
+type caller struct {
+	token *ferry.Token // nil when unauthenticated
+	actor string       // audit name
+	ip    string
+}
+
+func (s *Server) now() time.Time {
+	if s.Now != nil {
+		return s.Now().UTC()
+	}
+	return time.Now().UTC()
+}
+
+func (s *Server) log() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.Default()
+}
+
+// Handler returns the HTTP handler serving /api/v1.
+func (s *Server) Handler() http.Handler {
+	if s.limiter == nil {
+		s.limiter = newFailLimiter(20, time.Minute)
+	}
+	mux := http.NewServeMux()
+	for _, rt := range s.routes() {
+		mux.Handle(rt.method+" "+APIPrefix+rt.path, s.wrap(rt))
+	}
+	mux.HandleFunc(APIPrefix+"/", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusNotFound, apiErr(http.StatusNotFound, api.CodeNotFound, "no API route %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+// APIPrefix is where the API is served.
+const APIPrefix = "/api/v1"
+
+type handlerFunc func(w http.ResponseWriter, r *http.Request, c *caller) error
+
+// route is one API endpoint: the single place that says who may call it
+// and how it is audited.
+type route struct {
+	method string
+	path   string     // under APIPrefix, ServeMux pattern syntax
+	role   ferry.Role // "" for public routes
+	action string     // audit action name
+	h      handlerFunc
+}
+
+// statusWriter remembers the status a handler sent, for the audit log.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (s *Server) wrap(rt route) http.Handler {
+	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		w := &statusWriter{ResponseWriter: rw}
+		c := &caller{actor: actorAnonymous, ip: clientIP(r)}
+		var detail string
+		err := s.authorize(r, rt, c)
+		if err == nil {
+			err = rt.h(w, r, c)
+		}
+		if err != nil {
+			ae := toAPIError(err)
+			if ae.Status >= 500 {
+				s.log().Error("api call failed", "method", r.Method, "path", r.URL.Path, "action", rt.action, "err", err)
+			}
+			detail = ae.Message
+			writeJSON(w, ae.Status, ae)
+		}
+		mutating := r.Method != http.MethodGet && r.Method != http.MethodHead
+		denied := w.status == http.StatusUnauthorized || w.status == http.StatusForbidden || w.status == http.StatusTooManyRequests
+		if mutating || denied {
+			s.audit(r.Context(), c, rt.action, auditTarget(r), w.status, detail)
+		}
+	})
+}
+
+// authorize authenticates the bearer token and checks the route's role.
+func (s *Server) authorize(r *http.Request, rt route, c *caller) error {
+	if rt.role == "" {
+		return nil
+	}
+	if s.limiter.blocked(c.ip, s.now()) {
+		return apiErr(http.StatusTooManyRequests, api.CodeRateLimited, "too many failed sign-ins from %s; wait a minute", c.ip)
+	}
+	h := r.Header.Get("Authorization")
+	plain, ok := strings.CutPrefix(h, "Bearer ")
+	if !ok || plain == "" {
+		s.limiter.fail(c.ip, s.now())
+		return apiErr(http.StatusUnauthorized, api.CodeUnauthorized, "missing bearer token: send Authorization: Bearer <token>")
+	}
+	id, secret, err := auth.Parse(auth.APITokenPrefix, plain)
+	if err != nil {
+		s.limiter.fail(c.ip, s.now())
+		return apiErr(http.StatusUnauthorized, api.CodeUnauthorized, "invalid API token: %v", err)
+	}
+	c.actor = "token:" + id
+	tok, err := s.Store.Token(r.Context(), id)
+	if err != nil || !auth.Check(tok.Hash, secret) {
+		if err != nil && !isNotFound(err) {
+			return err
+		}
+		s.limiter.fail(c.ip, s.now())
+		return apiErr(http.StatusUnauthorized, api.CodeUnauthorized, "invalid API token")
+	}
+	now := s.now()
+	if !tok.Active(now) {
+		s.limiter.fail(c.ip, now)
+		return apiErr(http.StatusUnauthorized, api.CodeUnauthorized, "API token %s is revoked or expired", id)
+	}
+	c.token = tok
+	c.actor = "token:" + id + "(" + tok.Name + ")"
+	if tok.LastUsedAt.IsZero() || now.Sub(tok.LastUsedAt) > time.Minute {
+		if err := s.Store.TouchToken(r.Context(), id, now); err != nil {
+			s.log().Warn("record token use", "token", id, "err", err)
+		}
+	}
+	if !tok.Role.Allows(rt.role) {
+		return apiErr(http.StatusForbidden, api.CodeForbidden, "role %s may not %s (needs %s)", tok.Role, rt.action, rt.role)
+	}
+	return nil
+}
+
+func (s *Server) audit(ctx context.Context, c *caller, action, target string, status int, detail string) {
+	outcome := ferry.OutcomeSuccess
+	switch {
+	case status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusTooManyRequests:
+		outcome = ferry.OutcomeDenied
+	case status >= 400:
+		outcome = ferry.OutcomeError
+	}
+	e := &ferry.AuditEvent{
+		Time: s.now(), Actor: c.actor, Action: action, Target: target,
+		SourceIP: c.ip, Outcome: outcome, Detail: detail,
+	}
+	// The request may have been cancelled; the audit record must still be
+	// written.
+	ctx = context.WithoutCancel(ctx)
+	if err := s.Store.AppendAudit(ctx, e); err != nil {
+		s.log().Error("write audit event", "action", action, "err", err)
+	}
+}
+
+func auditTarget(r *http.Request) string {
+	if id := r.PathValue("id"); id != "" {
+		return id
+	}
+	return ""
+}
+
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// newID returns prefix-<17 hex digits>, the shape MGN gives its ids.
+func newID(prefix string) string {
+	var b [9]byte
+	// Since Go 1.24 crypto/rand.Read never fails: it aborts the program
+	// if the OS has no randomness, which nothing here could recover from.
+	_, _ = rand.Read(b[:])
+	return prefix + "-" + hex.EncodeToString(b[:])[:17]
+}
