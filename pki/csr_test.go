@@ -319,3 +319,7 @@ func parseCertPEM(t testing.TB, certPEM []byte) *x509.Certificate {
 	}
 	return cert
 }
+
+func encodeCertPEM(der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
