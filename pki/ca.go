@@ -23,10 +23,10 @@ import (
 
 // File names LoadOrCreateCA and LoadOrCreateServerCert use inside their directory.
 const (
-	CAKeyFile     = "ca.key"
-	CACertFile    = "ca.crt"
-	ServerKeyFile = "server.key"
-	ServerCrtFile = "server.crt"
+	CAKeyFile      = "ca.key"
+	CACertFile     = "ca.crt"
+	ServerKeyFile  = "server.key"
+	ServerCertFile = "server.crt"
 )
 
 // CAValidity is how long a CA created by LoadOrCreateCA is valid.

@@ -167,7 +167,7 @@ func LoadOrCreateServerCert(dir string, ca *CA, hosts []string) (tls.Certificate
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("pki: server certificate: %w", err)
 	}
-	certPath := filepath.Join(dir, ServerCrtFile)
+	certPath := filepath.Join(dir, ServerCertFile)
 	keyPath := filepath.Join(dir, ServerKeyFile)
 	if cert, ok := loadServerCert(certPath, keyPath, ca, names); ok {
 		return cert, nil

@@ -67,7 +67,7 @@ func startServer(t *testing.T, cfg *tls.Config) *testServer {
 // dial connects with cfg, reads the server's "ok" and returns the client's
 // error (handshake or read: with TLS 1.3 a client learns that the server
 // refused its certificate only when it reads) and the server's result.
-func (s *testServer) dial(t *testing.T, cfg *tls.Config) (clientErr error, server serverResult) {
+func (s *testServer) dial(t *testing.T, cfg *tls.Config) (server serverResult, clientErr error) {
 	t.Helper()
 	d := &net.Dialer{Timeout: 10 * time.Second}
 	conn, err := tls.DialWithDialer(d, "tcp", s.addr, cfg)
@@ -85,7 +85,7 @@ func (s *testServer) dial(t *testing.T, cfg *tls.Config) (clientErr error, serve
 	case <-time.After(10 * time.Second):
 		t.Fatal("server reported nothing")
 	}
-	return err, server
+	return server, err
 }
 
 func mustPin(t *testing.T, ca *CA) []byte {
@@ -158,7 +158,7 @@ func TestDataPlaneHandshake(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			clientErr, res := srv.dial(t, tt.cfg)
+			res, clientErr := srv.dial(t, tt.cfg)
 			if tt.wantServerErr == "" {
 				if clientErr != nil || res.err != nil {
 					t.Fatalf("client error %v, server error %v; want success", clientErr, res.err)
@@ -194,10 +194,10 @@ func TestRevokedResumption(t *testing.T) {
 	cfg := ClientTLSConfig(mustPin(t, ca), &cert)
 	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(4)
 
-	if clientErr, res := srv.dial(t, cfg); clientErr != nil || res.err != nil {
+	if res, clientErr := srv.dial(t, cfg); clientErr != nil || res.err != nil {
 		t.Fatalf("first connection: client %v, server %v", clientErr, res.err)
 	}
-	clientErr, res := srv.dial(t, cfg)
+	res, clientErr := srv.dial(t, cfg)
 	if clientErr != nil || res.err != nil {
 		t.Fatalf("second connection: client %v, server %v", clientErr, res.err)
 	}
@@ -207,7 +207,7 @@ func TestRevokedResumption(t *testing.T) {
 	mu.Lock()
 	revoked = true
 	mu.Unlock()
-	clientErr, res = srv.dial(t, cfg)
+	res, clientErr = srv.dial(t, cfg)
 	if clientErr == nil || res.err == nil || !strings.Contains(res.err.Error(), "is revoked") {
 		t.Fatalf("resumed connection after revocation: client %v, server %v; want refusal", clientErr, res.err)
 	}
@@ -264,7 +264,7 @@ func TestClientPinning(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			clientErr, res := tt.srv.dial(t, tt.cfg)
+			res, clientErr := tt.srv.dial(t, tt.cfg)
 			if tt.wantClientErr == "" {
 				if clientErr != nil || res.err != nil {
 					t.Fatalf("client error %v, server error %v; want success", clientErr, res.err)
@@ -289,7 +289,7 @@ func TestImpostorWithPinnedCACert(t *testing.T) {
 	}
 	forged.Certificate = [][]byte{forged.Certificate[0], ca.Certificate().Raw}
 	srv := startServer(t, other.ServerTLSConfig(forged, false))
-	clientErr, _ := srv.dial(t, ClientTLSConfig(mustPin(t, ca), nil))
+	_, clientErr := srv.dial(t, ClientTLSConfig(mustPin(t, ca), nil))
 	if clientErr == nil || !strings.Contains(clientErr.Error(), "does not verify") {
 		t.Fatalf("client error = %v, want a verification failure", clientErr)
 	}
