@@ -1,0 +1,15 @@
+// Package sqlite is Ferry's embedded metadata store: a ferry.Store kept in
+// one SQLite file (modernc.org/sqlite, pure Go, no cgo).
+//
+// The database runs in WAL mode with foreign keys on, a busy timeout, and
+// synchronous=FULL: a call that returned has reached the disk, as with
+// PostgreSQL's default synchronous_commit, so an audit event or a counted
+// install-token use survives a power cut. Writes go through one connection
+// and every read-modify-write transaction starts with BEGIN IMMEDIATE, so
+// it holds SQLite's single write lock from its first read and concurrent
+// updates cannot lose one another; plain reads use a small pool of
+// read-only connections that WAL lets run beside the writer.
+//
+// The schema is created and upgraded by SQL migrations embedded in the
+// binary and recorded in the schema_migrations table.
+package sqlite
