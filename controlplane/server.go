@@ -42,6 +42,10 @@ type Server struct {
 	// AgentCertValidity is how long agent certificates last (default one
 	// year).
 	AgentCertValidity time.Duration
+	// FailedAuthLimit is how many failed sign-ins (bad API or install
+	// tokens) one address may make in a minute before it is refused with
+	// 429 for the rest of that minute; 0 means 20.
+	FailedAuthLimit int
 
 	limiter *failLimiter
 }
@@ -75,7 +79,11 @@ func (s *Server) log() *slog.Logger {
 // Handler returns the HTTP handler serving /api/v1.
 func (s *Server) Handler() http.Handler {
 	if s.limiter == nil {
-		s.limiter = newFailLimiter(20, time.Minute)
+		n := s.FailedAuthLimit
+		if n <= 0 {
+			n = 20
+		}
+		s.limiter = newFailLimiter(n, time.Minute)
 	}
 	mux := http.NewServeMux()
 	for _, rt := range s.routes() {

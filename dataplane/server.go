@@ -1,0 +1,151 @@
+package dataplane
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/ferrymigrate/ferry"
+	"github.com/ferrymigrate/ferry/pki"
+)
+
+// Server accepts agent connections. Store, CA and Cert are required.
+type Server struct {
+	Store  ferry.Store
+	CA     *pki.CA
+	Cert   tls.Certificate
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{} // guarded by mu
+}
+
+func (s *Server) now() time.Time {
+	if s.Now != nil {
+		return s.Now().UTC()
+	}
+	return time.Now().UTC()
+}
+
+// Revoked reports whether a certificate may no longer be used: its server
+// is gone, disconnected, archived, or was paired again with a newer
+// certificate. Lookup errors count as revoked: refusing is the safe side.
+func (s *Server) Revoked(serial *big.Int, serverID string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv, err := s.Store.Server(ctx, serverID)
+	if err != nil {
+		return true
+	}
+	return srv.Archived || srv.Lifecycle == ferry.LifecycleDisconnected || srv.AgentCertSerial != serial.String()
+}
+
+// TLSConfig is the data plane's TLS configuration: TLS 1.3 only, a client
+// certificate from Ferry's CA required, checked against the store.
+func (s *Server) TLSConfig() *tls.Config {
+	s.CA.IsRevoked = s.Revoked
+	return s.CA.ServerTLSConfig(s.Cert, true)
+}
+
+// Serve accepts agents on ln until ctx ends, then closes every connection.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	tln := tls.NewListener(ln, s.TLSConfig())
+	go func() {
+		<-ctx.Done()
+		tln.Close()
+		s.mu.Lock()
+		for c := range s.conns {
+			c.Close()
+		}
+		s.mu.Unlock()
+	}()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := tln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			return fmt.Errorf("data plane accept: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.handle(ctx, c.(*tls.Conn))
+		}()
+	}
+}
+
+func (s *Server) log() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.Default()
+}
+
+func (s *Server) track(c net.Conn, on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns == nil {
+		s.conns = map[net.Conn]struct{}{}
+	}
+	if on {
+		s.conns[c] = struct{}{}
+	} else {
+		delete(s.conns, c)
+	}
+}
+
+func (s *Server) handle(ctx context.Context, c *tls.Conn) {
+	s.track(c, true)
+	defer s.track(c, false)
+	defer c.Close()
+	hctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	err := c.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		s.log().Info("data plane handshake refused", "remote", c.RemoteAddr().String(), "err", err)
+		return
+	}
+	id, err := pki.ServerIDFromCert(c.ConnectionState().PeerCertificates[0])
+	if err != nil {
+		return
+	}
+	if err := s.markConnected(ctx, id); err != nil {
+		s.log().Warn("record agent connection", "server", id, "err", err)
+	}
+	s.log().Info("agent connected", "server", id, "remote", c.RemoteAddr().String())
+	// The connection is the agent's presence until it closes.
+	_, _ = io.Copy(io.Discard, c)
+	s.log().Info("agent disconnected", "server", id)
+}
+
+func (s *Server) markConnected(ctx context.Context, id string) error {
+	now := s.now()
+	_, err := s.Store.UpdateServer(ctx, id, func(srv *ferry.SourceServer) error {
+		srv.LastSeenAt = now
+		for i := range srv.Replication.Steps {
+			switch srv.Replication.Steps[i].Step {
+			case ferry.StepPairReplicationServerWithAgent, ferry.StepConnectAgentToReplicationServer:
+				srv.Replication.Steps[i].Status = ferry.StepSucceeded
+			}
+		}
+		return nil
+	})
+	return err
+}
