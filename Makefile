@@ -1,0 +1,42 @@
+# Ferry's two commands: `make demo` runs the main job, `make test` the tests.
+# Both install what they need first (scripts/setup.sh: idempotent, quick when done).
+
+GO ?= go
+export PATH := $(PATH):/usr/local/go/bin:$(shell $(GO) env GOPATH 2>/dev/null)/bin
+BIN := bin/ferry
+
+.PHONY: all setup build test test-short demo lint fuzz bench clean
+
+all: build
+
+setup:
+	@bash scripts/setup.sh
+
+build:
+	$(GO) build -o $(BIN) ./cmd/ferry
+
+# The whole suite with the race detector. PostgreSQL and the S3-compatible
+# server are started by scripts/test-services.sh so the conformance suites
+# run against the real thing; FERRY_TEST_REQUIRE_ALL=1 turns any skipped
+# integration test into a failure.
+test: setup
+	@. scripts/test-services.sh && $(GO) test -race -count=1 -timeout 20m ./...
+
+test-short:
+	$(GO) test -short -count=1 ./...
+
+lint:
+	$(GO) vet ./...
+	staticcheck ./...
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+
+# Run every fuzz target for FUZZTIME each (default 30s).
+FUZZTIME ?= 30s
+fuzz:
+	@bash scripts/fuzz.sh $(FUZZTIME)
+
+demo: setup build
+	@bash scripts/demo.sh
+
+clean:
+	rm -rf bin
