@@ -58,7 +58,7 @@ func (s *Store) listAudit(ctx context.Context, f ferry.AuditFilter) ([]ferry.Aud
 		w.add("outcome = $?", f.Outcome)
 	}
 	if !f.Since.IsZero() {
-		w.add("time >= $?", storedoc.UTC(f.Since))
+		w.add("time >= $?", storedoc.CeilUTC(f.Since))
 	}
 	limit := ferry.PageLimit(f.Limit)
 	q := `SELECT id, doc FROM audit` + w.sql() + fmt.Sprintf(` ORDER BY id DESC LIMIT %d`, limit+1)

@@ -71,7 +71,7 @@ func (s *Store) listAudit(ctx context.Context, f ferry.AuditFilter) ([]ferry.Aud
 	}
 	if !f.Since.IsZero() {
 		q += ` AND time >= ?`
-		args = append(args, f.Since.UnixMicro())
+		args = append(args, storedoc.CeilUTC(f.Since).UnixMicro())
 	}
 	limit := ferry.PageLimit(f.Limit)
 	q += ` ORDER BY id DESC LIMIT ?`

@@ -76,6 +76,16 @@ func UTC(t time.Time) time.Time {
 	return t.UTC().Truncate(time.Microsecond)
 }
 
+// CeilUTC returns t in UTC rounded up to the microsecond, so that a
+// "since t" filter on microsecond columns keeps nothing earlier than t.
+func CeilUTC(t time.Time) time.Time {
+	u := UTC(t)
+	if u.Before(t) {
+		u = u.Add(time.Microsecond)
+	}
+	return u
+}
+
 // EncodeCursor returns an opaque cursor for a list of kind that resumes
 // after the row whose sort key is key.
 func EncodeCursor(kind string, key ...string) string {
