@@ -29,9 +29,8 @@ type Extent struct {
 // Extenter is implemented by devices that know where their holes are.
 //
 // Extents describes the range [off, off+length) as extents in increasing
-// offset order. Ranges that no extent covers are reported as data, extents
-// outside the range are ignored, and the result may end early: the Server
-// asks again for the rest.
+// offset order. Ranges that no extent covers are reported as data, and
+// extents (or parts of them) outside the range are ignored.
 type Extenter interface {
 	Extents(off, length int64) ([]Extent, error)
 }
@@ -84,7 +83,9 @@ const maxDescriptors = 1 << 16
 // blockStatus turns a device's extents for [off, off+length) into
 // block status descriptors: clipped to the range, gaps filled as data,
 // neighbours with the same state merged. It returns at least one descriptor
-// when length > 0, and stops after the first one if reqOne.
+// when length > 0; it covers the whole range unless that takes more than
+// maxDescriptors (clients then ask again for the rest), and it stops after
+// the first descriptor if reqOne.
 func blockStatus(es []Extent, off, length int64, reqOne bool) []statusDescriptor {
 	end := off + length
 	cur := off
@@ -99,8 +100,13 @@ func blockStatus(es []Extent, off, length int64, reqOne bool) []statusDescriptor
 		}
 		ds = append(ds, statusDescriptor{length: uint32(n), flags: flags})
 	}
+	capped := false
 	for _, e := range es {
-		if cur >= end || len(ds) >= maxDescriptors {
+		if cur >= end {
+			break
+		}
+		if len(ds) >= maxDescriptors {
+			capped = true
 			break
 		}
 		if e.Length <= 0 || e.Offset < 0 || e.Offset >= end {
@@ -121,8 +127,8 @@ func blockStatus(es []Extent, off, length int64, reqOne bool) []statusDescriptor
 		add(stop-cur, flags)
 		cur = stop
 	}
-	if len(ds) == 0 {
-		// Nothing usable: report the range as data.
+	if !capped {
+		// Whatever no extent covers is data.
 		add(end-cur, 0)
 	}
 	if reqOne && len(ds) > 1 {
