@@ -28,7 +28,11 @@ const exportName = "snapshot"
 // The image is written to a temporary file beside dst, synced and renamed
 // over dst, so dst appears only when complete; dst must be a regular file
 // or not exist. Cancelling ctx stops the copy. Errors name the step that
-// failed and include qemu-img's message and any device read error.
+// failed and include qemu-img's message and any device read error. A
+// device whose size is not a multiple of 512 bytes is padded with zeros to
+// the next multiple, as qemu-img pads every NBD export.
+//
+// Export refuses an unknown format with an error listing [ExportFormats].
 func Export(ctx context.Context, dev Device, format, dst string) (err error) {
 	if !slices.Contains(ExportFormats, format) {
 		return fmt.Errorf("nbd: export to %s: unsupported format %q: use one of %s", dst, format, strings.Join(ExportFormats, ", "))

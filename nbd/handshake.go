@@ -11,9 +11,6 @@ import (
 	"slices"
 )
 
-// errAborted ends a handshake that the client aborted.
-var errAborted = errors.New("client aborted handshake")
-
 // handshake runs the fixed newstyle handshake. It returns the device and
 // name the client chose, or a nil device if the client aborted.
 func (c *conn) handshake(ctx context.Context) (Device, string, error) {

@@ -158,7 +158,11 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	nc.SetDeadline(time.Now().Add(timeout))
 	dev, name, err := c.handshake(ctx)
 	if err != nil {
-		c.log.Warn("nbd: handshake failed", "err", err)
+		if c.isStopping() {
+			c.log.Debug("nbd: handshake stopped for shutdown", "err", err)
+		} else {
+			c.log.Warn("nbd: handshake failed", "err", err)
+		}
 		return
 	}
 	if dev == nil {
