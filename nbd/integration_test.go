@@ -2,13 +2,16 @@ package nbd
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // These tests drive the server with the real clients Ferry relies on:
@@ -166,5 +169,53 @@ func assertSparse(t *testing.T, name string) {
 	}
 	if used := st.Blocks * 512; used > integrationSize/2 {
 		t.Fatalf("%s uses %d bytes of %d: not sparse", name, used, int64(integrationSize))
+	}
+}
+
+// TestQemuSystemOverlay opens a qcow2 overlay backed by the export in
+// qemu-system-x86_64, as a test launch does, and reads and writes through
+// it with the monitor's qemu-io (no guest needed).
+func TestQemuSystemOverlay(t *testing.T) {
+	qemuImg := requireBinary(t, "qemu-img")
+	qemuSystem := requireBinary(t, "qemu-system-x86_64")
+	data := make([]byte, 4*mib)
+	for i := range mib {
+		data[i] = 0x5a
+	}
+	dev := memExtentDevice{&memDevice{data: data, holes: []Extent{{Offset: mib, Length: 3 * mib, Zero: true}}}}
+	sock := startServer(t, map[string]Device{"snap": dev})
+	overlay := filepath.Join(t.TempDir(), "overlay.qcow2")
+	runCmd(t, qemuImg, "create", "-q", "-f", "qcow2", "-b", nbdURI(sock, "snap"), "-F", "raw", overlay)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, qemuSystem, "-machine", "none", "-nodefaults", "-display", "none",
+		"-monitor", "stdio", "-drive", "file="+overlay+",if=none,id=d0")
+	cmd.Stdin = strings.NewReader(strings.Join([]string{
+		`qemu-io d0 "read -P 0x5a 0 1M"`,
+		`qemu-io d0 "read -P 0 1M 3M"`,
+		`qemu-io d0 "write -P 0xab 4096 4096"`,
+		`qemu-io d0 "read -P 0xab 4096 4096"`,
+		`qemu-io d0 "read -P 0x5a 8192 1040384"`,
+		"quit", ""}, "\n"))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("qemu-system-x86_64: %v\n%s", err, out)
+	}
+	s := string(out)
+	for _, want := range []string{"read 1048576/1048576 bytes", "read 3145728/3145728 bytes", "wrote 4096/4096 bytes", "read 4096/4096 bytes", "read 1040384/1040384 bytes"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("qemu-io output lacks %q", want)
+		}
+	}
+	if strings.Contains(s, "failed") || strings.Contains(s, "rror") {
+		t.Errorf("qemu-io reports a failure")
+	}
+	if t.Failed() {
+		t.Fatalf("qemu-io through the overlay:\n%s", s)
+	}
+	// The export itself is untouched: the write went to the overlay.
+	if data[4096] != 0x5a {
+		t.Fatal("write reached the device")
 	}
 }
