@@ -56,10 +56,12 @@ const (
 // accept error, after the same shutdown of its connections. Serve always
 // closes l.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// Deferred calls run last to first: close the listener, cancel the
+	// connections, then wait for them.
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	stop := context.AfterFunc(ctx, func() { l.Close() })
 	defer stop()
 	defer l.Close()

@@ -1,10 +1,12 @@
 package nbd
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"net"
 	"path/filepath"
 	"slices"
@@ -355,4 +357,41 @@ func TestHandshakeTimeout(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("slow client held the handshake for %v", d)
 	}
+}
+
+// pipeListener hands out one in-memory connection, then fails for good.
+type pipeListener struct {
+	conns chan net.Conn
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	if c, ok := <-l.conns; ok {
+		return c, nil
+	}
+	return nil, net.ErrClosed
+}
+func (l *pipeListener) Close() error   { return nil }
+func (l *pipeListener) Addr() net.Addr { return &net.UnixAddr{Name: "pipe", Net: "unix"} }
+
+func TestServeAcceptErrorStopsConnections(t *testing.T) {
+	exports, _ := testExports(t)
+	cl, sv := net.Pipe()
+	l := &pipeListener{conns: make(chan net.Conn, 1)}
+	l.conns <- sv
+	srv := &Server{Lookup: func(string) (Device, error) { return exports["disk"], nil }}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(context.Background(), l) }()
+	c := &client{t: t, nc: cl, br: bufio.NewReader(cl), pending: map[uint64]uint32{}}
+	c.greet(clientFlagFixedNewstyle | clientFlagNoZeroes)
+	c.negotiate("disk", false, false)
+	close(l.conns) // the listener fails while a client is connected
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Serve = %v, want net.ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after its listener failed")
+	}
+	c.expectClosed()
 }
