@@ -16,6 +16,10 @@
 // replies are serialized; memory per connection is bounded whatever a
 // client sends.
 //
+// A [Device] is an [io.ReaderAt] with a size; one that also implements
+// [Extenter] reports its holes. [WithExtents] adapts a store reader whose
+// Extents method returns its own extent type.
+//
 // [Export] copies a [Device] to a raw, qcow2 or vmdk image by serving it on a
 // private unix socket to qemu-img convert.
 //

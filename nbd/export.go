@@ -14,8 +14,11 @@ import (
 	"sync"
 )
 
-// ExportFormats are the image formats [Export] writes.
-var ExportFormats = []string{"raw", "qcow2", "vmdk"}
+var exportFormats = []string{"raw", "qcow2", "vmdk"}
+
+// ExportFormats returns the image formats [Export] writes: raw, qcow2 and
+// vmdk.
+func ExportFormats() []string { return slices.Clone(exportFormats) }
 
 // exportName is the export Export serves on its private socket.
 const exportName = "snapshot"
@@ -34,8 +37,8 @@ const exportName = "snapshot"
 //
 // Export refuses an unknown format with an error listing [ExportFormats].
 func Export(ctx context.Context, dev Device, format, dst string) (err error) {
-	if !slices.Contains(ExportFormats, format) {
-		return fmt.Errorf("nbd: export to %s: unsupported format %q: use one of %s", dst, format, strings.Join(ExportFormats, ", "))
+	if !slices.Contains(exportFormats, format) {
+		return fmt.Errorf("nbd: export to %s: unsupported format %q: use one of %s", dst, format, strings.Join(exportFormats, ", "))
 	}
 	qemuImg, err := exec.LookPath("qemu-img")
 	if err != nil {

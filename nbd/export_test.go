@@ -14,7 +14,7 @@ func TestExport(t *testing.T) {
 	dir := t.TempDir()
 	img := makeSparseImage(t, dir, integrationSize)
 	dev := openFileDevice(t, img)
-	for _, format := range ExportFormats {
+	for _, format := range ExportFormats() {
 		t.Run(format, func(t *testing.T) {
 			dst := filepath.Join(t.TempDir(), "out."+format)
 			if err := Export(context.Background(), dev, format, dst); err != nil {

@@ -113,12 +113,12 @@ const (
 	metaBaseAllocationID = 1
 )
 
+// MaxRequestLength is the largest READ the server serves, advertised as the
+// maximum block size; larger requests fail with EINVAL.
+const MaxRequestLength = 32 << 20
+
 // Limits.
 const (
-	// MaxRequestLength is the largest READ the server serves, advertised as
-	// the maximum block size; larger requests fail with EINVAL.
-	MaxRequestLength = 32 << 20
-
 	// maxOptionLength bounds the data of one handshake option. Strings in
 	// the protocol are at most 4096 bytes, so real options are far smaller.
 	maxOptionLength = 64 << 10
