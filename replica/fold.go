@@ -130,7 +130,9 @@ func (d *Disk) foldChunks(ctx context.Context, r *Reader, dirty []int64) (map[in
 	var firstErr error
 	work := make(chan int64)
 	var wg sync.WaitGroup
-	workers := min(len(dirty), 2*runtime.GOMAXPROCS(0)+2)
+	// Chunk puts wait on the backend (an fsync, a network round trip) far
+	// longer than they compute, so run many more of them than there are CPUs.
+	workers := min(len(dirty), max(32, 2*runtime.GOMAXPROCS(0)))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	for w := 0; w < workers; w++ {
