@@ -23,7 +23,6 @@ import (
 // contract. newBackend must return an empty backend each time it is called.
 func Run(t *testing.T, newBackend func(t *testing.T) backend.Backend) {
 	t.Helper()
-	ctx := context.Background()
 	tests := []struct {
 		name string
 		fn   func(t *testing.T, b backend.Backend)
@@ -41,7 +40,6 @@ func Run(t *testing.T, newBackend func(t *testing.T) backend.Backend) {
 		t.Run(tt.name, func(t *testing.T) {
 			b := newBackend(t)
 			t.Cleanup(func() { b.Close() })
-			_ = ctx
 			tt.fn(t, b)
 		})
 	}
