@@ -1,0 +1,222 @@
+package replica
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	mrand "math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// Benchmarks; figures and commands are in docs/storage.md. Set
+// FERRY_BENCH_DIR to benchmark on a particular file system.
+
+func benchEnv(b *testing.B, chunkSize int) *testEnv {
+	e := newEnv(b)
+	if dir := os.Getenv("FERRY_BENCH_DIR"); dir != "" {
+		d, err := os.MkdirTemp(dir, "bench-")
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { os.RemoveAll(d) })
+		e.opts.Dir = filepath.Join(d, "staging")
+	}
+	e.opts.ChunkSize = chunkSize
+	e.opts.SegmentSize = 64 << 20
+	return e
+}
+
+const benchDiskSize = 4 << 30
+
+// ingest appends n extents from next with up to 64 in flight, as a
+// replication server pipelining an agent's stream does.
+func ingest(b *testing.B, d *Disk, n int, next func(i int) (off int64, data []byte)) {
+	ctx := context.Background()
+	window := make(chan Commit, 64)
+	done := make(chan error)
+	go func() {
+		for c := range window {
+			if err := c.Wait(ctx); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	seq := d.DurableSeq()
+	for i := 0; i < n; i++ {
+		off, data := next(i)
+		seq++
+		c, err := d.Append(seq, off, data)
+		if err != nil {
+			b.Fatal(err)
+		}
+		window <- c
+	}
+	close(window)
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+}
+
+func randomBuf(n int) []byte {
+	buf := make([]byte, n)
+	rand.Read(buf)
+	return buf
+}
+
+// BenchmarkFileSeqWrite is the file system's own sequential write speed:
+// 1 MiB writes to one file, fsync every 64 MiB and at the end.
+func BenchmarkFileSeqWrite(b *testing.B) {
+	e := benchEnv(b, DefaultChunkSize)
+	os.MkdirAll(e.opts.Dir, 0o700)
+	f, err := os.Create(filepath.Join(e.opts.Dir, "seq"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	buf := randomBuf(1 << 20)
+	b.SetBytes(1 << 20)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := f.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+		if i%64 == 63 {
+			f.Sync()
+		}
+	}
+	f.Sync()
+}
+
+func BenchmarkIngest(b *testing.B) {
+	rnd := randomBuf(64 << 20)
+	zeros := make([]byte, 1<<20)
+	cases := []struct {
+		name string
+		size int
+		next func(i int, rng *mrand.Rand) (int64, []byte)
+	}{
+		{"Seq1MiBRandom", 1 << 20, func(i int, _ *mrand.Rand) (int64, []byte) {
+			off := int64(i) << 20 % benchDiskSize
+			return off, rnd[off%int64(len(rnd)) : off%int64(len(rnd))+1<<20]
+		}},
+		{"Seq1MiBZeros", 1 << 20, func(i int, _ *mrand.Rand) (int64, []byte) {
+			return int64(i) << 20 % benchDiskSize, zeros
+		}},
+		{"Random4KiB", 4096, func(i int, rng *mrand.Rand) (int64, []byte) {
+			p := rng.IntN(len(rnd)/4096) * 4096
+			return rng.Int64N(benchDiskSize/4096) * 4096, rnd[p : p+4096]
+		}},
+	}
+	for _, tc := range cases {
+		b.Run(tc.name, func(b *testing.B) {
+			e := benchEnv(b, DefaultChunkSize)
+			e.opts.FoldInterval = -1
+			s := e.open(b)
+			defer s.Close()
+			d, err := s.CreateDisk(context.Background(), "d", benchDiskSize, 4096)
+			if err != nil {
+				b.Fatal(err)
+			}
+			rng := mrand.New(mrand.NewPCG(1, 2))
+			b.SetBytes(int64(tc.size))
+			b.ResetTimer()
+			ingest(b, d, b.N, func(i int) (int64, []byte) { return tc.next(i, rng) })
+		})
+	}
+}
+
+// BenchmarkFold measures folding (read journal, hash, compress, encrypt,
+// store) for several chunk sizes: 64 MiB of sequential 1 MiB random
+// extents, or 16 MiB of random 4 KiB extents over a 4 GiB disk.
+// Throughput is of journal bytes folded.
+func BenchmarkFold(b *testing.B) {
+	rnd := randomBuf(64 << 20)
+	for _, pattern := range []string{"Seq1MiB", "Random4KiB"} {
+		for _, cs := range []int{64 << 10, 256 << 10, 1 << 20, 4 << 20} {
+			b.Run(fmt.Sprintf("%s/chunk=%dKiB", pattern, cs>>10), func(b *testing.B) {
+				ctx := context.Background()
+				var total int64
+				for i := 0; i < b.N; i++ {
+					b.StopTimer()
+					e := benchEnv(b, cs)
+					e.opts.FoldInterval = -1
+					s := e.open(b)
+					d, err := s.CreateDisk(ctx, "d", benchDiskSize, 4096)
+					if err != nil {
+						b.Fatal(err)
+					}
+					rng := mrand.New(mrand.NewPCG(uint64(i), 2))
+					if pattern == "Seq1MiB" {
+						ingest(b, d, 64, func(i int) (int64, []byte) { return int64(i) << 20, rnd[i<<20 : (i+1)<<20] })
+						total += 64 << 20
+					} else {
+						ingest(b, d, 4096, func(int) (int64, []byte) {
+							p := rng.IntN(len(rnd)/4096) * 4096
+							return rng.Int64N(benchDiskSize/4096) * 4096, rnd[p : p+4096]
+						})
+						total += 4096 * 4096
+					}
+					b.StartTimer()
+					if err := d.Fold(ctx); err != nil {
+						b.Fatal(err)
+					}
+					b.StopTimer()
+					s.Close()
+				}
+				b.ReportMetric(float64(total)/b.Elapsed().Seconds()/1e6, "MB/s")
+			})
+		}
+	}
+}
+
+// BenchmarkDedup20Copies writes the same 64 MiB image (a mix of random,
+// compressible and zero regions) to 20 disks and reports stored bytes of
+// all 20 relative to one copy.
+func BenchmarkDedup20Copies(b *testing.B) {
+	ctx := context.Background()
+	img := make([]byte, 64<<20)
+	for i := 0; i < len(img); i += 1 << 20 {
+		switch (i >> 20) % 4 {
+		case 0, 1:
+			rand.Read(img[i : i+1<<20])
+		case 2:
+			for j := i; j < i+1<<20; j++ {
+				img[j] = byte(j / 512)
+			}
+		}
+	}
+	for i := 0; i < b.N; i++ {
+		e := benchEnv(b, DefaultChunkSize)
+		e.opts.FoldInterval = -1
+		s := e.open(b)
+		var one int64
+		for k := 0; k < 20; k++ {
+			d, err := s.CreateDisk(ctx, fmt.Sprintf("server-%02d", k), int64(len(img)), 4096)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ingest(b, d, len(img)>>20, func(i int) (int64, []byte) { return int64(i) << 20, img[i<<20 : (i+1)<<20] })
+			if err := d.Fold(ctx); err != nil {
+				b.Fatal(err)
+			}
+			if k == 0 {
+				u, err := s.Usage(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				one = u.StoredBytes
+			}
+		}
+		u, err := s.Usage(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(u.StoredBytes)/float64(one), "stored/one-copy")
+		b.ReportMetric(float64(one)/float64(len(img)), "one-copy/logical")
+		s.Close()
+	}
+}

@@ -1,0 +1,232 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"slices"
+	"sort"
+	"sync"
+)
+
+// Fold turns every durable journal record not yet in a block map into
+// chunks and publishes a new immutable block map at DurableSeq, then trims
+// the journal to its window and drops block maps nothing needs. The store
+// folds in the background; Fold lets a caller force it.
+func (d *Disk) Fold(ctx context.Context) error {
+	d.foldMu.Lock()
+	defer d.foldMu.Unlock()
+	seq := d.DurableSeq()
+	if seq > d.headSeq() {
+		if err := d.foldLocked(ctx, seq); err != nil {
+			return fmt.Errorf("fold disk %s: %w", d.id, err)
+		}
+	}
+	if err := d.tidyLocked(ctx); err != nil {
+		return fmt.Errorf("fold disk %s: %w", d.id, err)
+	}
+	return nil
+}
+
+// hasMap reports whether a map at seq is published.
+func (d *Disk) hasMap(seq uint64) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, ok := slices.BinarySearch(d.maps, seq)
+	return ok
+}
+
+// foldLocked publishes the block map of the disk at seq. Callers hold foldMu.
+func (d *Disk) foldLocked(ctx context.Context, seq uint64) error {
+	if d.hasMap(seq) {
+		return nil
+	}
+	s := d.s
+	s.gcMu.RLock()
+	defer s.gcMu.RUnlock()
+	r, err := d.openAt(ctx, seq)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+
+	dirty := make([]int64, 0, len(r.ov))
+	for c := range r.ov {
+		dirty = append(dirty, c)
+	}
+	sort.Slice(dirty, func(a, b int) bool { return dirty[a] < dirty[b] })
+	refs, err := d.foldChunks(ctx, r, dirty)
+	if err != nil {
+		return err
+	}
+
+	nChunks := numChunks(r.size, int(r.cs))
+	pages := make([]Hash, (nChunks+pageEntries-1)/pageEntries)
+	copy(pages, r.base.pages)
+	for i := 0; i < len(dirty); {
+		p := dirty[i] / pageEntries
+		n := min(int64(pageEntries), nChunks-p*pageEntries)
+		entries := make([]Hash, n)
+		if p < int64(len(r.base.pages)) && !r.base.pages[p].IsZero() {
+			raw, err := s.getChunk(ctx, r.base.pages[p])
+			if err != nil {
+				return err
+			}
+			old, err := decodePage(raw)
+			if err != nil {
+				return corrupt(chunkName(r.base.pages[p]), err)
+			}
+			copy(entries, old)
+		}
+		for ; i < len(dirty) && dirty[i]/pageEntries == p; i++ {
+			entries[dirty[i]%pageEntries] = refs[dirty[i]]
+		}
+		allZero := true
+		for _, e := range entries {
+			if !e.IsZero() {
+				allZero = false
+				break
+			}
+		}
+		pages[p] = Hash{}
+		if !allZero {
+			if pages[p], err = s.putChunk(ctx, encodePage(entries)); err != nil {
+				return err
+			}
+		}
+	}
+	m := &blockMap{
+		seq: seq, size: r.size, chunkSize: int(r.cs), time: s.opts.Now().UnixNano(),
+		crashBarrier: r.base.crashBarrier, appBarrier: r.base.appBarrier, pages: pages,
+	}
+	d.j.mu.Lock()
+	for _, rec := range d.j.rangeLocked(r.base.seq, seq) {
+		if rec.typ == recBarrier {
+			m.crashBarrier = rec.seq
+			if Consistency(rec.flag) == AppConsistent {
+				m.appBarrier = rec.seq
+			}
+		}
+	}
+	d.j.mu.Unlock()
+	name := mapName(d.id, seq)
+	if err := s.be.Put(ctx, name, s.sl.seal(name, kindMap, encodeMap(m))); err != nil {
+		return backendErr("publish block map", err)
+	}
+	d.mu.Lock()
+	i, _ := slices.BinarySearch(d.maps, seq)
+	d.maps = slices.Insert(d.maps, i, seq)
+	d.roots[seq] = m
+	d.mu.Unlock()
+	return nil
+}
+
+// foldChunks stores the content of the dirty chunks as r shows them, in
+// parallel, and returns their hashes.
+func (d *Disk) foldChunks(ctx context.Context, r *Reader, dirty []int64) (map[int64]Hash, error) {
+	refs := make(map[int64]Hash, len(dirty))
+	var mu sync.Mutex
+	var firstErr error
+	work := make(chan int64)
+	var wg sync.WaitGroup
+	// Chunk puts wait on the backend (an fsync, a network round trip) far
+	// longer than they compute, so run many more of them than there are CPUs.
+	workers := min(len(dirty), max(32, 2*runtime.GOMAXPROCS(0)))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, r.cs)
+			for c := range work {
+				n := min(r.cs, r.size-c*r.cs)
+				h, err := d.foldChunk(ctx, r, c, buf[:n])
+				mu.Lock()
+				if err != nil && firstErr == nil {
+					firstErr = err
+					cancel()
+				}
+				refs[c] = h
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, c := range dirty {
+		if ctx.Err() != nil {
+			break
+		}
+		work <- c
+	}
+	close(work)
+	wg.Wait()
+	if firstErr == nil && ctx.Err() != nil {
+		firstErr = ctx.Err()
+	}
+	return refs, firstErr
+}
+
+func (d *Disk) foldChunk(ctx context.Context, r *Reader, c int64, buf []byte) (Hash, error) {
+	if len(buf) <= 0 {
+		return Hash{}, errors.New("chunk past the end of the disk")
+	}
+	if err := r.readChunk(c, c*r.cs, buf); err != nil {
+		return Hash{}, err
+	}
+	return d.s.putChunk(ctx, buf)
+}
+
+// tidyLocked trims the journal to its window and deletes block maps that
+// no snapshot, reader or window position needs. Callers hold foldMu.
+func (d *Disk) tidyLocked(ctx context.Context) error {
+	head := d.headSeq()
+	w := d.s.opts.Window
+	n, through := d.j.trimPlan(head, w.MaxBytes, w.MaxAge)
+	if n > 0 {
+		// The mark goes first: after a crash the journal must never be
+		// trusted to hold records it no longer has.
+		d.mu.Lock()
+		through = max(through, d.trimmed)
+		d.mu.Unlock()
+		if err := d.writeTrimmed(through); err != nil {
+			return err
+		}
+		d.mu.Lock()
+		d.trimmed = through
+		d.mu.Unlock()
+		if err := d.j.removeOldest(n); err != nil {
+			return err
+		}
+	}
+	return d.pruneMapsLocked(ctx)
+}
+
+// pruneMapsLocked deletes maps that are not the newest, not a snapshot's,
+// not pinned by a reader and not usable as a base for reads inside the
+// journal window. Callers hold foldMu.
+func (d *Disk) pruneMapsLocked(ctx context.Context) error {
+	d.mu.Lock()
+	keep := map[uint64]bool{}
+	for _, s := range d.snaps {
+		keep[s.Seq] = true
+	}
+	var drop []uint64
+	kept := d.maps[:0:0]
+	for i, m := range d.maps {
+		if i == len(d.maps)-1 || keep[m] || d.pins[m] > 0 || m >= d.trimmed {
+			kept = append(kept, m)
+			continue
+		}
+		drop = append(drop, m)
+		delete(d.roots, m)
+	}
+	d.maps = kept
+	d.mu.Unlock()
+	for _, m := range drop {
+		if err := d.s.be.Delete(ctx, mapName(d.id, m)); err != nil {
+			return fmt.Errorf("delete block map: %w", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,49 @@
+package fs
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/ferrymigrate/ferry/replica/backend"
+	"github.com/ferrymigrate/ferry/replica/backendtest"
+)
+
+func TestConformance(t *testing.T) {
+	backendtest.Run(t, func(t *testing.T) backend.Backend {
+		b, err := Open(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	})
+}
+
+func TestOpenRemovesTemporaryFiles(t *testing.T) {
+	dir := t.TempDir()
+	b, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Put(context.Background(), "keep", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	stale := filepath.Join(dir, tmpDir, "leftover")
+	if err := os.WriteFile(stale, []byte("partial"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale temporary file still present after Open: %v", err)
+	}
+	n := 0
+	if err := b.List(context.Background(), "", func(name string, _ int64) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 {
+		t.Errorf("List found %d objects, want 1", n)
+	}
+}

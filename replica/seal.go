@@ -1,0 +1,254 @@
+package replica
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"runtime"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/zeebo/blake3"
+	"golang.org/x/crypto/chacha20poly1305"
+)
+
+// Hash is the keyed BLAKE3-256 hash of a chunk's plaintext content; it names
+// the chunk on the backend. The zero Hash stands for an all-zero chunk,
+// which is never stored.
+type Hash [32]byte
+
+// IsZero reports whether h is the zero Hash (an all-zero chunk).
+func (h Hash) IsZero() bool { return h == Hash{} }
+
+// String returns h in hex.
+func (h Hash) String() string { return hex.EncodeToString(h[:]) }
+
+func chunkName(h Hash) string {
+	s := h.String()
+	return "chunks/" + s[:2] + "/" + s
+}
+
+func parseChunkName(name string) (Hash, bool) {
+	var h Hash
+	const p = "chunks/xx/"
+	if len(name) != len(p)+64 || name[:7] != "chunks/" || name[9] != '/' {
+		return h, false
+	}
+	if _, err := hex.Decode(h[:], []byte(name[len(p):])); err != nil {
+		return h, false
+	}
+	return h, name[7:9] == name[len(p):len(p)+2]
+}
+
+// Cipher names an AEAD used to seal objects.
+type Cipher string
+
+// Supported ciphers.
+const (
+	XChaCha20Poly1305 Cipher = "xchacha20poly1305"
+	AES256GCM         Cipher = "aes256gcm"
+)
+
+func (c Cipher) id() (byte, error) {
+	switch c {
+	case XChaCha20Poly1305:
+		return 1, nil
+	case AES256GCM:
+		return 2, nil
+	}
+	return 0, fmt.Errorf("unknown cipher %q", c)
+}
+
+// Object kinds, bound into each sealed object's authenticated header.
+const (
+	kindChunk    byte = 1
+	kindMap      byte = 2
+	kindSnapshot byte = 3
+	kindDisk     byte = 4
+)
+
+const envelopeMagic = "FRO1"
+
+// sealer seals and opens backend objects and hashes chunk content. Object
+// layout: "FRO1" | cipher id (1) | kind (1) | nonce | AEAD ciphertext+tag,
+// with the 6-byte header and the object name as additional data, so an
+// object moved to another name or kind fails to open.
+type sealer struct {
+	cipherID byte
+	aead     cipher.AEAD
+	hashKey  []byte
+	enc      *zstd.Encoder
+	dec      *zstd.Decoder
+	maxChunk int
+}
+
+// newSealer builds a sealer from 64 bytes of key material: a 32-byte AEAD
+// key followed by a 32-byte BLAKE3 hash key.
+func newSealer(c Cipher, keys []byte, maxChunk int) (*sealer, error) {
+	if len(keys) != 64 {
+		return nil, fmt.Errorf("key material is %d bytes, want 64: %w", len(keys), ErrWrongKey)
+	}
+	id, err := c.id()
+	if err != nil {
+		return nil, err
+	}
+	var aead cipher.AEAD
+	switch c {
+	case XChaCha20Poly1305:
+		aead, err = chacha20poly1305.NewX(keys[:32])
+	case AES256GCM:
+		var block cipher.Block
+		block, err = aes.NewCipher(keys[:32])
+		if err == nil {
+			aead, err = cipher.NewGCM(block)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("data key: %w", err)
+	}
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithEncoderCRC(false))
+	if err != nil {
+		return nil, fmt.Errorf("zstd encoder: %w", err)
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithDecoderMaxMemory(uint64(maxChunk)+1<<16))
+	if err != nil {
+		return nil, fmt.Errorf("zstd decoder: %w", err)
+	}
+	return &sealer{cipherID: id, aead: aead, hashKey: append([]byte(nil), keys[32:]...), enc: enc, dec: dec, maxChunk: maxChunk}, nil
+}
+
+func (s *sealer) close() {
+	s.enc.Close()
+	s.dec.Close()
+}
+
+// hash returns the keyed BLAKE3 hash of content.
+func (s *sealer) hash(content []byte) Hash {
+	h, _ := blake3.NewKeyed(s.hashKey) // the key is always 32 bytes
+	h.Write(content)
+	var out Hash
+	h.Sum(out[:0])
+	return out
+}
+
+func (s *sealer) seal(name string, kind byte, plain []byte) []byte {
+	ns := s.aead.NonceSize()
+	hdr := len(envelopeMagic) + 2
+	out := make([]byte, hdr+ns, hdr+ns+len(plain)+s.aead.Overhead())
+	copy(out, envelopeMagic)
+	out[4] = s.cipherID
+	out[5] = kind
+	_, _ = rand.Read(out[hdr : hdr+ns])
+	ad := append(append(make([]byte, 0, hdr+len(name)), out[:hdr]...), name...)
+	return s.aead.Seal(out, out[hdr:hdr+ns], plain, ad)
+}
+
+// open authenticates and decrypts a sealed object. Any failure is a
+// CorruptError naming the object.
+func (s *sealer) open(name string, kind byte, obj []byte) ([]byte, error) {
+	ns := s.aead.NonceSize()
+	hdr := len(envelopeMagic) + 2
+	if len(obj) < hdr+ns+s.aead.Overhead() {
+		return nil, corrupt(name, fmt.Errorf("sealed object is %d bytes, too short", len(obj)))
+	}
+	if string(obj[:4]) != envelopeMagic {
+		return nil, corrupt(name, errors.New("bad magic"))
+	}
+	if obj[4] != s.cipherID {
+		return nil, corrupt(name, fmt.Errorf("sealed with cipher %d, store uses %d", obj[4], s.cipherID))
+	}
+	if obj[5] != kind {
+		return nil, corrupt(name, fmt.Errorf("object kind %d, want %d", obj[5], kind))
+	}
+	ad := append(append(make([]byte, 0, hdr+len(name)), obj[:hdr]...), name...)
+	plain, err := s.aead.Open(nil, obj[hdr:hdr+ns], obj[hdr+ns:], ad)
+	if err != nil {
+		return nil, corrupt(name, errors.New("authentication failed"))
+	}
+	return plain, nil
+}
+
+// Chunk payload (inside the seal): compression (1: 0 none, 1 zstd) |
+// content length (uint32 LE) | data.
+const (
+	compNone byte = 0
+	compZstd byte = 1
+)
+
+// encodeChunk compresses content when that saves at least 1/8 and seals it.
+func (s *sealer) encodeChunk(h Hash, content []byte) []byte {
+	buf := make([]byte, 5, 5+len(content))
+	buf[0] = compNone
+	binary.LittleEndian.PutUint32(buf[1:], uint32(len(content)))
+	if len(content) >= 512 {
+		z := s.enc.EncodeAll(content, buf)
+		if len(z)-5 <= len(content)-len(content)/8 {
+			z[0] = compZstd
+			return s.seal(chunkName(h), kindChunk, z)
+		}
+	}
+	buf = append(buf, content...)
+	return s.seal(chunkName(h), kindChunk, buf)
+}
+
+// decodeChunk opens a sealed chunk, decompresses it and checks its hash.
+func (s *sealer) decodeChunk(h Hash, obj []byte) ([]byte, error) {
+	name := chunkName(h)
+	plain, err := s.open(name, kindChunk, obj)
+	if err != nil {
+		return nil, err
+	}
+	content, err := s.decodeChunkPayload(plain)
+	if err != nil {
+		return nil, corrupt(name, err)
+	}
+	if s.hash(content) != h {
+		return nil, corrupt(name, errors.New("content does not match its hash"))
+	}
+	return content, nil
+}
+
+func (s *sealer) decodeChunkPayload(plain []byte) ([]byte, error) {
+	if len(plain) < 5 {
+		return nil, errors.New("chunk payload too short")
+	}
+	n := binary.LittleEndian.Uint32(plain[1:])
+	if int64(n) > int64(s.maxChunk) {
+		return nil, fmt.Errorf("chunk length %d exceeds the maximum %d", n, s.maxChunk)
+	}
+	switch plain[0] {
+	case compNone:
+		if uint32(len(plain)-5) != n {
+			return nil, fmt.Errorf("chunk length %d, header says %d", len(plain)-5, n)
+		}
+		return plain[5:], nil
+	case compZstd:
+		out, err := s.dec.DecodeAll(plain[5:], make([]byte, 0, n))
+		if err != nil {
+			return nil, fmt.Errorf("zstd: %w", err)
+		}
+		if uint32(len(out)) != n {
+			return nil, fmt.Errorf("decompressed to %d bytes, header says %d", len(out), n)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("unknown compression %d", plain[0])
+}
+
+var zeroBuf = make([]byte, 4<<20)
+
+// isZero reports whether b is all zero bytes.
+func isZero(b []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), len(zeroBuf))
+		if !bytes.Equal(b[:n], zeroBuf[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}

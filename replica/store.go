@@ -1,0 +1,460 @@
+package replica
+
+import (
+	"container/list"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/ferrymigrate/ferry/replica/backend"
+)
+
+// DefaultChunkSize is the chunk size of new stores (see docs/storage.md for
+// the measurements behind it).
+const DefaultChunkSize = 1 << 20
+
+// Window bounds how much folded journal is kept for any-point-in-time reads.
+// Unfolded records are always kept.
+type Window struct {
+	MaxBytes int64         // default 1 GiB per disk
+	MaxAge   time.Duration // default 1 hour
+}
+
+// Options configure Open. Dir, Backend and Keys are required.
+type Options struct {
+	// Dir is the local staging directory: journals and the lock file. It
+	// should be on a low-latency local file system.
+	Dir string
+	// Backend stores chunks, block maps and snapshot metadata.
+	Backend backend.Backend
+	// Keys wraps the store's data keys.
+	Keys KeyProvider
+
+	// ChunkSize is the chunk size of a new store, a power of two from
+	// 64 KiB to 4 MiB; default DefaultChunkSize. An existing store keeps
+	// the size it was created with.
+	ChunkSize int
+	// Cipher seals objects of a new store; default XChaCha20Poly1305.
+	Cipher Cipher
+	// SegmentSize is the size at which a journal segment is closed; default 64 MiB.
+	SegmentSize int64
+	// Window bounds the folded journal kept per disk.
+	Window Window
+	// FoldInterval is how often each disk's journal is folded into a new
+	// block map; default 10s. Negative disables background folding (call
+	// Disk.Fold).
+	FoldInterval time.Duration
+	// FoldBytes starts a fold early once this many journal bytes are
+	// unfolded; default 256 MiB.
+	FoldBytes int64
+	// CacheSize is the byte budget of the decrypted chunk cache; default 64 MiB.
+	CacheSize int64
+	// Retention is the default snapshot retention policy of every disk;
+	// zero means DefaultRetention.
+	Retention RetentionPolicy
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// Logf logs background errors; default discards them.
+	Logf func(format string, args ...any)
+}
+
+// storeConfig is the "config" object: the only object not sealed.
+type storeConfig struct {
+	Version     int    `json:"version"`
+	ID          string `json:"id"`
+	ChunkSize   int    `json:"chunk_size"`
+	Cipher      Cipher `json:"cipher"`
+	WrappedKeys []byte `json:"wrapped_keys"`
+}
+
+// Store is a replica store: per-disk journals on a local staging directory
+// and deduplicated, encrypted chunks, block maps and snapshots on a
+// Backend. All methods are safe for concurrent use. Only one process may
+// open a staging directory (and its backend) at a time.
+type Store struct {
+	opts   Options
+	be     backend.Backend
+	sl     *sealer
+	cfg    storeConfig
+	lock   *os.File
+	cache  *chunkCache
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	// gcMu is held shared by folds (from chunk dedup checks to publishing
+	// the map) and exclusively by GC, so GC never deletes a chunk a fold
+	// is about to reference.
+	gcMu sync.RWMutex
+
+	mu     sync.Mutex
+	disks  map[string]*Disk // guarded by mu
+	closed bool             // guarded by mu
+
+	chunkMu  sync.Mutex
+	known    map[Hash]int64         // stored chunks and their object sizes; guarded by chunkMu
+	inflight map[Hash]chan struct{} // chunks being put; guarded by chunkMu
+}
+
+// Open opens the store described by opts, creating it when the backend
+// holds no store yet. A key provider that cannot unwrap the store's keys
+// gives an error wrapping ErrWrongKey; a nil provider one wrapping ErrNoKey.
+func Open(ctx context.Context, opts Options) (*Store, error) {
+	if opts.Dir == "" || opts.Backend == nil {
+		return nil, errors.New("open store: Dir and Backend are required")
+	}
+	if opts.Keys == nil {
+		return nil, fmt.Errorf("open store: %w", ErrNoKey)
+	}
+	setDefaults(&opts)
+	if !validChunkSize(opts.ChunkSize) {
+		return nil, fmt.Errorf("open store: chunk size %d is not a power of two from 64 KiB to 4 MiB", opts.ChunkSize)
+	}
+	if _, err := opts.Cipher.id(); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Join(opts.Dir, "disks"), 0o700); err != nil {
+		return nil, fmt.Errorf("open store: create staging directory: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(opts.Dir, "LOCK"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("open store %s: %w", opts.Dir, ErrLocked)
+	}
+	s := &Store{opts: opts, be: opts.Backend, lock: lock, disks: map[string]*Disk{}, known: map[Hash]int64{}, inflight: map[Hash]chan struct{}{}}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if err := s.open(ctx); err != nil {
+		s.cancel()
+		for _, d := range s.disks {
+			d.j.close()
+		}
+		if s.sl != nil {
+			s.sl.close()
+		}
+		lock.Close()
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	for _, d := range s.disks {
+		s.startFolder(d)
+	}
+	return s, nil
+}
+
+func setDefaults(o *Options) {
+	if o.ChunkSize == 0 {
+		o.ChunkSize = DefaultChunkSize
+	}
+	if o.Cipher == "" {
+		o.Cipher = XChaCha20Poly1305
+	}
+	if o.SegmentSize <= 0 {
+		o.SegmentSize = 64 << 20
+	}
+	if o.Window.MaxBytes <= 0 {
+		o.Window.MaxBytes = 1 << 30
+	}
+	if o.Window.MaxAge <= 0 {
+		o.Window.MaxAge = time.Hour
+	}
+	if o.FoldInterval == 0 {
+		o.FoldInterval = 10 * time.Second
+	}
+	if o.FoldBytes <= 0 {
+		o.FoldBytes = 256 << 20
+	}
+	if o.CacheSize <= 0 {
+		o.CacheSize = 64 << 20
+	}
+	if len(o.Retention.Rules) == 0 {
+		o.Retention = DefaultRetention()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logf == nil {
+		o.Logf = func(string, ...any) {}
+	}
+}
+
+func (s *Store) open(ctx context.Context) error {
+	raw, err := s.be.Get(ctx, "config")
+	switch {
+	case errors.Is(err, backend.ErrNotFound):
+		if err := s.create(ctx); err != nil {
+			return err
+		}
+	case err != nil:
+		return fmt.Errorf("read config: %w", err)
+	default:
+		if err := json.Unmarshal(raw, &s.cfg); err != nil {
+			return corrupt("config", err)
+		}
+		if s.cfg.Version != 1 {
+			return fmt.Errorf("store format version %d is not supported", s.cfg.Version)
+		}
+		if !validChunkSize(s.cfg.ChunkSize) {
+			return corrupt("config", fmt.Errorf("chunk size %d", s.cfg.ChunkSize))
+		}
+	}
+	keys, err := s.opts.Keys.UnwrapKey(ctx, s.cfg.WrappedKeys)
+	if err != nil {
+		return fmt.Errorf("unwrap data keys: %w", err)
+	}
+	if s.sl, err = newSealer(s.cfg.Cipher, keys, s.cfg.ChunkSize); err != nil {
+		return err
+	}
+	s.cache = newChunkCache(s.opts.CacheSize)
+	err = s.be.List(ctx, "chunks/", func(name string, size int64) error {
+		if h, ok := parseChunkName(name); ok {
+			s.known[h] = size
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list chunks: %w", err)
+	}
+	var ids []string
+	err = s.be.List(ctx, "disks/", func(name string, _ int64) error {
+		ids = append(ids, strings.TrimPrefix(name, "disks/"))
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list disks: %w", err)
+	}
+	for _, id := range ids {
+		d, err := s.loadDisk(ctx, id)
+		if err != nil {
+			return err
+		}
+		s.disks[id] = d
+	}
+	return nil
+}
+
+func (s *Store) create(ctx context.Context) error {
+	keys := make([]byte, 64)
+	if _, err := rand.Read(keys); err != nil {
+		return fmt.Errorf("generate data keys: %w", err)
+	}
+	wrapped, err := s.opts.Keys.WrapKey(ctx, keys)
+	if err != nil {
+		return fmt.Errorf("wrap data keys: %w", err)
+	}
+	id := make([]byte, 16)
+	_, _ = rand.Read(id)
+	s.cfg = storeConfig{Version: 1, ID: hex.EncodeToString(id), ChunkSize: s.opts.ChunkSize, Cipher: s.opts.Cipher, WrappedKeys: wrapped}
+	raw, err := json.MarshalIndent(s.cfg, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := s.be.Put(ctx, "config", raw); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	return nil
+}
+
+// ID returns the store's random identifier.
+func (s *Store) ID() string { return s.cfg.ID }
+
+// ChunkSize returns the store's chunk size in bytes.
+func (s *Store) ChunkSize() int { return s.cfg.ChunkSize }
+
+// Close stops background folds, waits for queued journal writes and
+// releases the staging directory. Readers opened before keep working until
+// closed only as far as they need no new backend reads.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	disks := make([]*Disk, 0, len(s.disks))
+	for _, d := range s.disks {
+		disks = append(disks, d)
+	}
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+	for _, d := range disks {
+		d.j.close()
+	}
+	s.sl.close()
+	return s.lock.Close()
+}
+
+// Disk returns the disk with id, or an error wrapping ErrNotFound.
+func (s *Store) Disk(id string) (*Disk, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.disks[id]
+	if !ok {
+		return nil, fmt.Errorf("disk %q: %w", id, ErrNotFound)
+	}
+	return d, nil
+}
+
+// Disks returns the store's disks sorted by id.
+func (s *Store) Disks() []*Disk {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*Disk, 0, len(s.disks))
+	for _, d := range s.disks {
+		out = append(out, d)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].id < out[j].id })
+	return out
+}
+
+// ValidDiskID reports whether id can name a disk: 1 to 128 characters from
+// [A-Za-z0-9._-], not starting with a dot.
+func ValidDiskID(id string) bool {
+	return len(id) <= 128 && !strings.Contains(id, "/") && backend.ValidName(id)
+}
+
+// getChunk returns the plaintext content of chunk h. A missing or damaged
+// chunk is a CorruptError naming it.
+func (s *Store) getChunk(ctx context.Context, h Hash) ([]byte, error) {
+	if b, ok := s.cache.get(h); ok {
+		return b, nil
+	}
+	obj, err := s.be.Get(ctx, chunkName(h))
+	if err != nil {
+		if errors.Is(err, backend.ErrNotFound) {
+			return nil, corrupt(chunkName(h), errors.New("missing"))
+		}
+		return nil, fmt.Errorf("read chunk: %w", err)
+	}
+	b, err := s.sl.decodeChunk(h, obj)
+	if err != nil {
+		return nil, err
+	}
+	s.cache.add(h, b)
+	return b, nil
+}
+
+// putChunk stores content unless an identical chunk is stored already and
+// returns its hash; all-zero content is never stored and has the zero Hash.
+// Callers hold gcMu shared.
+func (s *Store) putChunk(ctx context.Context, content []byte) (Hash, error) {
+	if isZero(content) {
+		return Hash{}, nil
+	}
+	h := s.sl.hash(content)
+	for {
+		s.chunkMu.Lock()
+		if _, ok := s.known[h]; ok {
+			s.chunkMu.Unlock()
+			return h, nil
+		}
+		wait, busy := s.inflight[h]
+		if !busy {
+			ch := make(chan struct{})
+			s.inflight[h] = ch
+			s.chunkMu.Unlock()
+			obj := s.sl.encodeChunk(h, content)
+			err := s.be.Put(ctx, chunkName(h), obj)
+			s.chunkMu.Lock()
+			delete(s.inflight, h)
+			if err == nil {
+				s.known[h] = int64(len(obj))
+			}
+			s.chunkMu.Unlock()
+			close(ch)
+			if err != nil {
+				return Hash{}, backendErr("write chunk", err)
+			}
+			return h, nil
+		}
+		s.chunkMu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return Hash{}, ctx.Err()
+		}
+	}
+}
+
+func backendErr(op string, err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%s: %w: %w", op, ErrNoSpace, err)
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}
+
+// getSealed reads and opens a sealed metadata object.
+func (s *Store) getSealed(ctx context.Context, name string, kind byte) ([]byte, error) {
+	obj, err := s.be.Get(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	return s.sl.open(name, kind, obj)
+}
+
+// chunkCache is an LRU cache of decrypted chunk contents.
+type chunkCache struct {
+	mu    sync.Mutex
+	max   int64
+	used  int64
+	ll    *list.List
+	items map[Hash]*list.Element
+}
+
+type cacheEntry struct {
+	h Hash
+	b []byte
+}
+
+func newChunkCache(max int64) *chunkCache {
+	return &chunkCache{max: max, ll: list.New(), items: map[Hash]*list.Element{}}
+}
+
+func (c *chunkCache) get(h Hash) ([]byte, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.items[h]; ok {
+		c.ll.MoveToFront(e)
+		return e.Value.(*cacheEntry).b, true
+	}
+	return nil, false
+}
+
+func (c *chunkCache) add(h Hash, b []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.items[h]; ok || int64(len(b)) > c.max {
+		return
+	}
+	c.items[h] = c.ll.PushFront(&cacheEntry{h, b})
+	c.used += int64(len(b))
+	for c.used > c.max {
+		e := c.ll.Back()
+		ent := e.Value.(*cacheEntry)
+		c.ll.Remove(e)
+		delete(c.items, ent.h)
+		c.used -= int64(len(ent.b))
+	}
+}
+
+func (c *chunkCache) remove(h Hash) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.items[h]; ok {
+		c.ll.Remove(e)
+		delete(c.items, h)
+		c.used -= int64(len(e.Value.(*cacheEntry).b))
+	}
+}
