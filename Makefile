@@ -1,6 +1,7 @@
 # Ferry's two commands: `make demo` runs the main job, `make test` the tests.
 # Both install what they need first (scripts/setup.sh: idempotent, quick when done).
 
+SHELL := /bin/bash
 GO ?= go
 export PATH := $(PATH):/usr/local/go/bin:$(shell $(GO) env GOPATH 2>/dev/null)/bin
 BIN := bin/ferry

@@ -6,9 +6,10 @@
 # run: a test that needs a missing service says so loudly (and fails when
 # FERRY_TEST_REQUIRE_ALL=1, as in CI).
 
-_ferry_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Sourced from the repository root (make and .ci/run run there).
+_ferry_root="$(pwd)"
 
-if [ "$(id -u)" = 0 ] && [ -x "$_ferry_root/scripts/postgres-test.sh" ]; then
+if [ "$(id -u)" = 0 ] && [ -f "$_ferry_root/scripts/postgres-test.sh" ]; then
   if _pg_env="$(bash "$_ferry_root/scripts/postgres-test.sh" 2>/tmp/ferry-postgres-test.log)"; then
     eval "$_pg_env"
   else

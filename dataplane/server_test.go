@@ -1,0 +1,126 @@
+package dataplane
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ferrymigrate/ferry"
+	"github.com/ferrymigrate/ferry/pki"
+	"github.com/ferrymigrate/ferry/sqlite"
+)
+
+func TestDataPlaneChecksCertificateAgainstStore(t *testing.T) {
+	dir := t.TempDir()
+	st, err := sqlite.Open(filepath.Join(dir, "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ca, err := pki.LoadOrCreateCA(filepath.Join(dir, "pki"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.IssueServerCert([]string{"127.0.0.1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, csrPEM, err := pki.NewKeyAndCSR("agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, serial, err := ca.SignAgentCSR(csrPEM, "s-1", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentCert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	srv := &ferry.SourceServer{ID: "s-1", MachineID: "m", Hostname: "h", Lifecycle: ferry.LifecycleNotReady,
+		AgentCertSerial: serial.String(),
+		Replication:     ferry.ReplicationInfo{State: ferry.ReplicationStopped, Steps: []ferry.InitiationStepState{{Step: ferry.StepConnectAgentToReplicationServer, Status: ferry.StepNotStarted}}}}
+	if err := st.CreateServer(ctx, srv); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	dp := &Server{Store: st, CA: ca, Cert: cert}
+	go func() { done <- dp.Serve(sctx, ln) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+
+	clientConf, err := pki.ClientTLSConfigWithCA(ca.CertPEM(), &agentCert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// connect reports whether the server kept the connection (a refusal
+	// arrives as an alert on the first read in TLS 1.3).
+	connect := func(conf *tls.Config) error {
+		c, err := tls.Dial("tcp", ln.Addr().String(), conf)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		var b [1]byte
+		_, err = c.Read(b[:])
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			return nil
+		}
+		return err
+	}
+	if err := connect(clientConf); err != nil {
+		t.Fatalf("paired agent refused: %v", err)
+	}
+	waitFor(t, func() bool {
+		s, _ := st.Server(ctx, "s-1")
+		return !s.LastSeenAt.IsZero() && s.Replication.Steps[0].Status == ferry.StepSucceeded
+	})
+
+	noCert, _ := pki.ClientTLSConfigWithCA(ca.CertPEM(), nil)
+	if err := connect(noCert); err == nil {
+		t.Fatal("a client without a certificate was accepted")
+	}
+	// Re-paired elsewhere: this serial is no longer the server's.
+	if _, err := st.UpdateServer(ctx, "s-1", func(s *ferry.SourceServer) error { s.AgentCertSerial = "12345"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := connect(clientConf); err == nil {
+		t.Fatal("a superseded certificate was accepted")
+	}
+	// Disconnected: refused even with the right serial.
+	if _, err := st.UpdateServer(ctx, "s-1", func(s *ferry.SourceServer) error {
+		s.AgentCertSerial = serial.String()
+		s.Lifecycle = ferry.LifecycleDisconnected
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := connect(clientConf); err == nil {
+		t.Fatal("a disconnected server's certificate was accepted")
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
