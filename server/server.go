@@ -21,6 +21,7 @@ import (
 	"github.com/ferrymigrate/ferry/dataplane"
 	"github.com/ferrymigrate/ferry/pki"
 	"github.com/ferrymigrate/ferry/postgres"
+	"github.com/ferrymigrate/ferry/replica"
 	"github.com/ferrymigrate/ferry/sqlite"
 )
 
@@ -41,11 +42,12 @@ func OpenStore(ctx context.Context, database string) (ferry.Store, error) {
 
 // Server is a running `ferry server`.
 type Server struct {
-	cfg   config.Server
-	store ferry.Store
-	ca    *pki.CA
-	cert  tls.Certificate
-	log   *slog.Logger
+	cfg     config.Server
+	store   ferry.Store
+	replica *replica.Store
+	ca      *pki.CA
+	cert    tls.Certificate
+	log     *slog.Logger
 
 	// APIAddr and DataAddr are the bound listen addresses, known after
 	// Start (useful with port 0).
@@ -80,6 +82,9 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 			s.Close()
 		}
 	}()
+	if s.replica, err = OpenReplica(ctx, cfg.DataDir, func(f string, a ...any) { log.Warn(fmt.Sprintf(f, a...)) }); err != nil {
+		return nil, err
+	}
 	if err := controlplane.EnsureDefaultTemplate(ctx, s.store); err != nil {
 		return nil, fmt.Errorf("create default template: %w", err)
 	}
@@ -249,12 +254,16 @@ func (s *Server) Serve(ctx context.Context) error {
 	return errors.Join(first, s.Close())
 }
 
-// Close releases the store.
+// Close releases the metadata and replica stores.
 func (s *Server) Close() error {
-	if s.store != nil {
-		err := s.store.Close()
-		s.store = nil
-		return err
+	var errs []error
+	if s.replica != nil {
+		errs = append(errs, s.replica.Close())
+		s.replica = nil
 	}
-	return nil
+	if s.store != nil {
+		errs = append(errs, s.store.Close())
+		s.store = nil
+	}
+	return errors.Join(errs...)
 }
