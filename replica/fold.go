@@ -56,7 +56,16 @@ func (d *Disk) foldLocked(ctx context.Context, seq uint64) error {
 		dirty = append(dirty, c)
 	}
 	sort.Slice(dirty, func(a, b int) bool { return dirty[a] < dirty[b] })
-	refs, err := d.foldChunks(ctx, r, dirty)
+	// Every chunk and page of this fold goes into one batch that becomes
+	// durable as a whole before the map that references it is published.
+	cb := s.newChunkBatch()
+	committed := false
+	defer func() {
+		if !committed {
+			cb.abort()
+		}
+	}()
+	refs, err := d.foldChunks(ctx, cb, r, dirty)
 	if err != nil {
 		return err
 	}
@@ -91,7 +100,7 @@ func (d *Disk) foldLocked(ctx context.Context, seq uint64) error {
 		}
 		pages[p] = Hash{}
 		if !allZero {
-			if pages[p], err = s.putChunk(ctx, encodePage(entries)); err != nil {
+			if pages[p], err = s.putChunk(ctx, cb, encodePage(entries)); err != nil {
 				return err
 			}
 		}
@@ -110,6 +119,10 @@ func (d *Disk) foldLocked(ctx context.Context, seq uint64) error {
 		}
 	}
 	d.j.mu.Unlock()
+	committed = true
+	if err := cb.commit(ctx); err != nil {
+		return err
+	}
 	name := mapName(d.id, seq)
 	if err := s.be.Put(ctx, name, s.sl.seal(name, kindMap, encodeMap(m))); err != nil {
 		return backendErr("publish block map", err)
@@ -124,7 +137,7 @@ func (d *Disk) foldLocked(ctx context.Context, seq uint64) error {
 
 // foldChunks stores the content of the dirty chunks as r shows them, in
 // parallel, and returns their hashes.
-func (d *Disk) foldChunks(ctx context.Context, r *Reader, dirty []int64) (map[int64]Hash, error) {
+func (d *Disk) foldChunks(ctx context.Context, cb *chunkBatch, r *Reader, dirty []int64) (map[int64]Hash, error) {
 	refs := make(map[int64]Hash, len(dirty))
 	var mu sync.Mutex
 	var firstErr error
@@ -142,7 +155,7 @@ func (d *Disk) foldChunks(ctx context.Context, r *Reader, dirty []int64) (map[in
 			buf := make([]byte, r.cs)
 			for c := range work {
 				n := min(r.cs, r.size-c*r.cs)
-				h, err := d.foldChunk(ctx, r, c, buf[:n])
+				h, err := d.foldChunk(ctx, cb, r, c, buf[:n])
 				mu.Lock()
 				if err != nil && firstErr == nil {
 					firstErr = err
@@ -167,14 +180,14 @@ func (d *Disk) foldChunks(ctx context.Context, r *Reader, dirty []int64) (map[in
 	return refs, firstErr
 }
 
-func (d *Disk) foldChunk(ctx context.Context, r *Reader, c int64, buf []byte) (Hash, error) {
+func (d *Disk) foldChunk(ctx context.Context, cb *chunkBatch, r *Reader, c int64, buf []byte) (Hash, error) {
 	if len(buf) <= 0 {
 		return Hash{}, errors.New("chunk past the end of the disk")
 	}
 	if err := r.readChunk(c, c*r.cs, buf); err != nil {
 		return Hash{}, err
 	}
-	return d.s.putChunk(ctx, buf)
+	return d.s.putChunk(ctx, cb, buf)
 }
 
 // tidyLocked trims the journal to its window and deletes block maps that

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/zeebo/blake3"
@@ -136,9 +137,17 @@ func (s *sealer) hash(content []byte) Hash {
 }
 
 func (s *sealer) seal(name string, kind byte, plain []byte) []byte {
+	return s.sealTo(nil, name, kind, plain)
+}
+
+// sealTo seals plain into dst's storage when it is large enough.
+func (s *sealer) sealTo(dst []byte, name string, kind byte, plain []byte) []byte {
 	ns := s.aead.NonceSize()
 	hdr := len(envelopeMagic) + 2
-	out := make([]byte, hdr+ns, hdr+ns+len(plain)+s.aead.Overhead())
+	if need := hdr + ns + len(plain) + s.aead.Overhead(); cap(dst) < need {
+		dst = make([]byte, 0, need)
+	}
+	out := dst[:hdr+ns]
 	copy(out, envelopeMagic)
 	out[4] = s.cipherID
 	out[5] = kind
@@ -179,20 +188,28 @@ const (
 	compZstd byte = 1
 )
 
-// encodeChunk compresses content when that saves at least 1/8 and seals it.
-func (s *sealer) encodeChunk(h Hash, content []byte) []byte {
-	buf := make([]byte, 5, 5+len(content))
+var plainPool = sync.Pool{New: func() any { return new([]byte) }}
+
+// encodeChunk compresses content when that saves at least 1/8 and seals
+// it, into dst's storage when it is large enough.
+func (s *sealer) encodeChunk(h Hash, content, dst []byte) []byte {
+	bp := plainPool.Get().(*[]byte)
+	defer plainPool.Put(bp)
+	if cap(*bp) < 5+len(content) {
+		*bp = make([]byte, 0, 5+s.maxChunk)
+	}
+	buf := (*bp)[:5]
 	buf[0] = compNone
 	binary.LittleEndian.PutUint32(buf[1:], uint32(len(content)))
 	if len(content) >= 512 {
 		z := s.enc.EncodeAll(content, buf)
 		if len(z)-5 <= len(content)-len(content)/8 {
 			z[0] = compZstd
-			return s.seal(chunkName(h), kindChunk, z)
+			return s.sealTo(dst, chunkName(h), kindChunk, z)
 		}
 	}
 	buf = append(buf, content...)
-	return s.seal(chunkName(h), kindChunk, buf)
+	return s.sealTo(dst, chunkName(h), kindChunk, buf)
 }
 
 // decodeChunk opens a sealed chunk, decompresses it and checks its hash.

@@ -102,8 +102,8 @@ type Store struct {
 	closed bool             // guarded by mu
 
 	chunkMu  sync.Mutex
-	known    map[Hash]int64         // stored chunks and their object sizes; guarded by chunkMu
-	inflight map[Hash]chan struct{} // chunks being put; guarded by chunkMu
+	known    map[Hash]int64       // stored chunks and their object sizes; guarded by chunkMu
+	inflight map[Hash]*chunkBatch // chunks being staged and by which fold; guarded by chunkMu
 }
 
 // Open opens the store described by opts, creating it when the backend
@@ -134,7 +134,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		lock.Close()
 		return nil, fmt.Errorf("open store %s: %w", opts.Dir, ErrLocked)
 	}
-	s := &Store{opts: opts, be: opts.Backend, lock: lock, disks: map[string]*Disk{}, known: map[Hash]int64{}, inflight: map[Hash]chan struct{}{}}
+	s := &Store{opts: opts, be: opts.Backend, lock: lock, disks: map[string]*Disk{}, known: map[Hash]int64{}, inflight: map[Hash]*chunkBatch{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.open(ctx); err != nil {
 		s.cancel()
@@ -346,46 +346,98 @@ func (s *Store) getChunk(ctx context.Context, h Hash) ([]byte, error) {
 	return b, nil
 }
 
-// putChunk stores content unless an identical chunk is stored already and
-// returns its hash; all-zero content is never stored and has the zero Hash.
+// chunkBatch collects the chunks one fold stores, so that they become
+// durable together (backend.Batch) before the block map that references
+// them is published.
+type chunkBatch struct {
+	s  *Store
+	b  backend.Batch
+	mu sync.Mutex
+	// staged holds the chunks put into b and their object sizes.
+	staged map[Hash]int64
+}
+
+func (s *Store) newChunkBatch() *chunkBatch {
+	return &chunkBatch{s: s, b: backend.NewBatch(s.be), staged: map[Hash]int64{}}
+}
+
+// commit makes the batch's chunks durable and records them as stored.
+func (cb *chunkBatch) commit(ctx context.Context) error {
+	err := cb.b.Commit(ctx)
+	s := cb.s
+	s.chunkMu.Lock()
+	for h, n := range cb.staged {
+		if s.inflight[h] == cb {
+			delete(s.inflight, h)
+		}
+		if err == nil {
+			s.known[h] = n
+		}
+	}
+	s.chunkMu.Unlock()
+	if err != nil {
+		return backendErr("write chunks", err)
+	}
+	return nil
+}
+
+// abort discards the batch after a failure.
+func (cb *chunkBatch) abort() {
+	cb.b.Abort()
+	s := cb.s
+	s.chunkMu.Lock()
+	for h := range cb.staged {
+		if s.inflight[h] == cb {
+			delete(s.inflight, h)
+		}
+	}
+	s.chunkMu.Unlock()
+}
+
+var objPool = sync.Pool{New: func() any { return new([]byte) }}
+
+// putChunk stages content in cb unless an identical chunk is stored or
+// staged in cb already, and returns its hash; all-zero content is never
+// stored and has the zero Hash. A chunk another fold's batch is staging
+// is staged again here rather than waited for: two folds waiting on each
+// other's commit would deadlock, and both write the same complete object.
 // Callers hold gcMu shared.
-func (s *Store) putChunk(ctx context.Context, content []byte) (Hash, error) {
+func (s *Store) putChunk(ctx context.Context, cb *chunkBatch, content []byte) (Hash, error) {
 	if isZero(content) {
 		return Hash{}, nil
 	}
 	h := s.sl.hash(content)
-	for {
+	s.chunkMu.Lock()
+	if _, ok := s.known[h]; ok {
+		s.chunkMu.Unlock()
+		return h, nil
+	}
+	owner, busy := s.inflight[h]
+	if busy && owner == cb {
+		s.chunkMu.Unlock()
+		return h, nil
+	}
+	if !busy {
+		s.inflight[h] = cb
+	}
+	s.chunkMu.Unlock()
+	bp := objPool.Get().(*[]byte)
+	obj := s.sl.encodeChunk(h, content, (*bp)[:0])
+	err := cb.b.Put(ctx, chunkName(h), obj)
+	*bp = obj
+	objPool.Put(bp)
+	if err != nil {
 		s.chunkMu.Lock()
-		if _, ok := s.known[h]; ok {
-			s.chunkMu.Unlock()
-			return h, nil
-		}
-		wait, busy := s.inflight[h]
-		if !busy {
-			ch := make(chan struct{})
-			s.inflight[h] = ch
-			s.chunkMu.Unlock()
-			obj := s.sl.encodeChunk(h, content)
-			err := s.be.Put(ctx, chunkName(h), obj)
-			s.chunkMu.Lock()
+		if s.inflight[h] == cb {
 			delete(s.inflight, h)
-			if err == nil {
-				s.known[h] = int64(len(obj))
-			}
-			s.chunkMu.Unlock()
-			close(ch)
-			if err != nil {
-				return Hash{}, backendErr("write chunk", err)
-			}
-			return h, nil
 		}
 		s.chunkMu.Unlock()
-		select {
-		case <-wait:
-		case <-ctx.Done():
-			return Hash{}, ctx.Err()
-		}
+		return Hash{}, backendErr("write chunk", err)
 	}
+	cb.mu.Lock()
+	cb.staged[h] = int64(len(obj))
+	cb.mu.Unlock()
+	return h, nil
 }
 
 func backendErr(op string, err error) error {

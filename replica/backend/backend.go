@@ -89,3 +89,54 @@ func ValidPrefix(prefix string) bool {
 	}
 	return ValidName(prefix)
 }
+
+// Batcher is implemented by backends that make many objects durable
+// together more cheaply than one Put each. replica/fs does: a Put pays a
+// file fsync and a directory fsync in series, a batch pays one fsync per
+// file, all in parallel, and one fsync per directory at commit.
+type Batcher interface {
+	// NewBatch returns an empty batch.
+	NewBatch() Batch
+}
+
+// Batch stages objects and makes them durable together.
+//
+// Contract (replica/backendtest checks it):
+//
+//   - Put stages an object. It is safe for concurrent use, but not
+//     concurrently with Commit or Abort. A staged object may stay
+//     invisible to Get and List until Commit returns.
+//   - Commit returns nil only when every staged object is stored and
+//     durable, exactly as if each had been put with Backend.Put. A batch
+//     is done after Commit or Abort.
+//   - At any instant (a crash, a failed Commit, Abort) every staged name
+//     holds either its previous object (or none) or the complete new one,
+//     never a prefix.
+//   - Abort discards what it can; objects may already be visible.
+type Batch interface {
+	// Put stages data under name.
+	Put(ctx context.Context, name string, data []byte) error
+	// Commit makes every staged object durable and visible.
+	Commit(ctx context.Context) error
+	// Abort discards the batch.
+	Abort()
+}
+
+// NewBatch returns a batch for b: b's own when b implements Batcher,
+// otherwise one whose Put is b.Put and whose Commit does nothing more.
+func NewBatch(b Backend) Batch {
+	if bb, ok := b.(Batcher); ok {
+		return bb.NewBatch()
+	}
+	return putBatch{b}
+}
+
+type putBatch struct{ b Backend }
+
+func (p putBatch) Put(ctx context.Context, name string, data []byte) error {
+	return p.b.Put(ctx, name, data)
+}
+
+func (putBatch) Commit(ctx context.Context) error { return ctx.Err() }
+
+func (putBatch) Abort() {}

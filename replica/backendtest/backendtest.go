@@ -35,6 +35,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) backend.Backend) {
 		{"InvalidNames", testInvalidNames},
 		{"Concurrent", testConcurrent},
 		{"Empty", testEmpty},
+		{"Batch", testBatch},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -250,4 +251,56 @@ func testConcurrent(t *testing.T, b backend.Backend) {
 	if n := len(list(t, b, "conc/")); n != 8*8+1 {
 		t.Errorf("List(conc/) found %d objects, want %d", n, 8*8+1)
 	}
+}
+
+// testBatch stages objects concurrently in a backend.NewBatch (the
+// backend's own when it implements backend.Batcher), one replacing an
+// existing object, and checks that all are there after Commit.
+func testBatch(t *testing.T, b backend.Backend) {
+	ctx := context.Background()
+	if err := b.Put(ctx, "batch/00", []byte("old")); err != nil {
+		t.Fatalf("Put: %v", err)
+	}
+	bt := backend.NewBatch(b)
+	want := map[string][]byte{}
+	for i := 0; i < 40; i++ {
+		want[fmt.Sprintf("batch/%02d", i)] = randBytes(100 + i*1000)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, len(want))
+	for name, data := range want {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := bt.Put(ctx, name, data); err != nil {
+				errs <- fmt.Errorf("batch Put(%s): %w", name, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if err := bt.Commit(ctx); err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	for name, data := range want {
+		got, err := b.Get(ctx, name)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("Get(%s) after Commit = %d bytes, %v; want the %d bytes staged", name, len(got), err, len(data))
+		}
+	}
+	n := 0
+	if err := b.List(ctx, "batch/", func(string, int64) error { n++; return nil }); err != nil {
+		t.Fatalf("List: %v", err)
+	}
+	if n != len(want) {
+		t.Fatalf("List found %d objects after Commit, want %d", n, len(want))
+	}
+	aborted := backend.NewBatch(b)
+	if err := aborted.Put(ctx, "batch/aborted", []byte("x")); err != nil {
+		t.Fatalf("batch Put: %v", err)
+	}
+	aborted.Abort()
 }

@@ -26,6 +26,19 @@ var _ backend.Backend = (*Backend)(nil)
 
 const tmpDir = ".tmp"
 
+// tmpShards is the number of subdirectories of tmpDir temporary files are
+// spread over: many goroutines creating files in one directory contend on
+// its lock (measured: creates cost 4× the CPU with one directory).
+const tmpShards = 16
+
+// tmpPath returns a new random temporary file name.
+func (b *Backend) tmpPath() string {
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	name := hex.EncodeToString(rnd[:])
+	return filepath.Join(b.root, tmpDir, name[:1], name)
+}
+
 // Backend is a backend.Backend storing objects as files under a directory.
 type Backend struct {
 	root string
@@ -50,6 +63,11 @@ func Open(dir string) (*Backend, error) {
 	}
 	if err := os.Mkdir(tmp, 0o700); err != nil {
 		return nil, fmt.Errorf("create temporary directory: %w", err)
+	}
+	for i := range tmpShards {
+		if err := os.Mkdir(filepath.Join(tmp, fmt.Sprintf("%x", i)), 0o700); err != nil {
+			return nil, fmt.Errorf("create temporary directory: %w", err)
+		}
 	}
 	if err := syncDir(abs); err != nil {
 		return nil, err
@@ -81,9 +99,7 @@ func (b *Backend) Put(ctx context.Context, name string, data []byte) error {
 	if err := b.mkdirs(filepath.Dir(p)); err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
-	var rnd [8]byte
-	_, _ = rand.Read(rnd[:])
-	tmp := filepath.Join(b.root, tmpDir, hex.EncodeToString(rnd[:]))
+	tmp := b.tmpPath()
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("put %s: create temporary file: %w", name, err)

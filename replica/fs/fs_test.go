@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/ferrymigrate/ferry/replica/backend"
@@ -45,5 +46,40 @@ func TestOpenRemovesTemporaryFiles(t *testing.T) {
 	}
 	if n != 1 {
 		t.Errorf("List found %d objects, want 1", n)
+	}
+}
+
+func TestBatchAbortLeavesNothing(t *testing.T) {
+	dir := t.TempDir()
+	b, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	bt := b.NewBatch()
+	for i := 0; i < batchMaxOpen+3; i++ {
+		if err := bt.Put(ctx, "chunks/aa/x"+strings.Repeat("0", i%5)+string(rune('a'+i%26)), []byte("data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bt.Abort()
+	if err := bt.Commit(ctx); err == nil {
+		t.Error("Commit after Abort succeeded")
+	}
+	n := 0
+	if err := b.List(ctx, "", func(string, int64) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Errorf("List found %d objects after Abort, want 0", n)
+	}
+	err = filepath.WalkDir(filepath.Join(dir, tmpDir), func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			t.Errorf("temporary file %s left after Abort", p)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

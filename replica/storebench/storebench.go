@@ -1,0 +1,601 @@
+// Package storebench measures the replica store against the goals of its
+// design (docs/storage.md, "Benchmarks") in one run on one disk and prints
+// a table with PASS or MISS per goal. The ferry command line runs it as
+// "ferry bench store".
+package storebench
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ferrymigrate/ferry/nbd"
+	"github.com/ferrymigrate/ferry/replica"
+	"github.com/ferrymigrate/ferry/replica/fs"
+)
+
+// Options size the run. Zero values take the defaults, chosen so a run
+// takes about a minute on 2 cores.
+type Options struct {
+	// Dir is the directory to measure in (the disk under test). A
+	// temporary directory is created in it and removed afterwards.
+	// Default os.TempDir().
+	Dir string
+	// SeqBytes is the amount written by the file system baseline, the
+	// sequential random-data ingest and the zeros ingest; it is also the
+	// size of the snapshot read over NBD. Default 256 MiB.
+	SeqBytes int64
+	// RandomWrites is the number of random 4 KiB writes; default 16384
+	// (64 MiB).
+	RandomWrites int
+	// RandomDiskSize is the disk the random writes are scattered over;
+	// default 4 GiB.
+	RandomDiskSize int64
+	// ImageBytes is the size of the image stored Copies times for the
+	// dedup ratio; default 64 MiB.
+	ImageBytes int64
+	// Copies is how many disks hold the image; default 20.
+	Copies int
+	// ChunkSize is the store's chunk size; default replica.DefaultChunkSize.
+	ChunkSize int
+	// QemuImg is the qemu-img binary; default "qemu-img" from PATH. When it
+	// cannot be found the NBD read is reported as skipped.
+	QemuImg string
+	// Logf reports progress; default silent.
+	Logf func(format string, args ...any)
+}
+
+// Goal statuses.
+const (
+	Pass = "PASS"
+	Miss = "MISS"
+	Skip = "SKIP"
+	None = "" // a measurement without a goal
+)
+
+// Row is one measurement.
+type Row struct {
+	Name   string  `json:"name"`
+	Value  float64 `json:"value"`
+	Unit   string  `json:"unit"`
+	Goal   string  `json:"goal,omitempty"`
+	Status string  `json:"status,omitempty"`
+	Note   string  `json:"note,omitempty"`
+}
+
+// Result holds every measurement of a run.
+type Result struct {
+	Dir       string `json:"dir"`
+	ChunkSize int    `json:"chunk_size"`
+	// FSWriteMBps is the file system's own sequential write speed (1 MiB
+	// writes, fsync every 64 MiB and at the end).
+	FSWriteMBps float64 `json:"fs_write_mbps"`
+	// SeqIngestMBps is durable sequential 1 MiB random-data ingest into
+	// the journal; SeqFoldMBps the fold of it into compressed, encrypted
+	// chunks; SeqEndToEndMBps both in series.
+	SeqIngestMBps   float64 `json:"seq_ingest_mbps"`
+	SeqFoldMBps     float64 `json:"seq_fold_mbps"`
+	SeqEndToEndMBps float64 `json:"seq_end_to_end_mbps"`
+	// ZerosMBps is durable ingest plus fold of 1 MiB zero extents.
+	ZerosMBps float64 `json:"zeros_mbps"`
+	// RandomIngestMBps is durable ingest of random 4 KiB writes;
+	// RandomFoldMBps the fold of them (journal bytes per second).
+	RandomIngestMBps float64 `json:"random_ingest_mbps"`
+	RandomFoldMBps   float64 `json:"random_fold_mbps"`
+	// NBDReadMBps is qemu-img convert -O raw of a snapshot served over
+	// NBD; RawReadMBps of the same bytes from a raw file. Zero when
+	// skipped (NBDSkipped says why).
+	NBDReadMBps float64 `json:"nbd_read_mbps"`
+	RawReadMBps float64 `json:"raw_read_mbps"`
+	NBDSkipped  string  `json:"nbd_skipped,omitempty"`
+	// DedupRatio is the stored bytes of Copies copies of one image over
+	// the stored bytes of one copy.
+	DedupRatio float64 `json:"dedup_ratio"`
+	// Rows is the table Run prints.
+	Rows []Row `json:"rows"`
+}
+
+func (o *Options) setDefaults() {
+	if o.Dir == "" {
+		o.Dir = os.TempDir()
+	}
+	if o.SeqBytes <= 0 {
+		o.SeqBytes = 256 << 20
+	}
+	o.SeqBytes = max(o.SeqBytes>>20, 1) << 20
+	if o.RandomWrites <= 0 {
+		o.RandomWrites = 16384
+	}
+	if o.RandomDiskSize <= 0 {
+		o.RandomDiskSize = 4 << 30
+	}
+	o.RandomDiskSize = max(o.RandomDiskSize>>12, 1) << 12
+	if o.ImageBytes <= 0 {
+		o.ImageBytes = 64 << 20
+	}
+	o.ImageBytes = max(o.ImageBytes>>20, 1) << 20
+	if o.Copies <= 0 {
+		o.Copies = 20
+	}
+	if o.ChunkSize == 0 {
+		o.ChunkSize = replica.DefaultChunkSize
+	}
+	if o.QemuImg == "" {
+		o.QemuImg = "qemu-img"
+	}
+	if o.Logf == nil {
+		o.Logf = func(string, ...any) {}
+	}
+}
+
+// Run measures, prints the table to out and returns the results.
+func Run(ctx context.Context, opts Options, out io.Writer) (*Result, error) {
+	opts.setDefaults()
+	dir, err := os.MkdirTemp(opts.Dir, "ferry-storebench-")
+	if err != nil {
+		return nil, fmt.Errorf("storebench: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	b := &bench{opts: opts, dir: dir, data: newData()}
+	res := &Result{Dir: opts.Dir, ChunkSize: opts.ChunkSize}
+	steps := []struct {
+		name string
+		fn   func(context.Context, *Result) error
+	}{
+		{"file system write", b.fsWrite},
+		{"sequential ingest and NBD read", b.seqIngest},
+		{"zeros ingest", b.zeros},
+		{"random 4 KiB ingest", b.random},
+		{"dedup", b.dedup},
+	}
+	for _, s := range steps {
+		opts.Logf("storebench: %s", s.name)
+		if err := s.fn(ctx, res); err != nil {
+			return nil, fmt.Errorf("storebench: %s: %w", s.name, err)
+		}
+	}
+	res.Rows = rows(res, opts)
+	if err := printTable(out, res); err != nil {
+		return res, fmt.Errorf("storebench: print: %w", err)
+	}
+	return res, nil
+}
+
+type bench struct {
+	opts Options
+	dir  string
+	data *data
+	n    int // stores opened, for unique directories
+}
+
+// data produces incompressible 1 MiB blocks that are all distinct (a
+// random base window stamped with the block's index), so neither
+// compression nor dedup flatters the figures.
+type data struct {
+	base []byte
+	buf  []byte
+}
+
+const mib = 1 << 20
+
+func newData() *data {
+	base := make([]byte, 16*mib)
+	r := mrand.NewChaCha8([32]byte{'f', 'e', 'r', 'r', 'y'})
+	_, _ = r.Read(base)
+	return &data{base: base, buf: make([]byte, mib)}
+}
+
+// block returns the i-th distinct 1 MiB block, valid until the next call.
+func (d *data) block(i int64) []byte {
+	off := (i * 4099) % int64(len(d.base)-mib)
+	copy(d.buf, d.base[off:off+mib])
+	binary.LittleEndian.PutUint64(d.buf, uint64(i))
+	binary.LittleEndian.PutUint64(d.buf[mib/2:], uint64(i))
+	return d.buf
+}
+
+// small returns the i-th distinct 4 KiB block, valid until the next call.
+func (d *data) small(i int64) []byte {
+	off := (i * 4099) % int64(len(d.base)-4096)
+	b := d.buf[:4096]
+	copy(b, d.base[off:off+4096])
+	binary.LittleEndian.PutUint64(b, uint64(i))
+	return b
+}
+
+func mbps(bytes int64, d time.Duration) float64 {
+	if d <= 0 {
+		return 0
+	}
+	return float64(bytes) / d.Seconds() / 1e6
+}
+
+func (b *bench) fsWrite(ctx context.Context, res *Result) error {
+	name := filepath.Join(b.dir, "seq")
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(name)
+	defer f.Close()
+	start := time.Now()
+	n := b.opts.SeqBytes / mib
+	for i := int64(0); i < n; i++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if _, err := f.Write(b.data.block(i)); err != nil {
+			return fmt.Errorf("write: %w", err)
+		}
+		if i%64 == 63 {
+			if err := f.Sync(); err != nil {
+				return fmt.Errorf("sync: %w", err)
+			}
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync: %w", err)
+	}
+	res.FSWriteMBps = mbps(b.opts.SeqBytes, time.Since(start))
+	return nil
+}
+
+// openStore opens a new store (fs backend) under the run's directory. The
+// returned function closes it.
+func (b *bench) openStore(ctx context.Context) (*replica.Store, func(), error) {
+	b.n++
+	root := filepath.Join(b.dir, "store"+strconv.Itoa(b.n))
+	be, err := fs.Open(filepath.Join(root, "backend"))
+	if err != nil {
+		return nil, nil, err
+	}
+	keys, err := replica.CreateKeyFile(filepath.Join(root, "key"))
+	if err != nil {
+		be.Close()
+		return nil, nil, err
+	}
+	s, err := replica.Open(ctx, replica.Options{
+		Dir: filepath.Join(root, "staging"), Backend: be, Keys: keys,
+		ChunkSize: b.opts.ChunkSize, FoldInterval: -1,
+	})
+	if err != nil {
+		be.Close()
+		return nil, nil, err
+	}
+	return s, func() {
+		s.Close()
+		be.Close()
+		os.RemoveAll(root)
+	}, nil
+}
+
+// ingest appends n extents from next with up to 64 in flight, as the
+// replication server does with an agent's stream, and returns when all
+// are durable.
+func ingest(ctx context.Context, d *replica.Disk, n int64, next func(i int64) (int64, []byte)) error {
+	window := make(chan replica.Commit, 64)
+	done := make(chan error, 1)
+	var failed atomic.Bool
+	go func() {
+		var first error
+		for c := range window {
+			if first != nil {
+				continue
+			}
+			if err := c.Wait(ctx); err != nil {
+				first = err
+				failed.Store(true)
+			}
+		}
+		done <- first
+	}()
+	seq := d.DurableSeq()
+	var err error
+	for i := int64(0); i < n && !failed.Load(); i++ {
+		off, buf := next(i)
+		seq++
+		var c replica.Commit
+		if c, err = d.Append(seq, off, buf); err != nil {
+			break
+		}
+		window <- c
+	}
+	close(window)
+	if werr := <-done; err == nil {
+		err = werr
+	}
+	if err != nil {
+		return fmt.Errorf("ingest: %w", err)
+	}
+	return nil
+}
+
+func (b *bench) seqIngest(ctx context.Context, res *Result) error {
+	s, closeStore, err := b.openStore(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	size := b.opts.SeqBytes
+	d, err := s.CreateDisk(ctx, "seq", size, 4096)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	err = ingest(ctx, d, size/mib, func(i int64) (int64, []byte) { return i * mib, b.data.block(i) })
+	if err != nil {
+		return err
+	}
+	ingested := time.Now()
+	if err := d.Fold(ctx); err != nil {
+		return err
+	}
+	folded := time.Now()
+	res.SeqIngestMBps = mbps(size, ingested.Sub(start))
+	res.SeqFoldMBps = mbps(size, folded.Sub(ingested))
+	res.SeqEndToEndMBps = mbps(size, folded.Sub(start))
+	return b.nbdRead(ctx, d, res)
+}
+
+func (b *bench) zeros(ctx context.Context, res *Result) error {
+	s, closeStore, err := b.openStore(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	size := b.opts.SeqBytes
+	d, err := s.CreateDisk(ctx, "zeros", size, 4096)
+	if err != nil {
+		return err
+	}
+	zero := make([]byte, mib)
+	start := time.Now()
+	if err := ingest(ctx, d, size/mib, func(i int64) (int64, []byte) { return i * mib, zero }); err != nil {
+		return err
+	}
+	if err := d.Fold(ctx); err != nil {
+		return err
+	}
+	res.ZerosMBps = mbps(size, time.Since(start))
+	return nil
+}
+
+func (b *bench) random(ctx context.Context, res *Result) error {
+	s, closeStore, err := b.openStore(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	d, err := s.CreateDisk(ctx, "random", b.opts.RandomDiskSize, 4096)
+	if err != nil {
+		return err
+	}
+	rng := mrand.New(mrand.NewPCG(1, 2))
+	blocks := b.opts.RandomDiskSize / 4096
+	n := int64(b.opts.RandomWrites)
+	start := time.Now()
+	err = ingest(ctx, d, n, func(i int64) (int64, []byte) {
+		return rng.Int64N(blocks) * 4096, b.data.small(i)
+	})
+	if err != nil {
+		return err
+	}
+	ingested := time.Now()
+	if err := d.Fold(ctx); err != nil {
+		return err
+	}
+	res.RandomIngestMBps = mbps(n*4096, ingested.Sub(start))
+	res.RandomFoldMBps = mbps(n*4096, time.Since(ingested))
+	return nil
+}
+
+// nbdRead snapshots d, serves the snapshot over NBD on a unix socket and
+// times qemu-img convert -O raw of it, then of a raw file with the same
+// bytes on the same disk.
+func (b *bench) nbdRead(ctx context.Context, d *replica.Disk, res *Result) error {
+	qemuImg, err := exec.LookPath(b.opts.QemuImg)
+	if err != nil {
+		res.NBDSkipped = fmt.Sprintf("qemu-img not found: %v", err)
+		return nil
+	}
+	snap, err := d.Snapshot(ctx, replica.SnapshotOptions{Consistency: replica.Inconsistent})
+	if err != nil {
+		return err
+	}
+	r, err := d.OpenSnapshot(ctx, snap.ID)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	sock := filepath.Join(b.dir, "nbd.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	dev := nbd.WithExtents(r, r.Extents)
+	srv := &nbd.Server{Lookup: func(name string) (nbd.Device, error) {
+		if name != "snapshot" {
+			return nil, fmt.Errorf("export %q: %w", name, nbd.ErrUnknownExport)
+		}
+		return dev, nil
+	}}
+	sctx, stop := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(sctx, l) }()
+	defer func() {
+		stop()
+		<-served
+	}()
+	outFile := filepath.Join(b.dir, "out.raw")
+	defer os.Remove(outFile)
+	convert := func(src string) (time.Duration, error) {
+		os.Remove(outFile)
+		start := time.Now()
+		cmd := exec.CommandContext(ctx, qemuImg, "convert", "-f", "raw", "-O", "raw", src, outFile)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return 0, fmt.Errorf("qemu-img convert %s: %w: %s", src, err, out)
+		}
+		return time.Since(start), nil
+	}
+	took, err := convert("nbd+unix:///snapshot?socket=" + sock)
+	if err != nil {
+		return err
+	}
+	res.NBDReadMBps = mbps(r.Size(), took)
+
+	raw := filepath.Join(b.dir, "snapshot.raw")
+	defer os.Remove(raw)
+	if err := b.writeRaw(raw, r.Size()); err != nil {
+		return err
+	}
+	if took, err = convert(raw); err != nil {
+		return err
+	}
+	res.RawReadMBps = mbps(r.Size(), took)
+	if err := os.Remove(outFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// writeRaw writes the bytes the sequential disk holds to a file.
+func (b *bench) writeRaw(name string, size int64) error {
+	f, err := os.Create(name)
+	if err != nil {
+		return err
+	}
+	for i := int64(0); i < size/mib; i++ {
+		if _, err := f.Write(b.data.block(i)); err != nil {
+			f.Close()
+			return fmt.Errorf("write raw image: %w", err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("sync raw image: %w", err)
+	}
+	return f.Close()
+}
+
+// dedup stores one image on Copies disks: a mix of random, compressible
+// and zero megabytes, like a real disk image.
+func (b *bench) dedup(ctx context.Context, res *Result) error {
+	s, closeStore, err := b.openStore(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	size := b.opts.ImageBytes
+	img := make([]byte, mib)
+	block := func(i int64) []byte {
+		switch i % 4 {
+		case 0, 1:
+			return b.data.block(1<<40 + i)
+		case 2:
+			for j := range img {
+				img[j] = byte((int64(j) + i*mib) / 512)
+			}
+		default:
+			clear(img)
+		}
+		return img
+	}
+	var one int64
+	for k := 0; k < b.opts.Copies; k++ {
+		d, err := s.CreateDisk(ctx, fmt.Sprintf("server-%02d", k), size, 4096)
+		if err != nil {
+			return err
+		}
+		if err := ingest(ctx, d, size/mib, func(i int64) (int64, []byte) { return i * mib, block(i) }); err != nil {
+			return err
+		}
+		if err := d.Fold(ctx); err != nil {
+			return err
+		}
+		if k == 0 {
+			u, err := s.Usage(ctx)
+			if err != nil {
+				return err
+			}
+			one = u.StoredBytes
+		}
+	}
+	u, err := s.Usage(ctx)
+	if err != nil {
+		return err
+	}
+	if one > 0 {
+		res.DedupRatio = float64(u.StoredBytes) / float64(one)
+	}
+	return nil
+}
+
+func status(ok bool) string {
+	if ok {
+		return Pass
+	}
+	return Miss
+}
+
+func rows(r *Result, o Options) []Row {
+	pct := func(v float64) string {
+		if r.FSWriteMBps == 0 {
+			return ""
+		}
+		return fmt.Sprintf("%.0f %% of fs write", 100*v/r.FSWriteMBps)
+	}
+	seq := fmt.Sprintf("%d MiB", o.SeqBytes>>20)
+	out := []Row{
+		{Name: "file system sequential write (1 MiB, fsync'd), " + seq, Value: r.FSWriteMBps, Unit: "MB/s"},
+		{Name: "sequential 1 MiB random-data ingest, durable", Value: r.SeqIngestMBps, Unit: "MB/s", Note: pct(r.SeqIngestMBps)},
+		{Name: "fold of it (zstd + encryption + store)", Value: r.SeqFoldMBps, Unit: "MB/s", Note: pct(r.SeqFoldMBps)},
+		{Name: "random-data ingest + fold, end to end", Value: r.SeqEndToEndMBps, Unit: "MB/s",
+			Goal: "≥ 70 % of fs write", Status: status(r.SeqEndToEndMBps >= 0.7*r.FSWriteMBps), Note: pct(r.SeqEndToEndMBps)},
+		{Name: "sequential 1 MiB zeros ingest + fold", Value: r.ZerosMBps, Unit: "MB/s",
+			Goal: "≥ 2000 MB/s", Status: status(r.ZerosMBps >= 2000)},
+		{Name: fmt.Sprintf("random 4 KiB ingest, durable (%d writes over %d MiB)", o.RandomWrites, o.RandomDiskSize>>20), Value: r.RandomIngestMBps, Unit: "MB/s",
+			Goal: "≥ 70 % of fs write", Status: status(r.RandomIngestMBps >= 0.7*r.FSWriteMBps), Note: pct(r.RandomIngestMBps)},
+		{Name: "fold of the random 4 KiB writes", Value: r.RandomFoldMBps, Unit: "MB/s"},
+	}
+	if r.NBDSkipped != "" {
+		out = append(out, Row{Name: "snapshot read over NBD (qemu-img convert -O raw)", Unit: "MB/s", Goal: "≥ 500 MB/s", Status: Skip, Note: r.NBDSkipped})
+	} else {
+		out = append(out,
+			Row{Name: "snapshot read over NBD (qemu-img convert -O raw)", Value: r.NBDReadMBps, Unit: "MB/s",
+				Goal: "≥ 500 MB/s", Status: status(r.NBDReadMBps >= 500)},
+			Row{Name: "raw file, same bytes (qemu-img convert -O raw)", Value: r.RawReadMBps, Unit: "MB/s"})
+	}
+	out = append(out, Row{Name: fmt.Sprintf("%d copies of one %d MiB image, stored", o.Copies, o.ImageBytes>>20), Value: r.DedupRatio, Unit: "× one copy",
+		Goal: "≤ 1.1 ×", Status: status(r.DedupRatio > 0 && r.DedupRatio <= 1.1)})
+	return out
+}
+
+func printTable(out io.Writer, r *Result) error {
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "measure\tresult\tgoal\tstatus\tnote\n")
+	for _, row := range r.Rows {
+		v := fmt.Sprintf("%.1f %s", row.Value, row.Unit)
+		if row.Status == Skip {
+			v = "-"
+		} else if row.Unit != "MB/s" {
+			v = fmt.Sprintf("%.3f %s", row.Value, row.Unit)
+		}
+		goal, st := row.Goal, row.Status
+		if goal == "" {
+			goal, st = "-", "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", row.Name, v, goal, st, row.Note)
+	}
+	return tw.Flush()
+}
