@@ -36,6 +36,10 @@ FUZZTIME ?= 30s
 fuzz:
 	@bash scripts/fuzz.sh $(FUZZTIME)
 
+# Benchmarks print figures; they are not tests.
+bench: setup build
+	$(BIN) bench store
+
 demo: setup build
 	@bash scripts/demo.sh
 

@@ -1,10 +1,11 @@
 package main
 
 import (
+	"strings"
+
 	"github.com/ferrymigrate/ferry/cli"
 	"github.com/ferrymigrate/ferry/nbd"
 	"github.com/spf13/cobra"
-	"strings"
 )
 
 func storeFlags(cmd *cobra.Command, o *cli.StoreOptions) {
