@@ -1,0 +1,38 @@
+package track
+
+import "context"
+
+// Extent is a dirty byte range of a device.
+type Extent struct {
+	Offset, Length int64
+}
+
+// Batch is what a tracker saw written to one device since the previous
+// batch for that device.
+type Batch struct {
+	// Device is the device path the tracker was started with (e.g.
+	// /dev/loop0).
+	Device string
+	// Extents are coalesced, sorted, non-overlapping dirty ranges, aligned
+	// to the device's logical block size.
+	Extents []Extent
+	// Lost means the tracker may have missed writes (ring overflow, the
+	// program detached, events dropped): the agent must rescan the device
+	// by hash comparison. Extents are still valid when Lost is set.
+	Lost bool
+}
+
+// Tracker reports completed writes to the devices it was started for.
+// Implementations must report a write only after it completed on the
+// device, so that reading the extent afterwards returns the written data
+// (or newer data, which a later batch will report again).
+type Tracker interface {
+	// Next blocks until at least one device has dirty extents (or lost
+	// track) or ctx ends, and returns one batch per such device.
+	Next(ctx context.Context) ([]Batch, error)
+	// Kind names the implementation for the server's state ("ebpf",
+	// "rescan").
+	Kind() string
+	// Close stops tracking and releases kernel resources.
+	Close() error
+}
