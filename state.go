@@ -168,3 +168,14 @@ const (
 	StepFailed     StepStatus = "FAILED"
 	StepSkipped    StepStatus = "SKIPPED"
 )
+
+// DesiredReplication is the operator's instruction for a server's
+// replication: MGN's start, stop, pause and resume actions.
+type DesiredReplication string
+
+// Desired replication values. The zero value means run.
+const (
+	DesiredRun   DesiredReplication = ""
+	DesiredPause DesiredReplication = "PAUSE"
+	DesiredStop  DesiredReplication = "STOP"
+)
