@@ -6,18 +6,21 @@ import "time"
 // them, where it stands in the migration, and how it is replicated and
 // launched.
 type SourceServer struct {
-	ID               string              `json:"id"`
-	MachineID        string              `json:"machine_id"`
-	Hostname         string              `json:"hostname"`
-	OS               string              `json:"os"`
-	Kernel           string              `json:"kernel"`
-	CPUs             int                 `json:"cpus"`
-	RAMBytes         int64               `json:"ram_bytes"`
-	NICs             []NIC               `json:"nics"`
-	Disks            []Disk              `json:"disks"`
-	Tags             map[string]string   `json:"tags"`
-	Lifecycle        LifecycleState      `json:"lifecycle_state"`
-	Replication      ReplicationInfo     `json:"replication"`
+	ID          string            `json:"id"`
+	MachineID   string            `json:"machine_id"`
+	Hostname    string            `json:"hostname"`
+	OS          string            `json:"os"`
+	Kernel      string            `json:"kernel"`
+	CPUs        int               `json:"cpus"`
+	RAMBytes    int64             `json:"ram_bytes"`
+	NICs        []NIC             `json:"nics"`
+	Disks       []Disk            `json:"disks"`
+	Tags        map[string]string `json:"tags"`
+	Lifecycle   LifecycleState    `json:"lifecycle_state"`
+	Replication ReplicationInfo   `json:"replication"`
+	// Desired is what the operator asked replication to do; the
+	// replication server tells the agent, and Replication.State follows.
+	Desired          DesiredReplication  `json:"desired_replication"`
 	Archived         bool                `json:"archived"`
 	ApplicationID    string              `json:"application_id,omitempty"`
 	WaveID           string              `json:"wave_id,omitempty"`
