@@ -1,0 +1,79 @@
+package protocol
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// headerLen is the frame header: a 4-byte big-endian length of the type
+// byte and body.
+const headerLen = 4
+
+// Append appends m as a frame to b.
+func Append(b []byte, m Message) []byte {
+	start := len(b)
+	b = append(b, 0, 0, 0, 0, byte(m.Type()))
+	e := enc{b: b}
+	m.appendBody(&e)
+	binary.BigEndian.PutUint32(e.b[start:], uint32(len(e.b)-start-headerLen))
+	return e.b
+}
+
+// Decode decodes one frame body (type byte and body, without the length
+// header). Data fields of the result alias body.
+func Decode(body []byte) (Message, error) {
+	if len(body) == 0 {
+		return nil, fmt.Errorf("%w: empty frame", ErrMalformed)
+	}
+	if len(body) > MaxFrame {
+		return nil, fmt.Errorf("%w: frame of %d bytes exceeds %d", ErrMalformed, len(body), MaxFrame)
+	}
+	t := Type(body[0])
+	m := newMessage(t)
+	if m == nil {
+		return nil, fmt.Errorf("%w: unknown message type %d", ErrMalformed, body[0])
+	}
+	d := dec{msg: t.String(), b: body[1:]}
+	m.decodeBody(&d)
+	if err := d.done(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Reader reads frames from a stream.
+type Reader struct {
+	r   *bufio.Reader
+	buf []byte
+}
+
+// NewReader returns a Reader of r.
+func NewReader(r io.Reader) *Reader { return &Reader{r: bufio.NewReaderSize(r, 256<<10)} }
+
+// Read reads the next message. The returned message's byte slices are only
+// valid until the next Read. At a clean end of stream it returns io.EOF; a
+// stream cut inside a frame is io.ErrUnexpectedEOF.
+func (r *Reader) Read() (Message, error) {
+	var h [headerLen]byte
+	if _, err := io.ReadFull(r.r, h[:]); err != nil {
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(h[:])
+	if n == 0 || n > MaxFrame {
+		return nil, fmt.Errorf("%w: frame length %d is not in 1..%d", ErrMalformed, n, MaxFrame)
+	}
+	if cap(r.buf) < int(n) {
+		r.buf = make([]byte, n)
+	}
+	body := r.buf[:n]
+	if _, err := io.ReadFull(r.r, body); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, fmt.Errorf("read %d-byte frame: %w", n, err)
+	}
+	return Decode(body)
+}

@@ -1,0 +1,160 @@
+package protocol
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// samples is one of every message, with every field set.
+func samples() []Message {
+	return []Message{
+		&Hello{ProtocolVersion: Version, AgentVersion: "1.2.3", ServerID: "s-abc", Tracker: "ebpf",
+			Disks: []HelloDisk{{Name: "sda", Size: 1 << 30, LogicalBlockSize: 512, AckedSeq: 7, SyncCursor: 4 << 20, SyncDone: false},
+				{Name: "nvme0n1", Size: 8 << 30, LogicalBlockSize: 4096, AckedSeq: 99, SyncCursor: 8 << 30, SyncDone: true}}},
+		&HelloAck{ProtocolVersion: Version, Disks: []AckDisk{{DurableSeq: 7, ReplicaSize: 1 << 30, BlockSize: 4096, SyncCursor: 4 << 20, Rescan: true}}},
+		&Write{Disk: 1, Seq: 42, Offset: 8192, Flags: FlagSync, RawLen: 4, Data: []byte("abcd")},
+		&Write{Disk: 0, Seq: 43, Offset: 0, Flags: FlagZstd | FlagRescan, RawLen: 4096, Data: []byte{1, 2, 3}},
+		&Zero{Disk: 2, Seq: 44, Offset: 1 << 20, Length: 1 << 20, Flags: FlagSync},
+		&Barrier{Disk: 1, Seq: 45, Consistency: CrashConsistent},
+		&Snapshot{Disk: 1, Seq: 46, Consistency: AppConsistent},
+		&Ack{Disk: 3, Seq: 1 << 40},
+		&HashRequest{ID: 9, Disk: 1, Offset: 4096, Length: 16 << 20, BlockSize: 4096, Algo: HashBLAKE3},
+		&HashReply{ID: 9, Disk: 1, Offset: 4096, BlockSize: 4096, Algo: HashXXH3, Hashes: bytes.Repeat([]byte{7}, 24)},
+		&Resize{Disk: 1, Seq: 47, Size: 2 << 30},
+		&Credit{Bytes: 64 << 20},
+		&Settings{BandwidthBytesPerSec: 10 << 20, Desired: DesiredPause, Disconnect: true},
+		&Heartbeat{UnixNano: 1700000000000000000},
+		&Stats{SentAtUnixNano: 5, OldestUnsentUnixNano: 3, Disks: []DiskStats{{Phase: PhaseBacklog, ReplicatedBytes: 1, RescannedBytes: 2, BackloggedBytes: 3, SyncDone: true, SyncSeq: 4}}},
+		&Error{Code: ErrCodeStorage, Message: "disk full"},
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	for _, m := range samples() {
+		t.Run(m.Type().String(), func(t *testing.T) {
+			frame := Append(nil, m)
+			r := NewReader(bytes.NewReader(frame))
+			got, err := r.Read()
+			if err != nil {
+				t.Fatalf("read: %v", err)
+			}
+			if !reflect.DeepEqual(got, m) {
+				t.Fatalf("got %+v, want %+v", got, m)
+			}
+			if _, err := r.Read(); err != io.EOF {
+				t.Fatalf("after the frame: %v, want EOF", err)
+			}
+			// Every truncation of the body fails cleanly, except that the
+			// trailing payload of WRITE and HASH_REPLY has no length of its own.
+			_, open := m.(*Write)
+			if _, ok := m.(*HashReply); ok {
+				open = true
+			}
+			for n := 1; n < len(frame)-headerLen; n++ {
+				if _, err := Decode(frame[headerLen : headerLen+n]); err == nil && !open {
+					t.Fatalf("body truncated to %d bytes decoded", n)
+				}
+			}
+		})
+	}
+}
+
+func TestDecodeErrorsNameTheProblem(t *testing.T) {
+	tests := []struct {
+		name string
+		body []byte
+		want string
+	}{
+		{"empty", nil, "empty frame"},
+		{"unknown type", []byte{200}, "unknown message type 200"},
+		{"short ack", []byte{byte(TypeAck), 1}, "ACK: disk"},
+		{"trailing", append(Append(nil, &Ack{})[headerLen:], 0), "ACK: end: 1 trailing bytes"},
+		{"bad barrier", Append(nil, &Barrier{Consistency: 9})[headerLen:], "BARRIER: consistency"},
+		{"write raw length", Append(nil, &Write{RawLen: 5, Data: []byte("abcd")})[headerLen:], "WRITE: raw length"},
+		{"lying disk count", []byte{byte(TypeHelloAck), 1, 0, 0xff, 0xff}, "HELLO_ACK: disks: count 65535"},
+		{"hash length", Append(nil, &HashRequest{BlockSize: 4096, Length: 1 << 40, Algo: HashBLAKE3})[headerLen:], "HASH_REQUEST: length"},
+		{"small credit", Append(nil, &Credit{Bytes: 10})[headerLen:], "CREDIT: bytes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Decode(tt.body)
+			if err == nil || !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want ErrMalformed containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestReaderRejectsHugeFrame(t *testing.T) {
+	r := NewReader(bytes.NewReader([]byte{0xff, 0xff, 0xff, 0xff, 1}))
+	if _, err := r.Read(); err == nil || !strings.Contains(err.Error(), "frame length") {
+		t.Fatalf("err = %v", err)
+	}
+	r = NewReader(bytes.NewReader([]byte{0, 0, 0, 10, 1}))
+	if _, err := r.Read(); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("cut frame: %v", err)
+	}
+}
+
+func TestCompressRoundTrip(t *testing.T) {
+	c, err := NewCompressor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := NewDecompressor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	text := bytes.Repeat([]byte("ferry replicates disks "), 4096)
+	z, ok := c.Compress(text, nil)
+	if !ok || len(z) >= len(text) {
+		t.Fatalf("text did not compress: %d -> %d", len(text), len(z))
+	}
+	w := &Write{Flags: FlagZstd, RawLen: uint32(len(text)), Data: z}
+	got, err := d.Payload(w, nil)
+	if err != nil || !bytes.Equal(got, text) {
+		t.Fatalf("payload: %v", err)
+	}
+	w.RawLen++
+	if _, err := d.Payload(w, nil); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("wrong raw length: %v", err)
+	}
+	random := make([]byte, 4096)
+	for i := range random {
+		random[i] = byte(i*7919 + i*i*31)
+	}
+	if _, ok := c.Compress(random[:64], nil); ok {
+		t.Fatal("64 incompressible bytes were compressed")
+	}
+}
+
+// FuzzDecode feeds arbitrary frames to the decoder: it must never panic,
+// and whatever decodes must encode back to the same bytes.
+func FuzzDecode(f *testing.F) {
+	for _, m := range samples() {
+		f.Add(Append(nil, m)[headerLen:])
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		m, err := Decode(body)
+		if err != nil {
+			return
+		}
+		again := Append(nil, m)[headerLen:]
+		if !bytes.Equal(again, body) {
+			t.Fatalf("%s re-encodes differently:\n%x\n%x", m.Type(), body, again)
+		}
+		if w, ok := m.(*Write); ok && w.Flags&FlagZstd != 0 {
+			d, err := NewDecompressor()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			_, _ = d.Payload(w, nil)
+		}
+	})
+}
