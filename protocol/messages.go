@@ -244,7 +244,7 @@ const (
 	FlagSync uint8 = 1 << 1
 	// FlagRescan: the extent was found different by a rescan.
 	FlagRescan uint8 = 1 << 2
-	flagsKnown     = FlagZstd | FlagSync | FlagRescan
+	flagsKnown       = FlagZstd | FlagSync | FlagRescan
 )
 
 // Write (agent → server) carries data for [Offset, Offset+RawLen) of a disk.
