@@ -20,17 +20,20 @@ type SourceServer struct {
 	Replication ReplicationInfo   `json:"replication"`
 	// Desired is what the operator asked replication to do; the
 	// replication server tells the agent, and Replication.State follows.
-	Desired          DesiredReplication  `json:"desired_replication"`
-	Archived         bool                `json:"archived"`
-	ApplicationID    string              `json:"application_id,omitempty"`
-	WaveID           string              `json:"wave_id,omitempty"`
-	AgentVersion     string              `json:"agent_version,omitempty"`
-	AgentCertSerial  string              `json:"-"`
-	ReplicationSetup ReplicationSettings `json:"replication_settings"`
-	LaunchSetup      LaunchSettings      `json:"launch_settings"`
-	LastSeenAt       time.Time           `json:"last_seen_at,omitzero"`
-	CreatedAt        time.Time           `json:"created_at"`
-	UpdatedAt        time.Time           `json:"updated_at"`
+	Desired         DesiredReplication `json:"desired_replication"`
+	Archived        bool               `json:"archived"`
+	ApplicationID   string             `json:"application_id,omitempty"`
+	WaveID          string             `json:"wave_id,omitempty"`
+	AgentVersion    string             `json:"agent_version,omitempty"`
+	AgentCertSerial string             `json:"-"`
+	// DesiredReplication is the operator's run, pause or stop instruction;
+	// the replication server passes it to the agent.
+	DesiredReplication DesiredReplication  `json:"desired_replication,omitempty"`
+	ReplicationSetup   ReplicationSettings `json:"replication_settings"`
+	LaunchSetup        LaunchSettings      `json:"launch_settings"`
+	LastSeenAt         time.Time           `json:"last_seen_at,omitzero"`
+	CreatedAt          time.Time           `json:"created_at"`
+	UpdatedAt          time.Time           `json:"updated_at"`
 }
 
 // NIC is a network interface of a source server.

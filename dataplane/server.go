@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/big"
 	"net"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/ferrymigrate/ferry"
 	"github.com/ferrymigrate/ferry/pki"
+	"github.com/ferrymigrate/ferry/replica"
 )
 
 // Server accepts agent connections. Store, CA and Cert are required.
@@ -24,9 +24,21 @@ type Server struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Replica is the replica store the agents' writes go to.
+	Replica *replica.Store
+	// StallAfter is how long without progress (or without a message) makes
+	// a connected agent's replication STALLED; 0 means 60 s.
+	StallAfter time.Duration
+	// PollInterval is how often a session re-reads the operator's
+	// settings and records its state; 0 means 1 s.
+	PollInterval time.Duration
+	// CreditBytes bounds the bytes an agent may have sent but not seen
+	// acknowledged; 0 means 64 MiB.
+	CreditBytes int64
 
-	mu    sync.Mutex
-	conns map[net.Conn]struct{} // guarded by mu
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{}     // guarded by mu
+	sessions map[string]*activeSession // the live session of each server; guarded by mu
 }
 
 func (s *Server) now() time.Time {
@@ -130,8 +142,10 @@ func (s *Server) handle(ctx context.Context, c *tls.Conn) {
 		s.log().Warn("record agent connection", "server", id, "err", err)
 	}
 	s.log().Info("agent connected", "server", id, "remote", c.RemoteAddr().String())
-	// The connection is the agent's presence until it closes.
-	_, _ = io.Copy(io.Discard, c)
+	if err := s.replicate(ctx, c, id); err != nil {
+		s.log().Warn("agent session ended", "server", id, "err", err)
+		return
+	}
 	s.log().Info("agent disconnected", "server", id)
 }
 

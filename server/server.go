@@ -116,7 +116,7 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	s.data = &dataplane.Server{Store: s.store, CA: s.ca, Cert: s.cert, Logger: log}
+	s.data = &dataplane.Server{Store: s.store, CA: s.ca, Cert: s.cert, Logger: log, Replica: s.replica}
 	ok = true
 	return s, nil
 }
@@ -212,6 +212,9 @@ func (s *Server) firstAdmin(ctx context.Context, out io.Writer) error {
 
 // CAFingerprint is the CA's SHA-256 fingerprint, for agents and the CLI.
 func (s *Server) CAFingerprint() string { return s.ca.Fingerprint() }
+
+// Replica is the server's replica store.
+func (s *Server) Replica() *replica.Store { return s.replica }
 
 // Store is the server's metadata store.
 func (s *Server) Store() ferry.Store { return s.store }

@@ -1,0 +1,230 @@
+package dataplane
+
+import (
+	"context"
+	"time"
+
+	"github.com/ferrymigrate/ferry"
+	"github.com/ferrymigrate/ferry/protocol"
+)
+
+// activeSession is a server's current session, so a reconnecting agent
+// can replace it.
+type activeSession struct {
+	done   chan struct{}
+	cancel func() // ends the session; guarded by Server.mu
+}
+
+// controlLoop sends heartbeats, pushes SETTINGS when the operator changes
+// them, and keeps the control plane's record of the server current (about
+// once per poll interval). It returns when the session must end.
+func (ss *session) controlLoop(ctx context.Context) {
+	ss.s.mu.Lock()
+	if a := ss.s.sessions[ss.id]; a != nil {
+		a.cancel = func() { ss.c.Close() }
+	}
+	ss.s.mu.Unlock()
+	poll := ss.s.PollInterval
+	if poll <= 0 {
+		poll = defaultPoll
+	}
+	tick := time.NewTicker(poll)
+	defer tick.Stop()
+	lastBeat := time.Time{}
+	var rate float64
+	var lastAcked int64
+	first := true
+	var started time.Time
+	for {
+		now := ss.s.now()
+		if now.Sub(lastBeat) >= heartbeatEvery {
+			if err := ss.send(&protocol.Heartbeat{UnixNano: now.UnixNano()}); err != nil {
+				return
+			}
+			lastBeat = now
+		}
+		ackedBytes := ss.durableBytes()
+		if !first {
+			inst := float64(ackedBytes-lastAcked) / poll.Seconds()
+			rate = 0.7*rate + 0.3*inst
+		} else {
+			started = now
+		}
+		lastAcked = ackedBytes
+		settings, end := ss.update(ctx, now, rate, started)
+		if end {
+			return
+		}
+		if first || settings != ss.settings {
+			if err := ss.send(&settings); err != nil {
+				return
+			}
+			ss.settings = settings
+			if settings.Disconnect {
+				// Give the agent a moment to read it, then end.
+				time.Sleep(200 * time.Millisecond)
+				return
+			}
+		}
+		first = false
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// durableBytes is the replicated plus rescanned bytes the agent reports,
+// a measure of progress for the rate (and so the ETA).
+func (ss *session) durableBytes() int64 {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.stats == nil {
+		return 0
+	}
+	var n int64
+	for _, d := range ss.stats.Disks {
+		n += d.ReplicatedBytes + d.RescannedBytes
+	}
+	return n
+}
+
+// update writes the session's picture to the server's record and returns
+// the settings to send; end is true when the server was disconnected.
+func (ss *session) update(ctx context.Context, now time.Time, rate float64, started time.Time) (protocol.Settings, bool) {
+	ss.mu.Lock()
+	var st *protocol.Stats
+	if ss.stats != nil {
+		c := *ss.stats
+		c.Disks = append([]protocol.DiskStats(nil), ss.stats.Disks...)
+		st = &c
+	}
+	statsAt, lastHeard, lastProgress := ss.statsAt, ss.lastHeard, ss.lastProgress
+	snapshotting, snapErr, snapAt := ss.snapshotting > 0, ss.snapErr, ss.snapAt
+	acked := append([]uint64(nil), ss.acked...)
+	ss.mu.Unlock()
+
+	var settings protocol.Settings
+	end := false
+	_, err := ss.s.Store.UpdateServer(ctx, ss.id, func(srv *ferry.SourceServer) error {
+		settings = protocol.Settings{BandwidthBytesPerSec: srv.ReplicationSetup.BandwidthBytesPerSec, Desired: desiredCode(srv.DesiredReplication)}
+		if srv.Lifecycle == ferry.LifecycleDisconnected || srv.Archived {
+			settings.Disconnect, end = true, false
+			srv.Replication.State = ferry.ReplicationDisconnected
+			return nil
+		}
+		in := StateInput{Connected: true, Started: true, Desired: srv.DesiredReplication, Snapshotting: snapshotting,
+			Now: now, LastHeard: lastHeard, LastProgress: lastProgress, StallAfter: ss.s.stallAfter()}
+		var remaining int64
+		allSynced := st != nil && len(st.Disks) == len(ss.disks)
+		if st != nil {
+			for i, d := range st.Disks {
+				in.Phases = append(in.Phases, d.Phase)
+				if i >= len(ss.disks) {
+					break
+				}
+				sd := ss.disks[i]
+				if !d.SyncDone {
+					remaining += max(sd.size-d.ReplicatedBytes, 0)
+				}
+				remaining += d.BackloggedBytes
+				if !d.SyncDone || acked[i] < d.SyncSeq {
+					allSynced = false
+				}
+				setDisk(srv, sd.name, sd.size, d)
+			}
+		}
+		in.Pending = remaining > 0
+		srv.Replication.State = DeriveState(in)
+		srv.Replication.LagSeconds = Lag(st, statsAt, now).Seconds()
+		srv.Replication.ETASeconds = ETA(remaining, rate).Seconds()
+		if !snapAt.IsZero() {
+			srv.Replication.LastSnapshotAt = snapAt
+		}
+		switch {
+		case snapErr != nil:
+			srv.Replication.ErrorCode, srv.Replication.ErrorMessage = ferry.ErrCodeSnapshotsFailure, snapErr.Error()
+		case srv.Replication.State == ferry.ReplicationStalled:
+			srv.Replication.ErrorCode, srv.Replication.ErrorMessage = ferry.ErrCodeNotConverging, "no progress from the agent"
+		default:
+			srv.Replication.ErrorCode, srv.Replication.ErrorMessage = "", ""
+		}
+		srv.LastSeenAt = lastHeard
+		if lastProgress.After(started) {
+			setStep(srv, ferry.StepStartDataTransfer, ferry.StepSucceeded)
+		}
+		if allSynced && srv.Lifecycle == ferry.LifecycleNotReady && ferry.CheckTransition(srv.Lifecycle, ferry.LifecycleReadyForTest) == nil {
+			srv.Lifecycle = ferry.LifecycleReadyForTest
+			ss.s.log().Info("initial sync complete; ready for test", "server", ss.id)
+		}
+		return nil
+	})
+	if err != nil && ctx.Err() == nil {
+		ss.s.log().Warn("update replication state", "server", ss.id, "err", err)
+	}
+	return settings, end
+}
+
+// setDisk records a disk's figures on the server, adding the disk if the
+// agent replicates one that pairing did not report.
+func setDisk(srv *ferry.SourceServer, name string, size int64, d protocol.DiskStats) {
+	for i := range srv.Disks {
+		if srv.Disks[i].Name == name {
+			x := &srv.Disks[i]
+			x.SizeBytes = max(x.SizeBytes, size)
+			x.ReplicatedBytes, x.RescannedBytes, x.BackloggedBytes = d.ReplicatedBytes, d.RescannedBytes, d.BackloggedBytes
+			return
+		}
+	}
+	srv.Disks = append(srv.Disks, ferry.Disk{Name: name, SizeBytes: size, ReplicatedBytes: d.ReplicatedBytes,
+		RescannedBytes: d.RescannedBytes, BackloggedBytes: d.BackloggedBytes})
+}
+
+// setStep sets an initiation step's status, adding the step if missing.
+func setStep(srv *ferry.SourceServer, step ferry.InitiationStep, st ferry.StepStatus) {
+	for i := range srv.Replication.Steps {
+		if srv.Replication.Steps[i].Step == step {
+			srv.Replication.Steps[i].Status = st
+			return
+		}
+	}
+	srv.Replication.Steps = append(srv.Replication.Steps, ferry.InitiationStepState{Step: step, Status: st})
+}
+
+// setStep records an initiation step (and, on failure, its error code).
+func (s *Server) setStep(ctx context.Context, id string, step ferry.InitiationStep, st ferry.StepStatus, cause error) {
+	_, err := s.Store.UpdateServer(ctx, id, func(srv *ferry.SourceServer) error {
+		setStep(srv, step, st)
+		if cause != nil {
+			srv.Replication.ErrorCode, srv.Replication.ErrorMessage = ferry.FailedTo(step), cause.Error()
+		}
+		return nil
+	})
+	if err != nil {
+		s.log().Warn("record initiation step", "server", id, "step", step, "err", err)
+	}
+}
+
+// recordDisconnect marks the server's replication DISCONNECTED when its
+// session ends.
+func (ss *session) recordDisconnect(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := ss.s.Store.UpdateServer(ctx, ss.id, func(srv *ferry.SourceServer) error {
+		srv.Replication.State = ferry.ReplicationDisconnected
+		srv.Replication.LagSeconds = 0
+		srv.Replication.ETASeconds = 0
+		return nil
+	})
+	if err != nil {
+		ss.s.log().Warn("record agent disconnect", "server", ss.id, "err", err)
+	}
+}
+
+func (s *Server) stallAfter() time.Duration {
+	if s.StallAfter > 0 {
+		return s.StallAfter
+	}
+	return defaultStallAfter
+}

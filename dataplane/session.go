@@ -1,0 +1,471 @@
+package dataplane
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/ferrymigrate/ferry"
+	"github.com/ferrymigrate/ferry/protocol"
+	"github.com/ferrymigrate/ferry/replica"
+)
+
+// Session timing defaults.
+const (
+	defaultStallAfter   = 60 * time.Second
+	defaultPoll         = time.Second
+	heartbeatEvery      = 5 * time.Second
+	readTimeout         = 30 * time.Second
+	writeTimeout        = 30 * time.Second
+	defaultCreditBytes  = 64 << 20
+	ackQueue            = 4096
+	zeroHashBlockLength = 1 << 20
+)
+
+// sessDisk is one disk of a session.
+type sessDisk struct {
+	name string
+	d    *replica.Disk
+	size int64
+	// last is the Commit of the last record appended; the reader goroutine
+	// owns it.
+	last replica.Commit
+}
+
+// pending is a record whose durability the acker waits for, in order.
+type pending struct {
+	disk int
+	seq  uint64
+	c    replica.Commit
+}
+
+// session is one agent's replication session.
+type session struct {
+	s    *Server
+	c    net.Conn
+	id   string
+	wmu  sync.Mutex // serialises frames on c
+	bw   *bufio.Writer
+	wbuf []byte // guarded by wmu
+
+	disks []*sessDisk
+	acks  chan pending
+
+	mu           sync.Mutex
+	stats        *protocol.Stats // last STATS; guarded by mu
+	statsAt      time.Time       // guarded by mu
+	lastHeard    time.Time       // guarded by mu
+	lastProgress time.Time       // guarded by mu
+	ackedBytes   int64           // bytes made durable; guarded by mu
+	acked        []uint64        // per-disk acknowledged seq; guarded by mu
+	snapshotting int             // snapshots running; guarded by mu
+	snapErr      error           // last snapshot failure; guarded by mu
+	snapAt       time.Time       // last snapshot time; guarded by mu
+	tracker      string          // guarded by mu
+	settings     protocol.Settings
+}
+
+// send writes one frame.
+func (ss *session) send(m protocol.Message) error {
+	ss.wmu.Lock()
+	defer ss.wmu.Unlock()
+	ss.wbuf = protocol.Append(ss.wbuf[:0], m)
+	_ = ss.c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if _, err := ss.bw.Write(ss.wbuf); err != nil {
+		return fmt.Errorf("send %s: %w", m.Type(), err)
+	}
+	if err := ss.bw.Flush(); err != nil {
+		return fmt.Errorf("send %s: %w", m.Type(), err)
+	}
+	return nil
+}
+
+func (ss *session) fail(code uint16, err error) error {
+	_ = ss.send(&protocol.Error{Code: code, Message: err.Error()})
+	return err
+}
+
+// replicate runs the protocol on an authenticated connection of server id
+// until the connection ends.
+func (s *Server) replicate(ctx context.Context, c net.Conn, id string) error {
+	ss := &session{s: s, c: c, id: id, bw: bufio.NewWriterSize(c, 64<<10), acks: make(chan pending, ackQueue)}
+	r := protocol.NewReader(c)
+	_ = c.SetReadDeadline(time.Now().Add(readTimeout))
+	m, err := r.Read()
+	if err != nil {
+		return fmt.Errorf("read HELLO: %w", err)
+	}
+	hello, ok := m.(*protocol.Hello)
+	if !ok {
+		return ss.fail(protocol.ErrCodeProtocol, fmt.Errorf("first message is %s, want HELLO", m.Type()))
+	}
+	if hello.ProtocolVersion != protocol.Version {
+		return ss.fail(protocol.ErrCodeVersion, fmt.Errorf("protocol version %d is not supported (want %d)", hello.ProtocolVersion, protocol.Version))
+	}
+	if hello.ServerID != id {
+		return ss.fail(protocol.ErrCodeUnauthorized, fmt.Errorf("HELLO names server %q but the certificate is %q's", hello.ServerID, id))
+	}
+	// One session per server: a reconnecting agent replaces its old
+	// session, which first drains its pending commits.
+	release, err := s.claim(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer release()
+
+	ack, err := ss.openDisks(ctx, hello)
+	if err != nil {
+		s.setStep(ctx, id, ferry.StepCreateStagingDisks, ferry.StepFailed, err)
+		return ss.fail(protocol.ErrCodeStorage, err)
+	}
+	s.setStep(ctx, id, ferry.StepCreateStagingDisks, ferry.StepSucceeded, nil)
+	now := s.now()
+	ss.lastHeard, ss.lastProgress, ss.tracker = now, now, hello.Tracker
+	if err := ss.send(ack); err != nil {
+		return err
+	}
+	if err := ss.send(&protocol.Credit{Bytes: s.creditBytes()}); err != nil {
+		return err
+	}
+
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	ackDone := make(chan struct{})
+	go func() { defer close(ackDone); ss.ackLoop(sctx) }()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		ss.controlLoop(sctx)
+		c.Close() // stop the reader when the control loop ends the session
+	}()
+	err = ss.readLoop(sctx, r)
+	close(ss.acks)
+	<-ackDone // every appended record is durable (or failed) before we return
+	cancel()
+	c.Close()
+	wg.Wait()
+	ss.recordDisconnect(context.WithoutCancel(ctx))
+	return err
+}
+
+func (s *Server) creditBytes() int64 {
+	if s.CreditBytes > 0 {
+		return max(s.CreditBytes, protocol.MaxFrame)
+	}
+	return defaultCreditBytes
+}
+
+// claim makes this the only session of server id, ending an older one.
+func (s *Server) claim(ctx context.Context, id string) (func(), error) {
+	for {
+		s.mu.Lock()
+		if s.sessions == nil {
+			s.sessions = map[string]*activeSession{}
+		}
+		old := s.sessions[id]
+		if old == nil {
+			a := &activeSession{done: make(chan struct{}), cancel: func() {}}
+			s.sessions[id] = a
+			s.mu.Unlock()
+			return func() {
+				s.mu.Lock()
+				delete(s.sessions, id)
+				s.mu.Unlock()
+				close(a.done)
+			}, nil
+		}
+		kick := old.cancel
+		s.mu.Unlock()
+		kick()
+		select {
+		case <-old.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// replicaBlockSize is the replica block size for a device: 4 KiB when the
+// size allows, else the device's logical block size.
+func replicaBlockSize(size int64, lbs uint32) int {
+	if size%4096 == 0 && lbs <= 4096 {
+		return 4096
+	}
+	return max(int(lbs), 512)
+}
+
+// DiskID is the replica store's id of a source server's disk.
+func DiskID(serverID, disk string) string { return serverID + "." + disk }
+
+func (ss *session) openDisks(ctx context.Context, h *protocol.Hello) (*protocol.HelloAck, error) {
+	if ss.s.Replica == nil {
+		return nil, errors.New("this replication server has no replica store")
+	}
+	ack := &protocol.HelloAck{ProtocolVersion: protocol.Version}
+	seen := map[string]bool{}
+	for _, hd := range h.Disks {
+		if seen[hd.Name] {
+			return nil, fmt.Errorf("disk %q announced twice", hd.Name)
+		}
+		seen[hd.Name] = true
+		id := DiskID(ss.id, hd.Name)
+		if !replica.ValidDiskID(id) {
+			return nil, fmt.Errorf("disk name %q cannot name a replica disk", hd.Name)
+		}
+		d, err := ss.s.Replica.Disk(id)
+		if errors.Is(err, replica.ErrNotFound) {
+			bs := replicaBlockSize(hd.Size, hd.LogicalBlockSize)
+			d, err = ss.s.Replica.CreateDisk(ctx, id, hd.Size-hd.Size%int64(bs), bs)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("open replica disk %s: %w", id, err)
+		}
+		durable := d.DurableSeq()
+		ad := protocol.AckDisk{DurableSeq: durable, ReplicaSize: d.Size(), BlockSize: uint32(d.BlockSize()), SyncCursor: hd.SyncCursor}
+		if durable < hd.AckedSeq {
+			// The replica lost records the agent saw acknowledged (a
+			// restored or recreated store): compare hashes rather than
+			// trust the cursor.
+			ad.Rescan = true
+			ss.s.log().Warn("replica is behind what the agent saw acknowledged; asking for a rescan",
+				"server", ss.id, "disk", hd.Name, "durable", durable, "agent_acked", hd.AckedSeq)
+		}
+		ack.Disks = append(ack.Disks, ad)
+		ss.disks = append(ss.disks, &sessDisk{name: hd.Name, d: d, size: hd.Size})
+		ss.acked = append(ss.acked, durable)
+	}
+	return ack, nil
+}
+
+func (ss *session) disk(i uint16, what string) (*sessDisk, error) {
+	if int(i) >= len(ss.disks) {
+		return nil, fmt.Errorf("%s names disk %d of %d", what, i, len(ss.disks))
+	}
+	return ss.disks[i], nil
+}
+
+// readLoop applies the agent's messages in order.
+func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
+	dz, err := protocol.NewDecompressor()
+	if err != nil {
+		return err
+	}
+	defer dz.Close()
+	var zbuf []byte
+	for {
+		_ = ss.c.SetReadDeadline(time.Now().Add(readTimeout))
+		m, err := r.Read()
+		if err != nil {
+			if errors.Is(err, io.EOF) || ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, protocol.ErrMalformed) {
+				return ss.fail(protocol.ErrCodeProtocol, err)
+			}
+			return fmt.Errorf("read from agent: %w", err)
+		}
+		ss.mu.Lock()
+		ss.lastHeard = ss.s.now()
+		ss.mu.Unlock()
+		switch m := m.(type) {
+		case *protocol.Write:
+			sd, err := ss.disk(m.Disk, "WRITE")
+			if err != nil {
+				return ss.fail(protocol.ErrCodeProtocol, err)
+			}
+			data, err := dz.Payload(m, zbuf)
+			if err != nil {
+				return ss.fail(protocol.ErrCodeProtocol, err)
+			}
+			if m.Flags&protocol.FlagZstd != 0 {
+				zbuf = data
+			}
+			c, err := sd.d.Append(m.Seq, m.Offset, data)
+			if err != nil {
+				return ss.fail(protocol.ErrCodeStorage, fmt.Errorf("write seq %d: %w", m.Seq, err))
+			}
+			sd.last = c
+			if err := ss.queue(ctx, pending{int(m.Disk), m.Seq, c}); err != nil {
+				return err
+			}
+		case *protocol.Zero:
+			sd, err := ss.disk(m.Disk, "ZERO")
+			if err != nil {
+				return ss.fail(protocol.ErrCodeProtocol, err)
+			}
+			c, err := sd.d.AppendZeroes(m.Seq, m.Offset, m.Length)
+			if err != nil {
+				return ss.fail(protocol.ErrCodeStorage, fmt.Errorf("zero seq %d: %w", m.Seq, err))
+			}
+			sd.last = c
+			if err := ss.queue(ctx, pending{int(m.Disk), m.Seq, c}); err != nil {
+				return err
+			}
+		case *protocol.Barrier:
+			if err := ss.barrier(ctx, m.Disk, m.Seq, m.Consistency); err != nil {
+				return err
+			}
+		case *protocol.Snapshot:
+			if err := ss.barrier(ctx, m.Disk, m.Seq, m.Consistency); err != nil {
+				return err
+			}
+			ss.snapshot(ctx, ss.disks[m.Disk], m.Seq)
+		case *protocol.Resize:
+			sd, err := ss.disk(m.Disk, "RESIZE")
+			if err != nil {
+				return ss.fail(protocol.ErrCodeProtocol, err)
+			}
+			if err := sd.d.Resize(ctx, m.Seq, m.Size); err != nil {
+				return ss.fail(protocol.ErrCodeStorage, fmt.Errorf("resize seq %d: %w", m.Seq, err))
+			}
+			sd.last = replica.Commit{}
+			if err := ss.queue(ctx, pending{int(m.Disk), m.Seq, replica.Commit{}}); err != nil {
+				return err
+			}
+		case *protocol.HashRequest:
+			reply, err := ss.hashes(ctx, m)
+			if err != nil {
+				return ss.fail(protocol.ErrCodeStorage, err)
+			}
+			if err := ss.send(reply); err != nil {
+				return err
+			}
+		case *protocol.Stats:
+			st := *m
+			st.Disks = append([]protocol.DiskStats(nil), m.Disks...)
+			ss.mu.Lock()
+			ss.stats, ss.statsAt = &st, ss.s.now()
+			ss.mu.Unlock()
+		case *protocol.Heartbeat:
+		case *protocol.Error:
+			return fmt.Errorf("agent: %w", m)
+		default:
+			return ss.fail(protocol.ErrCodeProtocol, fmt.Errorf("unexpected %s from the agent", m.Type()))
+		}
+	}
+}
+
+func (ss *session) queue(ctx context.Context, p pending) error {
+	select {
+	case ss.acks <- p:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (ss *session) barrier(ctx context.Context, disk uint16, seq uint64, c uint8) error {
+	sd, err := ss.disk(disk, "BARRIER")
+	if err != nil {
+		return ss.fail(protocol.ErrCodeProtocol, err)
+	}
+	if err := sd.d.Barrier(ctx, seq, replica.Consistency(c)); err != nil {
+		return ss.fail(protocol.ErrCodeStorage, fmt.Errorf("barrier seq %d: %w", seq, err))
+	}
+	sd.last = replica.Commit{}
+	return ss.queue(ctx, pending{int(disk), seq, replica.Commit{}})
+}
+
+// snapshot takes a snapshot at seq in the background: it folds the
+// journal, which may take a while, and needs nothing later in the stream.
+func (ss *session) snapshot(ctx context.Context, sd *sessDisk, seq uint64) {
+	ss.mu.Lock()
+	ss.snapshotting++
+	ss.mu.Unlock()
+	go func() {
+		info, err := sd.d.Snapshot(context.WithoutCancel(ctx), replica.SnapshotOptions{Seq: seq})
+		ss.mu.Lock()
+		defer ss.mu.Unlock()
+		ss.snapshotting--
+		ss.snapErr = err
+		if err != nil {
+			ss.s.log().Warn("snapshot failed", "server", ss.id, "disk", sd.name, "err", err)
+			return
+		}
+		ss.snapAt = info.Time
+		ss.s.log().Info("snapshot taken", "server", ss.id, "disk", sd.name, "id", info.ID)
+	}()
+}
+
+// ackLoop waits for commits in order and acknowledges the durable
+// sequence numbers, coalescing whatever is already durable.
+func (ss *session) ackLoop(ctx context.Context) {
+	latest := map[int]uint64{}
+	for p := range ss.acks {
+		wctx := context.WithoutCancel(ctx)
+		if err := p.c.Wait(wctx); err != nil {
+			ss.s.log().Warn("replica write failed", "server", ss.id, "disk", ss.disks[p.disk].name, "seq", p.seq, "err", err)
+			_ = ss.fail(protocol.ErrCodeStorage, err)
+			ss.c.Close()
+			for range ss.acks {
+			}
+			return
+		}
+		latest[p.disk] = max(latest[p.disk], p.seq)
+		if len(ss.acks) > 0 && len(latest) < 64 {
+			continue
+		}
+		for d, seq := range latest {
+			ss.mu.Lock()
+			if seq > ss.acked[d] {
+				ss.acked[d] = seq
+				ss.lastProgress = ss.s.now()
+			}
+			ss.mu.Unlock()
+			_ = ss.send(&protocol.Ack{Disk: uint16(d), Seq: seq})
+		}
+		clear(latest)
+	}
+}
+
+// hashes answers a HASH_REQUEST from the disk's durable head, after every
+// record appended before the request is durable.
+func (ss *session) hashes(ctx context.Context, m *protocol.HashRequest) (*protocol.HashReply, error) {
+	sd, err := ss.disk(m.Disk, "HASH_REQUEST")
+	if err != nil {
+		return nil, err
+	}
+	if err := sd.last.Wait(ctx); err != nil {
+		return nil, fmt.Errorf("hash request: %w", err)
+	}
+	rd, err := sd.d.OpenHead(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("hash request: %w", err)
+	}
+	defer rd.Close()
+	return HashRange(rd, m)
+}
+
+// HashRange hashes the blocks a HASH_REQUEST names from r; blocks past the
+// end of r hash as zeros.
+func HashRange(r interface {
+	ReadAt([]byte, int64) (int, error)
+	Size() int64
+}, m *protocol.HashRequest) (*protocol.HashReply, error) {
+	bs := int64(m.BlockSize)
+	n := m.Length / bs
+	hl := protocol.HashLen(m.Algo)
+	reply := &protocol.HashReply{ID: m.ID, Disk: m.Disk, Offset: m.Offset, BlockSize: m.BlockSize, Algo: m.Algo, Hashes: make([]byte, 0, n*int64(hl))}
+	buf := make([]byte, min(m.Length, 1<<20))
+	size := r.Size()
+	for at := m.Offset; at < m.Offset+m.Length; {
+		chunk := buf[:min(int64(len(buf)), m.Offset+m.Length-at)]
+		clear(chunk)
+		if at < size {
+			if _, err := r.ReadAt(chunk[:min(int64(len(chunk)), size-at)], at); err != nil && !errors.Is(err, io.EOF) {
+				return nil, fmt.Errorf("hash request: read %d at %d: %w", len(chunk), at, err)
+			}
+		}
+		for i := int64(0); i < int64(len(chunk)); i += bs {
+			reply.Hashes = protocol.AppendBlockHash(reply.Hashes, m.Algo, chunk[i:i+bs])
+		}
+		at += int64(len(chunk))
+	}
+	return reply, nil
+}
