@@ -9,6 +9,7 @@ import (
 	"math/big"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferrymigrate/ferry"
@@ -36,6 +37,8 @@ type Server struct {
 	// acknowledged; 0 means 64 MiB.
 	CreditBytes int64
 
+	received atomic.Int64 // data bytes of WRITEs received (uncompressed)
+
 	mu       sync.Mutex
 	conns    map[net.Conn]struct{}     // guarded by mu
 	sessions map[string]*activeSession // the live session of each server; guarded by mu
@@ -47,6 +50,10 @@ func (s *Server) now() time.Time {
 	}
 	return time.Now().UTC()
 }
+
+// ReceivedBytes returns how many bytes of data (uncompressed) agents have
+// sent in WRITEs since the server started: what re-sending costs.
+func (s *Server) ReceivedBytes() int64 { return s.received.Load() }
 
 // Revoked reports whether a certificate may no longer be used: its server
 // is gone, disconnected, archived, or was paired again with a newer

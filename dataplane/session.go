@@ -286,6 +286,7 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 			if m.Flags&protocol.FlagZstd != 0 {
 				zbuf = data
 			}
+			ss.s.received.Add(int64(len(data)))
 			c, err := sd.d.Append(m.Seq, m.Offset, data)
 			if err != nil {
 				return ss.fail(protocol.ErrCodeStorage, fmt.Errorf("write seq %d: %w", m.Seq, err))

@@ -216,6 +216,9 @@ func (s *Server) CAFingerprint() string { return s.ca.Fingerprint() }
 // Replica is the server's replica store.
 func (s *Server) Replica() *replica.Store { return s.replica }
 
+// DataPlane is the server's replication listener.
+func (s *Server) DataPlane() *dataplane.Server { return s.data }
+
 // Store is the server's metadata store.
 func (s *Server) Store() ferry.Store { return s.store }
 

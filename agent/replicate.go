@@ -1,0 +1,588 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/ferrymigrate/ferry/protocol"
+	"github.com/ferrymigrate/ferry/track"
+)
+
+// ErrDisconnected is returned by Replicate when the server disconnected
+// this agent from the service; its state directory has been removed.
+var ErrDisconnected = errors.New("disconnected from the service")
+
+// Options configure Replicate.
+type Options struct {
+	// StateDir is the paired agent's state directory.
+	StateDir string
+	// Devices are the block devices to replicate (e.g. /dev/sdb).
+	Devices []string
+	// Tracker reports writes to Devices; nil means no change tracking (the
+	// agent copies the disks and then only rescans after reconnecting).
+	Tracker track.Tracker
+	// Logger receives progress and errors; nil means slog.Default().
+	Logger *slog.Logger
+	// ChunkSize is the largest extent sent in one WRITE; 0 means 1 MiB.
+	ChunkSize int
+	// Readers is the number of parallel initial-sync readers; 0 means 4.
+	Readers int
+	// Dial opens the data-plane connection; nil means Connect(StateDir).
+	Dial func(ctx context.Context) (net.Conn, error)
+	// ServerID is the source server id for HELLO; "" reads it from the
+	// state directory.
+	ServerID string
+	// MaxDirtyRanges bounds the dirty-extent map of each device; 0 means
+	// 65536 ranges.
+	MaxDirtyRanges int
+	// BacklogBytes is the dirty amount above which a disk reports BACKLOG;
+	// 0 means 64 MiB.
+	BacklogBytes int64
+}
+
+// Timing of the agent's side of the protocol.
+const (
+	agentHeartbeat   = 5 * time.Second
+	agentReadTimeout = 30 * time.Second
+	statsEvery       = time.Second
+	barrierEvery     = time.Second
+	maxBackoff       = 30 * time.Second
+	rescanRange      = 16 << 20
+	rescanBlock      = 32 << 10
+)
+
+// flight kinds.
+const (
+	kindSync = iota + 1
+	kindDirty
+	kindControl
+)
+
+// flight is a record sent and not yet acknowledged.
+type flight struct {
+	seq      uint64
+	off, len int64
+	kind     int
+	bytes    int64
+}
+
+// rdisk is one replicated device and its progress; fields are guarded by
+// engine.mu unless noted.
+type rdisk struct {
+	idx  int
+	dev  *device // read-only after start
+	size int64   // device size, aligned down to bs once known
+	bs   int64   // replica block size (from HELLO_ACK; 4096 before)
+
+	prog       diskProgress // durable progress (acknowledged)
+	dirty      *extentMap
+	rescan     *extentMap
+	dispatched int64 // initial sync: reads issued up to here
+	sent       int64 // initial sync: chunks sent up to here
+	nextSeq    uint64
+	inflight   []flight
+	syncSeq    uint64 // seq of the snapshot that closed the initial sync
+	rescanned  int64
+	lastSent   uint64 // last seq sent (data)
+	barrierSeq uint64 // last barrier sent
+	barrierAt  time.Time
+	sweep      int64 // dirty-map elevator position
+	// replicaSize is the replica's size from HELLO_ACK; the agent sends
+	// RESIZE when the device is larger.
+	replicaSize int64
+}
+
+func (d *rdisk) phase(backlog int64) protocol.Phase {
+	switch {
+	case !d.prog.SyncDone:
+		return protocol.PhaseInitialSync
+	case d.rescan.Bytes() > 0:
+		return protocol.PhaseRescan
+	case d.dirty.Bytes() > backlog || d.dirty.coarsened:
+		return protocol.PhaseBacklog
+	}
+	return protocol.PhaseContinuous
+}
+
+// engine is the agent's replication state across connections.
+type engine struct {
+	o       Options
+	log     *slog.Logger
+	disks   []*rdisk
+	byPath  map[string]*rdisk
+	limiter *rate.Limiter
+	chunk   int64
+
+	mu        sync.Mutex
+	cond      *sync.Cond
+	settings  protocol.Settings // guarded by mu
+	credit    int64             // guarded by mu
+	inflightB int64             // guarded by mu
+	dirtySave bool              // progress changed since saved; guarded by mu
+}
+
+// Replicate replicates Devices to the server the agent paired with until
+// ctx ends: initial sync, then continuous replication of the writes the
+// tracker reports, with rescans by hash comparison where tracking has a
+// gap. It reconnects with backoff after any network error and resumes from
+// the server's durable sequence numbers. It returns nil when ctx ends, or
+// ErrDisconnected when the server disconnected the agent.
+func Replicate(ctx context.Context, o Options) error {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.ChunkSize <= 0 {
+		o.ChunkSize = 1 << 20
+	}
+	o.ChunkSize = min(o.ChunkSize, protocol.MaxPayload)
+	if o.Readers <= 0 {
+		o.Readers = 4
+	}
+	if o.MaxDirtyRanges <= 0 {
+		o.MaxDirtyRanges = 65536
+	}
+	if o.BacklogBytes <= 0 {
+		o.BacklogBytes = 64 << 20
+	}
+	if o.ServerID == "" {
+		st, err := LoadState(o.StateDir)
+		if err != nil {
+			return err
+		}
+		o.ServerID = st.SourceServerID
+	}
+	if o.Dial == nil {
+		o.Dial = func(ctx context.Context) (net.Conn, error) { return Connect(ctx, o.StateDir) }
+	}
+	if len(o.Devices) == 0 {
+		return errors.New("replicate: no devices")
+	}
+	e := &engine{o: o, log: o.Logger, byPath: map[string]*rdisk{}, chunk: int64(o.ChunkSize),
+		limiter: rate.NewLimiter(rate.Inf, protocol.MaxFrame)}
+	e.cond = sync.NewCond(&e.mu)
+	progress, err := loadProgress(o.StateDir)
+	if err != nil {
+		return err
+	}
+	for i, p := range o.Devices {
+		dev, err := openDevice(p)
+		if err != nil {
+			return fmt.Errorf("replicate %s: %w", p, err)
+		}
+		defer dev.close()
+		size, err := dev.size()
+		if err != nil {
+			return err
+		}
+		d := &rdisk{idx: i, dev: dev, size: size, bs: 4096, prog: progress[dev.name],
+			dirty: newExtentMap(int64(dev.lbs), o.MaxDirtyRanges), rescan: newExtentMap(int64(dev.lbs), 0)}
+		// Writes made while the agent was not running were not tracked:
+		// whatever was already replicated is compared by hash.
+		switch {
+		case d.prog.SyncDone:
+			d.rescan.Add(0, size, time.Now())
+		case d.prog.SyncCursor > 0:
+			d.rescan.Add(0, d.prog.SyncCursor, time.Now())
+		}
+		d.sent, d.dispatched = d.prog.SyncCursor, d.prog.SyncCursor
+		e.disks = append(e.disks, d)
+		e.byPath[p] = d
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { <-ctx.Done(); e.mu.Lock(); e.cond.Broadcast(); e.mu.Unlock() }()
+	if o.Tracker != nil {
+		go e.consume(ctx)
+	} else {
+		e.log.Warn("no change tracker: writes after the initial sync are found only by rescans")
+	}
+	defer e.save()
+
+	backoff := time.Second
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := e.session(ctx)
+		if errors.Is(err, ErrDisconnected) {
+			e.log.Warn("the server disconnected this agent from the service; removing its state", "dir", o.StateDir)
+			if rerr := os.RemoveAll(o.StateDir); rerr != nil {
+				return fmt.Errorf("%w; removing state: %v", err, rerr)
+			}
+			return err
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(start) > 10*time.Second {
+			backoff = time.Second
+		}
+		e.log.Warn("replication connection ended; reconnecting", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, maxBackoff)
+	}
+	return nil
+}
+
+// consume moves the tracker's batches into the dirty maps.
+func (e *engine) consume(ctx context.Context) {
+	for {
+		batches, err := e.o.Tracker.Next(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			e.log.Warn("change tracker failed; rescanning every disk", "tracker", e.o.Tracker.Kind(), "err", err)
+			e.mu.Lock()
+			for _, d := range e.disks {
+				d.rescan.Add(0, d.size, time.Now())
+			}
+			e.cond.Broadcast()
+			e.mu.Unlock()
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		now := time.Now()
+		e.mu.Lock()
+		for _, b := range batches {
+			d := e.byPath[b.Device]
+			if d == nil {
+				continue
+			}
+			if b.Lost {
+				d.rescan.Add(0, d.size, now)
+			}
+			for _, x := range b.Extents {
+				// During the initial sync, ranges not yet read will be
+				// read with this write in them.
+				end := x.Offset + x.Length
+				if !d.prog.SyncDone {
+					end = min(end, d.dispatched)
+				}
+				end = min(end, d.size)
+				if end > x.Offset {
+					d.dirty.Add(x.Offset, end-x.Offset, now)
+				}
+			}
+		}
+		e.cond.Broadcast()
+		e.mu.Unlock()
+	}
+}
+
+func (e *engine) save() {
+	e.mu.Lock()
+	if !e.dirtySave {
+		e.mu.Unlock()
+		return
+	}
+	m := map[string]diskProgress{}
+	for _, d := range e.disks {
+		m[d.dev.name] = d.prog
+	}
+	e.dirtySave = false
+	e.mu.Unlock()
+	if err := saveProgress(e.o.StateDir, m); err != nil {
+		e.log.Warn("save replication progress", "err", err)
+	}
+}
+
+// conn is one data-plane connection.
+type conn struct {
+	c    net.Conn
+	wmu  sync.Mutex
+	bw   *bufio.Writer
+	wbuf []byte
+}
+
+func (c *conn) send(m protocol.Message) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.wbuf = protocol.Append(c.wbuf[:0], m)
+	_ = c.c.SetWriteDeadline(time.Now().Add(agentReadTimeout))
+	if _, err := c.bw.Write(c.wbuf); err != nil {
+		return fmt.Errorf("send %s: %w", m.Type(), err)
+	}
+	if err := c.bw.Flush(); err != nil {
+		return fmt.Errorf("send %s: %w", m.Type(), err)
+	}
+	return nil
+}
+
+// session runs one connection until it fails or ctx ends.
+func (e *engine) session(ctx context.Context) error {
+	nc, err := e.o.Dial(ctx)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() { <-ctx.Done(); nc.Close() }()
+	c := &conn{c: nc, bw: bufio.NewWriterSize(nc, 256<<10)}
+	r := protocol.NewReader(nc)
+
+	hello := &protocol.Hello{ProtocolVersion: protocol.Version, AgentVersion: Version, ServerID: e.o.ServerID, Tracker: "none"}
+	if e.o.Tracker != nil {
+		hello.Tracker = e.o.Tracker.Kind()
+	}
+	e.mu.Lock()
+	for _, d := range e.disks {
+		hello.Disks = append(hello.Disks, protocol.HelloDisk{Name: d.dev.name, Size: d.size, LogicalBlockSize: d.dev.lbs,
+			AckedSeq: d.prog.AckedSeq, SyncCursor: d.prog.SyncCursor, SyncDone: d.prog.SyncDone})
+	}
+	e.mu.Unlock()
+	if err := c.send(hello); err != nil {
+		return err
+	}
+	_ = nc.SetReadDeadline(time.Now().Add(agentReadTimeout))
+	m, err := r.Read()
+	if err != nil {
+		return fmt.Errorf("read HELLO_ACK: %w", err)
+	}
+	ack, ok := m.(*protocol.HelloAck)
+	if !ok {
+		if pe, ok := m.(*protocol.Error); ok {
+			return fmt.Errorf("server refused HELLO: %w", pe)
+		}
+		return fmt.Errorf("server answered HELLO with %s", m.Type())
+	}
+	if len(ack.Disks) != len(e.disks) {
+		return fmt.Errorf("HELLO_ACK has %d disks, we sent %d", len(ack.Disks), len(e.disks))
+	}
+	e.resume(ack)
+	e.log.Info("replication session started", "server", nc.RemoteAddr().String())
+
+	hashReplies := make(chan *protocol.HashReply, 1)
+	readErr := make(chan error, 1)
+	go func() { readErr <- e.readLoop(ctx, r, nc, hashReplies) }()
+	go func() {
+		err := <-readErr
+		cancel(err)
+		e.mu.Lock()
+		e.cond.Broadcast()
+		e.mu.Unlock()
+	}()
+	go e.statsLoop(ctx, c)
+	for _, d := range e.disks {
+		if d.replicaSize < d.size {
+			seq := e.record(d, 0, 0, kindControl, 0)
+			if err := c.send(&protocol.Resize{Disk: uint16(d.idx), Seq: seq, Size: d.size}); err != nil {
+				return err
+			}
+			e.log.Info("disk grew; resizing its replica", "disk", d.dev.name, "from", d.replicaSize, "to", d.size)
+		}
+	}
+	err = e.sendLoop(ctx, c, hashReplies)
+	cancel(err)
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		err = cause
+	}
+	e.disconnected()
+	return err
+}
+
+// resume reconciles what was in flight with the server's durable sequence
+// numbers after a (re)connection.
+func (e *engine) resume(ack *protocol.HelloAck) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i, d := range e.disks {
+		a := ack.Disks[i]
+		d.bs = max(int64(a.BlockSize), 512)
+		d.size -= d.size % d.bs
+		// What the server made durable counts as acknowledged; the rest is
+		// sent again.
+		e.ackLocked(d, a.DurableSeq)
+		for _, f := range d.inflight {
+			if f.kind == kindDirty {
+				d.dirty.Add(f.off, f.len, time.Now())
+			}
+		}
+		d.inflight = nil
+		d.sent = d.prog.SyncCursor
+		if d.prog.SyncDone {
+			d.sent = d.size
+		} else {
+			d.syncSeq = 0
+		}
+		d.dispatched = max(d.dispatched, d.sent)
+		d.nextSeq = max(a.DurableSeq, d.prog.AckedSeq) + 1
+		if a.Rescan {
+			end := d.size
+			if !d.prog.SyncDone {
+				end = d.prog.SyncCursor
+			}
+			d.rescan.Add(0, end, time.Now())
+		}
+		d.replicaSize = a.ReplicaSize
+		if a.ReplicaSize < d.size && d.prog.SyncDone {
+			// The disk grew since the initial sync: the new part is dirty.
+			d.dirty.Add(a.ReplicaSize, d.size-a.ReplicaSize, time.Now())
+		}
+		d.prog.Size = d.size
+		d.barrierSeq = 0
+	}
+	e.inflightB = 0
+	e.credit = protocol.MaxFrame
+}
+
+// disconnected wakes everything waiting on the connection; what is still
+// unacknowledged is settled by the next resume.
+func (e *engine) disconnected() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.dirtySave = true
+	e.cond.Broadcast()
+}
+
+// ackLocked applies a cumulative acknowledgement.
+func (e *engine) ackLocked(d *rdisk, seq uint64) {
+	n := 0
+	for _, f := range d.inflight {
+		if f.seq > seq {
+			break
+		}
+		if f.kind == kindSync {
+			d.prog.SyncCursor = max(d.prog.SyncCursor, f.off+f.len)
+		}
+		e.inflightB -= f.bytes
+		n++
+	}
+	d.inflight = d.inflight[n:]
+	if seq > d.prog.AckedSeq {
+		d.prog.AckedSeq = seq
+		e.dirtySave = true
+	}
+	if d.syncSeq != 0 && seq >= d.syncSeq && !d.prog.SyncDone {
+		d.prog.SyncDone = true
+		d.prog.SyncCursor = d.size
+		e.log.Info("initial sync complete", "disk", d.dev.name)
+	}
+	e.cond.Broadcast()
+}
+
+func (e *engine) readLoop(ctx context.Context, r *protocol.Reader, nc net.Conn, hashes chan<- *protocol.HashReply) error {
+	for {
+		_ = nc.SetReadDeadline(time.Now().Add(agentReadTimeout))
+		m, err := r.Read()
+		if err != nil {
+			return fmt.Errorf("read from server: %w", err)
+		}
+		switch m := m.(type) {
+		case *protocol.Ack:
+			if int(m.Disk) >= len(e.disks) {
+				return fmt.Errorf("ACK for disk %d of %d", m.Disk, len(e.disks))
+			}
+			e.mu.Lock()
+			e.ackLocked(e.disks[m.Disk], m.Seq)
+			e.mu.Unlock()
+		case *protocol.Credit:
+			e.mu.Lock()
+			e.credit = m.Bytes
+			e.cond.Broadcast()
+			e.mu.Unlock()
+		case *protocol.Settings:
+			if m.Disconnect {
+				return ErrDisconnected
+			}
+			lim := rate.Inf
+			if m.BandwidthBytesPerSec > 0 {
+				lim = rate.Limit(m.BandwidthBytesPerSec)
+			}
+			e.limiter.SetLimit(lim)
+			e.mu.Lock()
+			if e.settings != *m {
+				e.log.Info("replication settings", "bandwidth", m.BandwidthBytesPerSec, "desired", m.Desired)
+			}
+			e.settings = *m
+			e.cond.Broadcast()
+			e.mu.Unlock()
+		case *protocol.HashReply:
+			r := *m
+			r.Hashes = append([]byte(nil), m.Hashes...)
+			select {
+			case hashes <- &r:
+			case <-ctx.Done():
+				return nil
+			}
+		case *protocol.Heartbeat:
+		case *protocol.Error:
+			return fmt.Errorf("server: %w", m)
+		default:
+			return fmt.Errorf("unexpected %s from the server", m.Type())
+		}
+	}
+}
+
+func (e *engine) statsLoop(ctx context.Context, c *conn) {
+	t := time.NewTicker(statsEvery)
+	defer t.Stop()
+	lastBeat := time.Now()
+	for {
+		st := e.stats()
+		if err := c.send(st); err != nil {
+			return
+		}
+		if time.Since(lastBeat) >= agentHeartbeat {
+			if err := c.send(&protocol.Heartbeat{UnixNano: time.Now().UnixNano()}); err != nil {
+				return
+			}
+			lastBeat = time.Now()
+		}
+		e.save()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (e *engine) stats() *protocol.Stats {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := time.Now()
+	st := &protocol.Stats{SentAtUnixNano: now.UnixNano()}
+	var oldest time.Time
+	for _, d := range e.disks {
+		ds := protocol.DiskStats{Phase: d.phase(e.o.BacklogBytes), ReplicatedBytes: d.prog.SyncCursor,
+			RescannedBytes: d.rescanned, BackloggedBytes: d.dirty.Bytes(), SyncDone: d.prog.SyncDone, SyncSeq: d.syncSeq}
+		if d.prog.SyncDone {
+			ds.ReplicatedBytes = d.size
+		}
+		st.Disks = append(st.Disks, ds)
+		if o := d.dirty.oldest; !o.IsZero() && (oldest.IsZero() || o.Before(oldest)) {
+			oldest = o
+		}
+	}
+	if !oldest.IsZero() {
+		st.OldestUnsentUnixNano = oldest.UnixNano()
+	}
+	return st
+}
+
+// Converged reports whether nothing is left to send and everything sent
+// was acknowledged, with a barrier after the last write.
+func (e *engine) convergedLocked() bool {
+	for _, d := range e.disks {
+		if !d.prog.SyncDone || d.dirty.Bytes() > 0 || d.rescan.Bytes() > 0 || len(d.inflight) > 0 || d.barrierSeq < d.lastSent {
+			return false
+		}
+	}
+	return true
+}

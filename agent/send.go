@@ -1,0 +1,398 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ferrymigrate/ferry/protocol"
+)
+
+// chunkResult is one initial-sync chunk, read (and compressed) ahead.
+type chunkResult struct {
+	off, n int64
+	zero   bool
+	data   []byte // payload as sent (compressed when flags say so)
+	flags  uint8
+	err    error
+}
+
+// syncPipe reads a disk's initial-sync chunks in order with parallel
+// readers; at most Readers chunks are in memory.
+type syncPipe struct {
+	d      *rdisk
+	futs   chan chan chunkResult
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+func (e *engine) startPipe(ctx context.Context, d *rdisk, from int64) *syncPipe {
+	ctx, cancel := context.WithCancel(ctx)
+	p := &syncPipe{d: d, futs: make(chan chan chunkResult, e.o.Readers), cancel: cancel}
+	jobs := make(chan struct {
+		off, n int64
+		res    chan chunkResult
+	}, e.o.Readers)
+	for range e.o.Readers {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			comp, err := protocol.NewCompressor()
+			buf := alignedBuf(int(e.chunk))
+			for j := range jobs {
+				r := chunkResult{off: j.off, n: j.n, err: err}
+				if err == nil {
+					b := buf[:j.n]
+					r.err = d.dev.readAt(b, j.off)
+					if r.err == nil {
+						r.zero = isZero(b)
+						if !r.zero {
+							z, ok := comp.Compress(b, nil)
+							if ok {
+								r.data, r.flags = z, protocol.FlagZstd
+							} else {
+								r.data = append([]byte(nil), b...)
+							}
+						}
+					}
+				}
+				j.res <- r
+			}
+		}()
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer close(jobs)
+		defer close(p.futs)
+		for off := from; off < d.size; {
+			n := min(e.chunk, d.size-off)
+			e.mu.Lock()
+			d.dispatched = max(d.dispatched, off+n)
+			e.mu.Unlock()
+			res := make(chan chunkResult, 1)
+			select {
+			case p.futs <- res:
+			case <-ctx.Done():
+				return
+			}
+			select {
+			case jobs <- struct {
+				off, n int64
+				res    chan chunkResult
+			}{off, n, res}:
+			case <-ctx.Done():
+				return
+			}
+			off += n
+		}
+	}()
+	return p
+}
+
+func (p *syncPipe) stop() {
+	if p == nil {
+		return
+	}
+	p.cancel()
+	go func() {
+		for f := range p.futs {
+			select {
+			case <-f:
+			default:
+			}
+		}
+	}()
+	p.wg.Wait()
+}
+
+// work is the next thing the send loop does.
+type work int
+
+const (
+	workNone work = iota
+	workDirty
+	workRescan
+	workSync
+	workSnapshot
+	workBarrier
+)
+
+// nextWorkLocked picks what to send next: tracked writes first (they set
+// the lag), then rescans, then the initial sync, then consistency points.
+func (e *engine) nextWorkLocked() (work, *rdisk) {
+	if e.settings.Desired != protocol.DesiredRun {
+		return workNone, nil
+	}
+	for _, d := range e.disks {
+		if d.dirty.Bytes() > 0 {
+			return workDirty, d
+		}
+	}
+	for _, d := range e.disks {
+		if d.rescan.Bytes() > 0 {
+			return workRescan, d
+		}
+	}
+	for _, d := range e.disks {
+		if !d.prog.SyncDone {
+			if d.sent < d.size {
+				return workSync, d
+			}
+			if d.syncSeq == 0 {
+				return workSnapshot, d
+			}
+		}
+	}
+	now := time.Now()
+	for _, d := range e.disks {
+		if d.prog.SyncDone && d.lastSent > d.barrierSeq && now.Sub(d.barrierAt) >= barrierEvery {
+			return workBarrier, d
+		}
+	}
+	return workNone, nil
+}
+
+// sendLoop sends data until the connection fails or ctx ends.
+func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.HashReply) error {
+	comp, err := protocol.NewCompressor()
+	if err != nil {
+		return err
+	}
+	buf := alignedBuf(int(e.chunk))
+	var zbuf []byte
+	var pipe *syncPipe
+	defer func() { pipe.stop() }()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				e.mu.Lock()
+				e.cond.Broadcast()
+				e.mu.Unlock()
+			}
+		}
+	}()
+	var hashID uint32
+	for {
+		e.mu.Lock()
+		w, d := e.nextWorkLocked()
+		for w == workNone && ctx.Err() == nil {
+			e.cond.Wait()
+			w, d = e.nextWorkLocked()
+		}
+		if ctx.Err() != nil {
+			e.mu.Unlock()
+			return ctx.Err()
+		}
+		switch w {
+		case workDirty:
+			x, _ := d.dirty.Take(d.sweep, e.chunk)
+			d.sweep = x.Offset + x.Length
+			e.mu.Unlock()
+			b := buf[:x.Length]
+			if err := d.dev.readAt(b, x.Offset); err != nil {
+				return err
+			}
+			if err := e.sendData(ctx, c, d, x.Offset, b, 0, kindDirty, comp, &zbuf); err != nil {
+				return err
+			}
+		case workRescan:
+			x, _ := d.rescan.Take(0, rescanRange)
+			e.mu.Unlock()
+			hashID++
+			if err := e.rescanRange(ctx, c, d, x.Offset, x.Length, hashID, hashes, buf, comp, &zbuf); err != nil {
+				e.mu.Lock()
+				d.rescan.Add(x.Offset, x.Length, time.Now())
+				e.mu.Unlock()
+				return err
+			}
+		case workSync:
+			if pipe == nil || pipe.d != d {
+				pipe.stop()
+				pipe = e.startPipe(ctx, d, d.sent)
+			}
+			e.mu.Unlock()
+			var r chunkResult
+			select {
+			case f, ok := <-pipe.futs:
+				if !ok {
+					return fmt.Errorf("initial sync of %s: reader ended early", d.dev.name)
+				}
+				select {
+				case r = <-f:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			if r.err != nil {
+				return fmt.Errorf("initial sync of %s: %w", d.dev.name, r.err)
+			}
+			if err := e.sendChunk(ctx, c, d, r); err != nil {
+				return err
+			}
+		case workSnapshot:
+			seq := d.nextSeq
+			d.nextSeq++
+			d.syncSeq = seq
+			d.inflight = append(d.inflight, flight{seq: seq, kind: kindControl})
+			d.barrierSeq, d.barrierAt = seq, time.Now()
+			e.mu.Unlock()
+			if err := c.send(&protocol.Snapshot{Disk: uint16(d.idx), Seq: seq, Consistency: protocol.CrashConsistent}); err != nil {
+				return err
+			}
+		case workBarrier:
+			seq := d.nextSeq
+			d.nextSeq++
+			d.inflight = append(d.inflight, flight{seq: seq, kind: kindControl})
+			d.barrierSeq, d.barrierAt = seq, time.Now()
+			e.mu.Unlock()
+			if err := c.send(&protocol.Barrier{Disk: uint16(d.idx), Seq: seq, Consistency: protocol.CrashConsistent}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// waitCredit blocks until n more bytes fit in the server's credit (a
+// single record always may go when nothing is in flight), then throttles.
+func (e *engine) waitCredit(ctx context.Context, n int64) error {
+	e.mu.Lock()
+	for e.inflightB > 0 && e.inflightB+n > e.credit && ctx.Err() == nil {
+		e.cond.Wait()
+	}
+	e.mu.Unlock()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	for left := n; left > 0; {
+		step := min(left, int64(e.limiter.Burst()))
+		if err := e.limiter.WaitN(ctx, int(step)); err != nil {
+			return err
+		}
+		left -= step
+	}
+	return nil
+}
+
+// record assigns the next sequence number to a record and notes it in
+// flight.
+func (e *engine) record(d *rdisk, off, length int64, kind int, bytes int64) uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	seq := d.nextSeq
+	d.nextSeq++
+	d.inflight = append(d.inflight, flight{seq: seq, off: off, len: length, kind: kind, bytes: bytes})
+	e.inflightB += bytes
+	d.lastSent = seq
+	if kind == kindSync {
+		d.sent = off + length
+	}
+	return seq
+}
+
+func (e *engine) sendChunk(ctx context.Context, c *conn, d *rdisk, r chunkResult) error {
+	if r.zero {
+		seq := e.record(d, r.off, r.n, kindSync, 0)
+		return c.send(&protocol.Zero{Disk: uint16(d.idx), Seq: seq, Offset: r.off, Length: r.n, Flags: protocol.FlagSync})
+	}
+	if err := e.waitCredit(ctx, int64(len(r.data))); err != nil {
+		return err
+	}
+	seq := e.record(d, r.off, r.n, kindSync, int64(len(r.data)))
+	return c.send(&protocol.Write{Disk: uint16(d.idx), Seq: seq, Offset: r.off, Flags: protocol.FlagSync | r.flags, RawLen: uint32(r.n), Data: r.data})
+}
+
+// sendData sends data read from off: as ZERO when it is all zeros,
+// compressed when that pays.
+func (e *engine) sendData(ctx context.Context, c *conn, d *rdisk, off int64, data []byte, flags uint8, kind int, comp *protocol.Compressor, zbuf *[]byte) error {
+	n := int64(len(data))
+	if isZero(data) {
+		seq := e.record(d, off, n, kind, 0)
+		return c.send(&protocol.Zero{Disk: uint16(d.idx), Seq: seq, Offset: off, Length: n, Flags: flags})
+	}
+	payload, ok := comp.Compress(data, *zbuf)
+	if ok {
+		*zbuf = payload[:0]
+		flags |= protocol.FlagZstd
+	}
+	if err := e.waitCredit(ctx, int64(len(payload))); err != nil {
+		return err
+	}
+	seq := e.record(d, off, n, kind, int64(len(payload)))
+	return c.send(&protocol.Write{Disk: uint16(d.idx), Seq: seq, Offset: off, Flags: flags, RawLen: uint32(n), Data: payload})
+}
+
+// rescanRange compares [off, off+length) of the device with the replica's
+// block hashes and sends the blocks that differ.
+func (e *engine) rescanRange(ctx context.Context, c *conn, d *rdisk, off, length int64, id uint32, hashes <-chan *protocol.HashReply, buf []byte, comp *protocol.Compressor, zbuf *[]byte) error {
+	hb := int64(rescanBlock)
+	if off%hb != 0 || length%hb != 0 {
+		hb = d.bs
+	}
+	if off%hb != 0 || length%hb != 0 {
+		hb = int64(d.dev.lbs)
+	}
+	if err := c.send(&protocol.HashRequest{ID: id, Disk: uint16(d.idx), Offset: off, Length: length, BlockSize: uint32(hb), Algo: protocol.HashBLAKE3}); err != nil {
+		return err
+	}
+	var reply *protocol.HashReply
+	for reply == nil {
+		select {
+		case r := <-hashes:
+			if r.ID == id {
+				reply = r
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if reply.Count() != int(length/hb) {
+		return fmt.Errorf("rescan of %s: %d hashes for %d blocks", d.dev.name, reply.Count(), length/hb)
+	}
+	var local []byte
+	piece := int64(len(buf)) - int64(len(buf))%hb
+	for at := off; at < off+length; at += piece {
+		n := min(piece, off+length-at)
+		b := buf[:n]
+		if err := d.dev.readAt(b, at); err != nil {
+			return err
+		}
+		// Send each run of differing blocks.
+		runStart := int64(-1)
+		flush := func(end int64) error {
+			if runStart < 0 {
+				return nil
+			}
+			s := runStart
+			runStart = -1
+			return e.sendData(ctx, c, d, at+s, b[s:end], protocol.FlagRescan, kindDirty, comp, zbuf)
+		}
+		for i := int64(0); i < n; i += hb {
+			local = protocol.AppendBlockHash(local[:0], protocol.HashBLAKE3, b[i:i+hb])
+			if string(local) != string(reply.Hash(int((at-off+i)/hb))) {
+				if runStart < 0 {
+					runStart = i
+				}
+				continue
+			}
+			if err := flush(i); err != nil {
+				return err
+			}
+		}
+		if err := flush(n); err != nil {
+			return err
+		}
+	}
+	e.mu.Lock()
+	d.rescanned += length
+	e.mu.Unlock()
+	return nil
+}
