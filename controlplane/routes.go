@@ -34,6 +34,11 @@ func (s *Server) routes() []route {
 		{post, "/servers/{id}/archive", operator, "servers.archive", s.archiveServer},
 		{post, "/servers/{id}/unarchive", operator, "servers.unarchive", s.unarchiveServer},
 		{del, "/servers/{id}", admin, "servers.delete", s.deleteServer},
+		{post, "/servers/{id}/replication/pause", operator, "replication.pause", s.replicationControl(actionPause)},
+		{post, "/servers/{id}/replication/resume", operator, "replication.resume", s.replicationControl(actionResume)},
+		{post, "/servers/{id}/replication/stop", operator, "replication.stop", s.replicationControl(actionStop)},
+		{post, "/servers/{id}/replication/start", operator, "replication.start", s.replicationControl(actionStart)},
+		{post, "/servers/{id}/replication/retry", operator, "replication.retry", s.replicationControl(actionRetry)},
 
 		{get, "/templates", viewer, "templates.list", s.listTemplates},
 		{post, "/templates", admin, "templates.create", s.createTemplate},
