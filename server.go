@@ -28,9 +28,11 @@ type SourceServer struct {
 	AgentCertSerial  string              `json:"-"`
 	ReplicationSetup ReplicationSettings `json:"replication_settings"`
 	LaunchSetup      LaunchSettings      `json:"launch_settings"`
-	LastSeenAt       time.Time           `json:"last_seen_at,omitzero"`
-	CreatedAt        time.Time           `json:"created_at"`
-	UpdatedAt        time.Time           `json:"updated_at"`
+	// Launched is the newest test or cutover instance, if any.
+	Launched   *LaunchedInstance `json:"launched_instance,omitempty"`
+	LastSeenAt time.Time         `json:"last_seen_at,omitzero"`
+	CreatedAt  time.Time         `json:"created_at"`
+	UpdatedAt  time.Time         `json:"updated_at"`
 }
 
 // NIC is a network interface of a source server.
@@ -97,5 +99,18 @@ func (s *SourceServer) Clone() *SourceServer {
 	}
 	c.Replication.Steps = append([]InitiationStepState(nil), s.Replication.Steps...)
 	c.LaunchSetup = s.LaunchSetup.clone()
+	if s.Launched != nil {
+		li := *s.Launched
+		li.Addresses = append([]string(nil), li.Addresses...)
+		li.Forwards = append([]PortForward(nil), li.Forwards...)
+		li.PostLaunch = append([]PostLaunchResult(nil), li.PostLaunch...)
+		if li.Snapshots != nil {
+			li.Snapshots = make(map[string]string, len(s.Launched.Snapshots))
+			for k, v := range s.Launched.Snapshots {
+				li.Snapshots[k] = v
+			}
+		}
+		c.Launched = &li
+	}
 	return &c
 }
