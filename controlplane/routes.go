@@ -1,6 +1,9 @@
 package controlplane
 
 import (
+	"context"
+
+	"github.com/ferrymigrate/ferry/jobs"
 	"net/http"
 
 	"github.com/ferrymigrate/ferry"
@@ -60,6 +63,10 @@ func (s *Server) routes() []route {
 
 		{get, "/jobs", viewer, "jobs.list", s.listJobs},
 		{get, "/jobs/{id}", viewer, "jobs.get", s.getJob},
+		{post, "/jobs/start-test", operator, "jobs.start_test", s.startJob((*jobs.Runner).StartTest, true)},
+		{post, "/jobs/start-cutover", operator, "jobs.start_cutover", s.startJob((*jobs.Runner).StartCutover, true)},
+		{post, "/jobs/terminate", operator, "jobs.terminate", s.startJob(terminate, false)},
+		{post, "/servers/{id}/finalize", operator, "servers.finalize_cutover", s.finalizeCutover},
 
 		{get, "/tokens", admin, "tokens.list", s.listTokens},
 		{post, "/tokens", admin, "tokens.create", s.createToken},
@@ -71,4 +78,8 @@ func (s *Server) routes() []route {
 
 		{get, "/audit", admin, "audit.list", s.listAudit},
 	}
+}
+
+func terminate(r *jobs.Runner, ctx context.Context, ids []string, _ jobs.Options) (*ferry.Job, error) {
+	return r.Terminate(ctx, ids)
 }
