@@ -100,6 +100,11 @@ func (s *ExtentSet) Len() int { return len(s.ext) }
 // block size, or a multiple of it after coarsening.
 func (s *ExtentSet) Granule() int64 { return s.gran }
 
+// Extents returns a copy of the set's extents, sorted and non-overlapping.
+func (s *ExtentSet) Extents() []Extent {
+	return append([]Extent(nil), s.ext...)
+}
+
 // Take returns the set's extents, sorted and non-overlapping, and empties
 // the set (its granule goes back to the logical block size).
 func (s *ExtentSet) Take() []Extent {
