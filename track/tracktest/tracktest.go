@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ferrymigrate/ferry/track"
 )
 
@@ -37,7 +39,7 @@ func RequireRoot(t testing.TB) {
 // Loop attaches a loop device over a new sparse file of size bytes and
 // returns its path; cleanup detaches it. With partitioned, the file gets a
 // GPT with one partition from 1 MiB to the end and the loop device is
-// scanned for partitions (the partition is Loop's path + "p1").
+// scanned for partitions (see Partition).
 func Loop(t testing.TB, size int64, partitioned bool) string {
 	t.Helper()
 	RequireRoot(t)
@@ -61,19 +63,42 @@ func Loop(t testing.TB, size int64, partitioned bool) string {
 			t.Errorf("losetup -d %s: %v: %s", dev, err, out)
 		}
 	})
-	if partitioned {
-		// Wait for the kernel (and udev) to create the partition node.
-		for i := 0; ; i++ {
-			if _, err := os.Stat(dev + "p1"); err == nil {
-				break
-			}
-			if i == 100 {
-				t.Fatalf("%sp1 did not appear", dev)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
 	return dev
+}
+
+// Partition returns a device node of the first partition of a loop device
+// that Loop made partitioned: /dev/loopNp1, or a node made in a temporary
+// directory where no udev makes it.
+func Partition(t testing.TB, dev string) string {
+	t.Helper()
+	name := filepath.Base(dev) + "p1"
+	if _, err := os.Stat("/sys/class/block/" + name); err != nil {
+		// losetup --partscan does not always add the partitions here.
+		Run(t, "partx", "-a", dev)
+	}
+	var devno []byte
+	for i := 0; ; i++ {
+		var err error
+		if devno, err = os.ReadFile("/sys/class/block/" + name + "/dev"); err == nil {
+			break
+		}
+		if i == 100 {
+			t.Fatalf("partition %s did not appear", name)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := os.Stat("/dev/" + name); err == nil {
+		return "/dev/" + name
+	}
+	var major, minor uint32
+	if _, err := fmt.Sscanf(strings.TrimSpace(string(devno)), "%d:%d", &major, &minor); err != nil {
+		t.Fatal(err)
+	}
+	node := filepath.Join(t.TempDir(), name)
+	if err := unix.Mknod(node, unix.S_IFBLK|0o600, int(unix.Mkdev(major, minor))); err != nil {
+		t.Fatalf("mknod %s: %v", node, err)
+	}
+	return node
 }
 
 // Run runs a command and returns its standard output; the last argument
@@ -251,7 +276,7 @@ func Suite(t *testing.T, newTracker func(t *testing.T, devices []string) track.T
 		defer tr.Close()
 		Run(t, "mount", dev, mnt)
 		t.Cleanup(func() { Run(t, "umount", mnt) })
-		Drain(t, tr, 400*time.Millisecond) // mount writes the superblock: accept it
+		Collect(t, tr, 400*time.Millisecond, nil) // mount writes the superblock: accept it
 		file := filepath.Join(mnt, "data")
 		Run(t, "dd", "if=/dev/urandom", "of="+file, "bs=1M", "count=2", "status=none")
 		Run(t, "sync")
