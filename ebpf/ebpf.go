@@ -106,7 +106,9 @@ var _ track.Tracker = (*Tracker)(nil)
 //
 // Requires root (or CAP_BPF and CAP_PERFMON) and kernel BTF. Returns an
 // error wrapping ErrUnsupported when the program cannot be loaded or
-// attached; other errors concern the devices.
+// attached, or when a device is bio-based (device mapper, md, zram: they
+// complete no requests, so the tracepoint never fires for them); other
+// errors concern the devices.
 func New(devices []string, opts ...Option) (*Tracker, error) {
 	o := options{ringSize: DefaultRingSize}
 	for _, opt := range opts {
@@ -219,6 +221,12 @@ func resolve(path string) (*device, uint32, error) {
 		if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%d:%d", &major, &minor); err != nil {
 			return nil, 0, fmt.Errorf("device %s: parse disk dev %q: %w", path, b, err)
 		}
+	}
+	if _, err := os.Stat(filepath.Join(diskSys, "mq")); err != nil {
+		// Bio-based drivers (device mapper, md, zram, brd) never allocate
+		// requests, so block_rq_complete would never fire for them.
+		return nil, 0, fmt.Errorf("%w: device %s: %s is bio-based, it completes no requests to trace; track the disks under it",
+			ErrUnsupported, path, filepath.Base(diskSys))
 	}
 	d.lbs, err = readInt(filepath.Join(diskSys, "queue", "logical_block_size"))
 	if err != nil {
@@ -345,6 +353,11 @@ func (t *Tracker) checkLost() error {
 	for i, k := range t.disks {
 		var perCPU []uint64
 		if err := t.objs.Lost.Lookup(uint32(i), &perCPU); err != nil {
+			select {
+			case <-t.closing:
+				return fmt.Errorf("ebpf: next batch: %w", track.ErrClosed)
+			default:
+			}
 			return fmt.Errorf("ebpf: read overflow counter: %w", err)
 		}
 		var n uint64

@@ -2,6 +2,7 @@ package ebpf
 
 import (
 	"errors"
+	"os"
 	"testing"
 	"time"
 
@@ -118,6 +119,24 @@ func TestNewErrors(t *testing.T) {
 	}
 	if _, err := New([]string{"/dev/null"}); err == nil || errors.Is(err, ErrUnsupported) {
 		t.Errorf("New(/dev/null) = %v, want a device error", err)
+	}
+}
+
+// TestBioBased checks that a bio-based device (zram here), for which the
+// tracepoint never fires, is refused with ErrUnsupported rather than
+// tracked silently.
+func TestBioBased(t *testing.T) {
+	tracktest.RequireRoot(t)
+	if _, err := os.Stat("/sys/block/zram0"); err != nil {
+		t.Skip("SKIPPED: no zram0 to stand for a bio-based device")
+	}
+	dev := "/dev/zram0"
+	if _, err := os.Stat(dev); err != nil {
+		dev = tracktest.Node(t, "zram0")
+	}
+	_, err := New([]string{dev})
+	if !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("New(%s) = %v, want an error wrapping ErrUnsupported", dev, err)
 	}
 }
 

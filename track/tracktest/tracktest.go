@@ -76,10 +76,8 @@ func Partition(t testing.TB, dev string) string {
 		// losetup --partscan does not always add the partitions here.
 		Run(t, "partx", "-a", dev)
 	}
-	var devno []byte
 	for i := 0; ; i++ {
-		var err error
-		if devno, err = os.ReadFile("/sys/class/block/" + name + "/dev"); err == nil {
+		if _, err := os.Stat("/sys/class/block/" + name + "/dev"); err == nil {
 			break
 		}
 		if i == 100 {
@@ -87,8 +85,20 @@ func Partition(t testing.TB, dev string) string {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	return Node(t, name)
+}
+
+// Node returns a device node for the block device name in sysfs (e.g.
+// loop1p1): /dev/name, or a node made in a temporary directory where no
+// udev made it.
+func Node(t testing.TB, name string) string {
+	t.Helper()
 	if _, err := os.Stat("/dev/" + name); err == nil {
 		return "/dev/" + name
+	}
+	devno, err := os.ReadFile("/sys/class/block/" + name + "/dev")
+	if err != nil {
+		t.Fatal(err)
 	}
 	var major, minor uint32
 	if _, err := fmt.Sscanf(strings.TrimSpace(string(devno)), "%d:%d", &major, &minor); err != nil {
