@@ -142,9 +142,10 @@ func New(devices []string, opts ...Option) (*Tracker, error) {
 	if _, err := btf.LoadKernelSpec(); err != nil {
 		return nil, fmt.Errorf("%w: load kernel BTF: %w", ErrUnsupported, err)
 	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("%w: remove memlock limit: %w", ErrUnsupported, err)
-	}
+	// Before Linux 5.11, BPF maps count against RLIMIT_MEMLOCK. Best
+	// effort: with CAP_BPF but not CAP_SYS_RESOURCE on a newer kernel it
+	// fails and is not needed; if it was needed, the load fails below.
+	_ = rlimit.RemoveMemlock()
 	spec, err := loadBlk()
 	if err != nil {
 		return nil, fmt.Errorf("load BPF object: %w", err)
