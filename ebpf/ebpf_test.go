@@ -151,3 +151,20 @@ func TestAuto(t *testing.T) {
 		t.Errorf("Auto as root chose %q, want ebpf", tr.Kind())
 	}
 }
+
+// TestDiscardAndZeroes checks that discards and write-zeroes requests,
+// which change what a read returns, are reported like writes.
+func TestDiscardAndZeroes(t *testing.T) {
+	dev := tracktest.Loop(t, 64<<20, false)
+	tr := newTracker(t, []string{dev})
+	defer tr.Close()
+	tracktest.Run(t, "blkdiscard", "-o", "8388608", "-l", "1048576", dev)
+	tracktest.Run(t, "blkdiscard", "-z", "-o", "16777216", "-l", "65536", dev)
+	want := []track.Extent{{Offset: 8 << 20, Length: 1 << 20}, {Offset: 16 << 20, Length: 64 << 10}}
+	ext, _ := tracktest.Collect(t, tr, 5*time.Second, func(got map[string][]track.Extent) bool {
+		return tracktest.String(got[dev]) == tracktest.String(want)
+	})
+	if got := tracktest.String(ext[dev]); got != tracktest.String(want) {
+		t.Errorf("got %s, want %s", got, tracktest.String(want))
+	}
+}
