@@ -20,20 +20,19 @@ type SourceServer struct {
 	Replication ReplicationInfo   `json:"replication"`
 	// Desired is what the operator asked replication to do; the
 	// replication server tells the agent, and Replication.State follows.
-	Desired         DesiredReplication `json:"desired_replication"`
-	Archived        bool               `json:"archived"`
-	ApplicationID   string             `json:"application_id,omitempty"`
-	WaveID          string             `json:"wave_id,omitempty"`
-	AgentVersion    string             `json:"agent_version,omitempty"`
-	AgentCertSerial string             `json:"-"`
-	// DesiredReplication is the operator's run, pause or stop instruction;
-	// the replication server passes it to the agent.
-	DesiredReplication DesiredReplication  `json:"desired_replication,omitempty"`
-	ReplicationSetup   ReplicationSettings `json:"replication_settings"`
-	LaunchSetup        LaunchSettings      `json:"launch_settings"`
-	LastSeenAt         time.Time           `json:"last_seen_at,omitzero"`
-	CreatedAt          time.Time           `json:"created_at"`
-	UpdatedAt          time.Time           `json:"updated_at"`
+	Desired          DesiredReplication  `json:"desired_replication"`
+	Archived         bool                `json:"archived"`
+	ApplicationID    string              `json:"application_id,omitempty"`
+	WaveID           string              `json:"wave_id,omitempty"`
+	AgentVersion     string              `json:"agent_version,omitempty"`
+	AgentCertSerial  string              `json:"-"`
+	ReplicationSetup ReplicationSettings `json:"replication_settings"`
+	LaunchSetup      LaunchSettings      `json:"launch_settings"`
+	// Launched is the newest test or cutover instance, if any.
+	Launched   *LaunchedInstance `json:"launched_instance,omitempty"`
+	LastSeenAt time.Time         `json:"last_seen_at,omitzero"`
+	CreatedAt  time.Time         `json:"created_at"`
+	UpdatedAt  time.Time         `json:"updated_at"`
 }
 
 // NIC is a network interface of a source server.
@@ -100,5 +99,18 @@ func (s *SourceServer) Clone() *SourceServer {
 	}
 	c.Replication.Steps = append([]InitiationStepState(nil), s.Replication.Steps...)
 	c.LaunchSetup = s.LaunchSetup.clone()
+	if s.Launched != nil {
+		li := *s.Launched
+		li.Addresses = append([]string(nil), li.Addresses...)
+		li.Forwards = append([]PortForward(nil), li.Forwards...)
+		li.PostLaunch = append([]PostLaunchResult(nil), li.PostLaunch...)
+		if li.Snapshots != nil {
+			li.Snapshots = make(map[string]string, len(s.Launched.Snapshots))
+			for k, v := range s.Launched.Snapshots {
+				li.Snapshots[k] = v
+			}
+		}
+		c.Launched = &li
+	}
 	return &c
 }

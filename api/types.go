@@ -31,6 +31,7 @@ const (
 	CodeInternal          = "internal"
 	CodeUnsupportedMedia  = "unsupported_media_type"
 	CodeMethodNotAllowed  = "method_not_allowed"
+	CodeUnavailable       = "unavailable"
 )
 
 // List is one page of a list, with the cursor for the next page.
@@ -167,4 +168,15 @@ type Health struct {
 	Status  string    `json:"status"`
 	Version string    `json:"version"`
 	Time    time.Time `json:"time"`
+}
+
+// StartJobRequest starts a test launch, a cutover or a termination for one
+// or more servers (one job).
+type StartJobRequest struct {
+	SourceServerIDs []string `json:"source_server_ids"`
+	// UseLatestSnapshot launches from the newest existing snapshot instead
+	// of taking one now.
+	UseLatestSnapshot bool `json:"use_latest_snapshot,omitempty"`
+	// SkipDrain starts a cutover without waiting for the backlog to drain.
+	SkipDrain bool `json:"skip_drain,omitempty"`
 }

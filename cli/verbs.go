@@ -335,3 +335,54 @@ func RunInstallTokensRevoke(ctx context.Context, id string, out io.Writer) error
 	fmt.Fprintf(out, "Revoked install token %s\n", id)
 	return nil
 }
+
+// RunServerAction posts one of the server actions (disconnect, archive,
+// unarchive, replication/pause, …) and prints the server's new state.
+func RunServerAction(ctx context.Context, id, action, format string, out io.Writer) error {
+	if err := CheckFormat(format); err != nil {
+		return err
+	}
+	cl, err := client()
+	if err != nil {
+		return err
+	}
+	var s ferry.SourceServer
+	if err := cl.Do(ctx, "POST", "/servers/"+url.PathEscape(id)+"/"+action, nil, nil, &s); err != nil {
+		return err
+	}
+	if format == FormatJSON {
+		return writeJSON(out, s)
+	}
+	desired := string(s.Desired)
+	if desired == "" {
+		desired = "RUN"
+	}
+	fmt.Fprintf(out, "%s: lifecycle %s, replication %s (set to %s), archived %v\n", s.ID, s.Lifecycle, s.Replication.State, desired, s.Archived)
+	return nil
+}
+
+// RunThrottle sets a server's replication bandwidth limit (0: none).
+func RunThrottle(ctx context.Context, id string, bytesPerSec int64, out io.Writer) error {
+	if bytesPerSec < 0 {
+		return fmt.Errorf("bandwidth %d: must not be negative (0 means no limit)", bytesPerSec)
+	}
+	cl, err := client()
+	if err != nil {
+		return err
+	}
+	s, err := cl.Server(ctx, id)
+	if err != nil {
+		return err
+	}
+	rs := s.ReplicationSetup
+	rs.BandwidthBytesPerSec = bytesPerSec
+	if err := cl.Do(ctx, "PATCH", "/servers/"+url.PathEscape(id), nil, api.UpdateServerRequest{Replication: &rs}, s); err != nil {
+		return err
+	}
+	limit := "no limit"
+	if bytesPerSec > 0 {
+		limit = bytesIEC(bytesPerSec) + "/s"
+	}
+	fmt.Fprintf(out, "%s: replication bandwidth %s\n", s.ID, limit)
+	return nil
+}

@@ -229,3 +229,34 @@ func FuzzDecodeJSON(f *testing.F) {
 		}
 	})
 }
+
+func TestReplicationControls(t *testing.T) {
+	e := newEnv(t)
+	e.addServer("s-1", ferry.LifecycleReadyForTest)
+	op := e.tokens[ferry.RoleOperator]
+	steps := []struct {
+		action string
+		status int
+		want   ferry.DesiredReplication
+	}{
+		{"resume", 409, ferry.DesiredRun},
+		{"start", 409, ferry.DesiredRun},
+		{"pause", 200, ferry.DesiredPause},
+		{"pause", 409, ferry.DesiredPause},
+		{"resume", 200, ferry.DesiredRun},
+		{"stop", 200, ferry.DesiredStop},
+		{"pause", 409, ferry.DesiredStop},
+		{"start", 200, ferry.DesiredRun},
+		{"retry", 200, ferry.DesiredRun},
+	}
+	for i, s := range steps {
+		status, body := e.do("POST", "/servers/s-1/replication/"+s.action, op, nil)
+		if status != s.status {
+			t.Fatalf("step %d %s: %d %s", i, s.action, status, body)
+		}
+		srv, _ := e.store.Server(t.Context(), "s-1")
+		if srv.Desired != s.want {
+			t.Fatalf("step %d %s: desired %q, want %q", i, s.action, srv.Desired, s.want)
+		}
+	}
+}

@@ -109,3 +109,12 @@ func jsonError(err error) *api.Error {
 	}
 	return badRequest("invalid JSON: %v", err)
 }
+
+// writeList sends one page of a list; a nil page is sent as [] so clients
+// never see null.
+func writeList[T any](w http.ResponseWriter, items []T, next string) {
+	if items == nil {
+		items = []T{}
+	}
+	writeJSON(w, http.StatusOK, api.List[T]{Items: items, NextToken: next})
+}

@@ -67,10 +67,7 @@ func (s *Server) listApplications(w http.ResponseWriter, r *http.Request, _ *cal
 	if err != nil {
 		return err
 	}
-	if items == nil {
-		items = []*ferry.Application{}
-	}
-	writeJSON(w, http.StatusOK, api.List[*ferry.Application]{Items: items, NextToken: next})
+	writeList(w, items, next)
 	return nil
 }
 
@@ -172,10 +169,7 @@ func (s *Server) listWaves(w http.ResponseWriter, r *http.Request, _ *caller) er
 	if err != nil {
 		return err
 	}
-	if items == nil {
-		items = []*ferry.Wave{}
-	}
-	writeJSON(w, http.StatusOK, api.List[*ferry.Wave]{Items: items, NextToken: next})
+	writeList(w, items, next)
 	return nil
 }
 

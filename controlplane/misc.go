@@ -40,10 +40,7 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request, _ *caller) err
 	if err != nil {
 		return err
 	}
-	if items == nil {
-		items = []*ferry.Job{}
-	}
-	writeJSON(w, http.StatusOK, api.List[*ferry.Job]{Items: items, NextToken: next})
+	writeList(w, items, next)
 	return nil
 }
 
@@ -83,9 +80,6 @@ func (s *Server) listAudit(w http.ResponseWriter, r *http.Request, _ *caller) er
 	if err != nil {
 		return err
 	}
-	if items == nil {
-		items = []ferry.AuditEvent{}
-	}
-	writeJSON(w, http.StatusOK, api.List[ferry.AuditEvent]{Items: items, NextToken: next})
+	writeList(w, items, next)
 	return nil
 }

@@ -1,6 +1,9 @@
 package controlplane
 
 import (
+	"context"
+
+	"github.com/ferrymigrate/ferry/jobs"
 	"net/http"
 
 	"github.com/ferrymigrate/ferry"
@@ -34,6 +37,11 @@ func (s *Server) routes() []route {
 		{post, "/servers/{id}/archive", operator, "servers.archive", s.archiveServer},
 		{post, "/servers/{id}/unarchive", operator, "servers.unarchive", s.unarchiveServer},
 		{del, "/servers/{id}", admin, "servers.delete", s.deleteServer},
+		{post, "/servers/{id}/replication/pause", operator, "replication.pause", s.replicationControl(actionPause)},
+		{post, "/servers/{id}/replication/resume", operator, "replication.resume", s.replicationControl(actionResume)},
+		{post, "/servers/{id}/replication/stop", operator, "replication.stop", s.replicationControl(actionStop)},
+		{post, "/servers/{id}/replication/start", operator, "replication.start", s.replicationControl(actionStart)},
+		{post, "/servers/{id}/replication/retry", operator, "replication.retry", s.replicationControl(actionRetry)},
 
 		{get, "/templates", viewer, "templates.list", s.listTemplates},
 		{post, "/templates", admin, "templates.create", s.createTemplate},
@@ -55,6 +63,10 @@ func (s *Server) routes() []route {
 
 		{get, "/jobs", viewer, "jobs.list", s.listJobs},
 		{get, "/jobs/{id}", viewer, "jobs.get", s.getJob},
+		{post, "/jobs/start-test", operator, "jobs.start_test", s.startJob((*jobs.Runner).StartTest, true)},
+		{post, "/jobs/start-cutover", operator, "jobs.start_cutover", s.startJob((*jobs.Runner).StartCutover, true)},
+		{post, "/jobs/terminate", operator, "jobs.terminate", s.startJob(terminate, false)},
+		{post, "/servers/{id}/finalize", operator, "servers.finalize_cutover", s.finalizeCutover},
 
 		{get, "/tokens", admin, "tokens.list", s.listTokens},
 		{post, "/tokens", admin, "tokens.create", s.createToken},
@@ -66,4 +78,8 @@ func (s *Server) routes() []route {
 
 		{get, "/audit", admin, "audit.list", s.listAudit},
 	}
+}
+
+func terminate(r *jobs.Runner, ctx context.Context, ids []string, _ jobs.Options) (*ferry.Job, error) {
+	return r.Terminate(ctx, ids)
 }

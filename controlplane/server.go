@@ -14,6 +14,7 @@ import (
 	"github.com/ferrymigrate/ferry"
 	"github.com/ferrymigrate/ferry/api"
 	"github.com/ferrymigrate/ferry/auth"
+	"github.com/ferrymigrate/ferry/jobs"
 )
 
 // Signer issues agent client certificates; *pki.CA is one.
@@ -30,6 +31,8 @@ type Signer interface {
 type Server struct {
 	Store  ferry.Store
 	Signer Signer
+	// Jobs runs launches; nil answers launch routes with 503.
+	Jobs *jobs.Runner
 	// DataPlaneAddr is the host:port agents send data to, told to them at
 	// pairing.
 	DataPlaneAddr string

@@ -16,11 +16,7 @@ func (s *Server) listServers(w http.ResponseWriter, r *http.Request, _ *caller) 
 	if err != nil {
 		return err
 	}
-	out := api.List[*ferry.SourceServer]{Items: items, NextToken: next}
-	if out.Items == nil {
-		out.Items = []*ferry.SourceServer{}
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeList(w, items, next)
 	return nil
 }
 

@@ -44,11 +44,7 @@ func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request, _ *caller
 	if err != nil {
 		return err
 	}
-	out := api.List[*ferry.Template]{Items: ts}
-	if out.Items == nil {
-		out.Items = []*ferry.Template{}
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeList(w, ts, "")
 	return nil
 }
 

@@ -37,11 +37,7 @@ func (s *Server) listTokens(w http.ResponseWriter, r *http.Request, _ *caller) e
 	if err != nil {
 		return err
 	}
-	out := api.List[*ferry.Token]{Items: ts}
-	if out.Items == nil {
-		out.Items = []*ferry.Token{}
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeList(w, ts, "")
 	return nil
 }
 
@@ -80,11 +76,7 @@ func (s *Server) listInstallTokens(w http.ResponseWriter, r *http.Request, _ *ca
 	if err != nil {
 		return err
 	}
-	out := api.List[*ferry.InstallToken]{Items: ts}
-	if out.Items == nil {
-		out.Items = []*ferry.InstallToken{}
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeList(w, ts, "")
 	return nil
 }
 

@@ -108,13 +108,13 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 	var settings protocol.Settings
 	end := false
 	_, err := ss.s.Store.UpdateServer(ctx, ss.id, func(srv *ferry.SourceServer) error {
-		settings = protocol.Settings{BandwidthBytesPerSec: srv.ReplicationSetup.BandwidthBytesPerSec, Desired: desiredCode(srv.DesiredReplication)}
+		settings = protocol.Settings{BandwidthBytesPerSec: srv.ReplicationSetup.BandwidthBytesPerSec, Desired: desiredCode(srv.Desired)}
 		if srv.Lifecycle == ferry.LifecycleDisconnected || srv.Archived {
 			settings.Disconnect, end = true, false
 			srv.Replication.State = ferry.ReplicationDisconnected
 			return nil
 		}
-		in := StateInput{Connected: true, Started: true, Desired: srv.DesiredReplication, Snapshotting: snapshotting,
+		in := StateInput{Connected: true, Started: true, Desired: srv.Desired, Snapshotting: snapshotting,
 			Now: now, LastHeard: lastHeard, LastProgress: lastProgress, StallAfter: ss.s.stallAfter()}
 		var remaining int64
 		allSynced := st != nil && len(st.Disks) == len(ss.disks)

@@ -255,6 +255,21 @@ func TestMainJob(t *testing.T) {
 	// Restarting the agent reuses its identity, no token needed.
 	run(t, nil, "agent", "--state-dir", state, "--once")
 
+	// Replication controls from the CLI.
+	if out := run(t, env, "replication", "pause", id); !strings.Contains(out, "set to PAUSE") {
+		t.Fatalf("pause: %s", out)
+	}
+	if _, err := ferryCmd(t, env, "replication", "pause", id); err == nil || !strings.Contains(err.Error(), "409") {
+		t.Fatalf("pausing twice: %v", err)
+	}
+	run(t, env, "replication", "resume", id)
+	run(t, env, "replication", "throttle", id, "1000000")
+	var shown ferry.SourceServer
+	if err := json.Unmarshal([]byte(run(t, env, "servers", "show", id, "-o", "json")), &shown); err != nil ||
+		shown.ReplicationSetup.BandwidthBytesPerSec != 1000000 || shown.Desired != ferry.DesiredRun {
+		t.Fatalf("after throttle: %+v %v", shown.ReplicationSetup, err)
+	}
+
 	// Disconnect: the agent's certificate stops working at once.
 	tok := run(t, env, "tokens", "create", "--name", "ops", "--role", "operator", "-o", "json")
 	var opTok struct{ Secret string }

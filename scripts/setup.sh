@@ -18,6 +18,10 @@ want losetup mount
 want mkfs.ext4 e2fsprogs
 want openssl openssl
 want make make
+want sfdisk fdisk
+want filefrag e2fsprogs
+want blkdiscard util-linux
+want setpriv util-linux
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

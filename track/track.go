@@ -1,6 +1,9 @@
 package track
 
-import "context"
+import (
+	"context"
+	"errors"
+)
 
 // Extent is a dirty byte range of a device.
 type Extent struct {
@@ -36,3 +39,6 @@ type Tracker interface {
 	// Close stops tracking and releases kernel resources.
 	Close() error
 }
+
+// ErrClosed is returned (wrapped) by Next after Close.
+var ErrClosed = errors.New("tracker closed")

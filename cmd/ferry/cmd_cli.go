@@ -72,7 +72,10 @@ func newServersCmd() *cobra.Command {
 		},
 	}
 	outputFlag(show, &showOut)
-	cmd.AddCommand(list, show)
+	cmd.AddCommand(list, show,
+		actionCmd("disconnect", "Disconnect from the service: the agent's certificate stops working, replication stops", "disconnect"),
+		actionCmd("archive", "Archive a DISCONNECTED or CUTOVER server", "archive"),
+		actionCmd("unarchive", "Unarchive a server", "unarchive"))
 	return cmd
 }
 

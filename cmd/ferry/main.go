@@ -39,6 +39,6 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServerCmd(), newAgentCmd(), newLoginCmd(), newServersCmd(), newTokensCmd(), newInstallTokensCmd(), newStoreCmd(), newSnapshotsCmd(), newBenchCmd(), newVersionCmd())
+	root.AddCommand(newServerCmd(), newAgentCmd(), newLoginCmd(), newServersCmd(), newTokensCmd(), newInstallTokensCmd(), newReplicationCmd(), newLaunchCmd(), newCutoverCmd(), newJobsCmd(), newStoreCmd(), newSnapshotsCmd(), newBenchCmd(), newVersionCmd())
 	return root
 }

@@ -1,0 +1,168 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/ferrymigrate/ferry"
+	"github.com/ferrymigrate/ferry/api"
+)
+
+// LaunchOptions are the flags of `ferry launch test|cutover|terminate`.
+type LaunchOptions struct {
+	Kind      string // test, cutover or terminate
+	ServerIDs []string
+	UseLatest bool
+	SkipDrain bool
+	Wait      bool
+	Output    string
+}
+
+// RunLaunch starts a job and, with Wait, follows it to the end.
+func RunLaunch(ctx context.Context, o LaunchOptions, out io.Writer) error {
+	if err := CheckFormat(o.Output); err != nil {
+		return err
+	}
+	path := map[string]string{"test": "/jobs/start-test", "cutover": "/jobs/start-cutover", "terminate": "/jobs/terminate"}[o.Kind]
+	if path == "" {
+		return fmt.Errorf("launch kind %q: want test, cutover or terminate", o.Kind)
+	}
+	cl, err := client()
+	if err != nil {
+		return err
+	}
+	var job ferry.Job
+	req := api.StartJobRequest{SourceServerIDs: o.ServerIDs, UseLatestSnapshot: o.UseLatest, SkipDrain: o.SkipDrain}
+	if err := cl.Do(ctx, "POST", path, nil, req, &job); err != nil {
+		return err
+	}
+	if !o.Wait {
+		if o.Output == FormatJSON {
+			return writeJSON(out, job)
+		}
+		fmt.Fprintf(out, "Started job %s (%s, %s); follow it with: ferry jobs wait %s\n", job.ID, job.Type, job.InitiatedBy, job.ID)
+		return nil
+	}
+	return waitJob(ctx, cl, job.ID, o.Output, out)
+}
+
+// RunJobsWait follows a job, printing its log as it grows, until it ends.
+// It fails when any server's launch failed.
+func RunJobsWait(ctx context.Context, id, format string, out io.Writer) error {
+	if err := CheckFormat(format); err != nil {
+		return err
+	}
+	cl, err := client()
+	if err != nil {
+		return err
+	}
+	return waitJob(ctx, cl, id, format, out)
+}
+
+func waitJob(ctx context.Context, cl *api.Client, id, format string, out io.Writer) error {
+	seen := 0
+	start := time.Now()
+	for {
+		var j api.JobWithLog
+		if err := cl.Do(ctx, "GET", "/jobs/"+url.PathEscape(id), nil, nil, &j); err != nil {
+			return err
+		}
+		if format == FormatTable {
+			for _, l := range j.Log[seen:] {
+				srv := ""
+				if l.SourceServerID != "" {
+					srv = " " + l.SourceServerID
+				}
+				fmt.Fprintf(out, "%6.1fs  %-26s%s  %s\n", time.Since(start).Seconds(), l.Event, srv, l.Message)
+			}
+			seen = len(j.Log)
+		}
+		if j.Status == ferry.JobCompleted {
+			if format == FormatJSON {
+				if err := writeJSON(out, j); err != nil {
+					return err
+				}
+			}
+			var failed []string
+			for _, s := range j.Servers {
+				if s.LaunchStatus == ferry.LaunchFailed {
+					failed = append(failed, s.SourceServerID)
+				}
+			}
+			if len(failed) > 0 {
+				return fmt.Errorf("job %s: failed for %s (the log above says why)", id, strings.Join(failed, ", "))
+			}
+			if format == FormatTable {
+				fmt.Fprintf(out, "Job %s completed in %.1fs\n", id, time.Since(start).Seconds())
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// RunJobsList lists jobs, newest first.
+func RunJobsList(ctx context.Context, serverID, format string, out io.Writer) error {
+	if err := CheckFormat(format); err != nil {
+		return err
+	}
+	cl, err := client()
+	if err != nil {
+		return err
+	}
+	q := url.Values{}
+	if serverID != "" {
+		q.Set("source_server_id", serverID)
+	}
+	var l api.List[ferry.Job]
+	if err := cl.Do(ctx, "GET", "/jobs", q, nil, &l); err != nil {
+		return err
+	}
+	if format == FormatJSON {
+		return writeJSON(out, l.Items)
+	}
+	rows := make([][]string, 0, len(l.Items))
+	for _, j := range l.Items {
+		var st []string
+		for _, s := range j.Servers {
+			st = append(st, s.SourceServerID+":"+string(s.LaunchStatus))
+		}
+		rows = append(rows, []string{j.ID, string(j.Type), string(j.InitiatedBy), string(j.Status), when(j.CreatedAt), when(j.EndedAt), strings.Join(st, " ")})
+	}
+	return table(out, []string{"ID", "TYPE", "INITIATED BY", "STATUS", "CREATED", "ENDED", "SERVERS"}, rows)
+}
+
+// RunJobsShow prints a job and its log.
+func RunJobsShow(ctx context.Context, id, format string, out io.Writer) error {
+	if err := CheckFormat(format); err != nil {
+		return err
+	}
+	cl, err := client()
+	if err != nil {
+		return err
+	}
+	var j api.JobWithLog
+	if err := cl.Do(ctx, "GET", "/jobs/"+url.PathEscape(id), nil, nil, &j); err != nil {
+		return err
+	}
+	if format == FormatJSON {
+		return writeJSON(out, j)
+	}
+	fmt.Fprintf(out, "Job %s: %s initiated by %s, %s, created %s, ended %s\n", j.ID, j.Type, j.InitiatedBy, j.Status, when(j.CreatedAt), when(j.EndedAt))
+	for _, s := range j.Servers {
+		fmt.Fprintf(out, "  %s: %s %s\n", s.SourceServerID, s.LaunchStatus, s.InstanceID)
+	}
+	rows := make([][]string, 0, len(j.Log))
+	for _, l := range j.Log {
+		rows = append(rows, []string{when(l.Time), string(l.Event), orDash(l.SourceServerID), l.Message})
+	}
+	return table(out, []string{"TIME", "EVENT", "SERVER", "MESSAGE"}, rows)
+}

@@ -1,0 +1,406 @@
+package ebpf
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	"github.com/ferrymigrate/ferry/track"
+)
+
+// ErrUnsupported means the eBPF tracker cannot run here: not root (or no
+// CAP_BPF), no kernel BTF, or the kernel refused to load or attach the
+// program. Callers fall back to track.NewRescan (Auto does).
+var ErrUnsupported = errors.New("eBPF change tracking unsupported")
+
+// DefaultRingSize is the size of the BPF ring buffer in bytes: 1 MiB holds
+// about 43,000 completed writes between two reads.
+const DefaultRingSize = 1 << 20
+
+// lostPoll is how often Next checks the overflow counters when no event
+// arrives.
+const lostPoll = 100 * time.Millisecond
+
+// eventSize is the size of struct event in blk.c.
+const eventSize = 16
+
+// Option configures New.
+type Option func(*options)
+
+type options struct {
+	ringSize   int
+	maxExtents int
+	hold       chan struct{} // tests: the ring reader waits until it is closed
+}
+
+// WithRingSize sets the size of the BPF ring buffer in bytes, rounded up
+// to a power of two of at least the page size. Tests shrink it to provoke
+// overflow.
+func WithRingSize(n int) Option {
+	return func(o *options) { o.ringSize = n }
+}
+
+// WithMaxExtents bounds the dirty extents kept per device between two
+// calls of Next (see track.ExtentSet); the default is
+// track.DefaultMaxExtents.
+func WithMaxExtents(n int) Option {
+	return func(o *options) { o.maxExtents = n }
+}
+
+// Tracker reports the writes completed on a set of block devices, as seen
+// by an eBPF program on block_rq_complete. It implements track.Tracker.
+// Next and Close may be called from different goroutines.
+type Tracker struct {
+	objs  blkObjects
+	link  link.Link
+	ring  *ringbuf.Reader
+	disks []*disk // index = value in the devices map = key in lost
+
+	notify  chan struct{} // a batch may be ready; capacity 1
+	closing chan struct{} // closed by Close
+	done    chan struct{} // closed when the ring reader goroutine ends
+
+	closeOnce sync.Once
+	closeErr  error
+
+	mu      sync.Mutex
+	devices []*device // guarded by mu (their sets and lost flags)
+	err     error     // guarded by mu: the ring reader's failure
+}
+
+// disk is a tracked whole disk: what the kernel reports completions for.
+type disk struct {
+	dev      uint32    // the kernel's dev_t, major<<20 | minor
+	devices  []*device // the tracked devices on it (the disk, partitions)
+	lostSeen uint64    // overflow counter at the last look
+}
+
+// device is a tracked device path: a whole disk or a partition of one.
+type device struct {
+	path  string
+	start int64 // byte offset on the disk (partitions)
+	size  int64 // bytes; 0: unbounded (whole disks may grow)
+	lbs   int64 // logical block size
+	set   *track.ExtentSet
+	lost  bool
+}
+
+var _ track.Tracker = (*Tracker)(nil)
+
+// New loads the BPF program, fills its device filter with devices (block
+// device paths: whole disks, loop devices or partitions) and attaches it.
+// Writes that complete after New returns are reported by Next.
+//
+// Requires root (or CAP_BPF and CAP_PERFMON) and kernel BTF. Returns an
+// error wrapping ErrUnsupported when the program cannot be loaded or
+// attached, or when a device is bio-based (device mapper, md, zram: they
+// complete no requests, so the tracepoint never fires for them); other
+// errors concern the devices.
+func New(devices []string, opts ...Option) (*Tracker, error) {
+	o := options{ringSize: DefaultRingSize}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if len(devices) == 0 {
+		return nil, errors.New("ebpf: no devices to track")
+	}
+	t := &Tracker{
+		notify:  make(chan struct{}, 1),
+		closing: make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	byDev := map[uint32]*disk{}
+	for _, path := range devices {
+		d, diskDev, err := resolve(path)
+		if err != nil {
+			return nil, err
+		}
+		d.set = track.NewExtentSet(d.lbs, o.maxExtents)
+		t.devices = append(t.devices, d)
+		k := byDev[diskDev]
+		if k == nil {
+			k = &disk{dev: diskDev}
+			byDev[diskDev] = k
+			t.disks = append(t.disks, k)
+		}
+		k.devices = append(k.devices, d)
+	}
+
+	if _, err := btf.LoadKernelSpec(); err != nil {
+		return nil, fmt.Errorf("%w: load kernel BTF: %w", ErrUnsupported, err)
+	}
+	// Before Linux 5.11, BPF maps count against RLIMIT_MEMLOCK. Best
+	// effort: with CAP_BPF but not CAP_SYS_RESOURCE on a newer kernel it
+	// fails and is not needed; if it was needed, the load fails below.
+	_ = rlimit.RemoveMemlock()
+	spec, err := loadBlk()
+	if err != nil {
+		return nil, fmt.Errorf("load BPF object: %w", err)
+	}
+	spec.Maps[blkMapDevices].MaxEntries = uint32(len(t.disks))
+	spec.Maps[blkMapLost].MaxEntries = uint32(len(t.disks))
+	spec.Maps[blkMapEvents].MaxEntries = ringSize(o.ringSize)
+	if err := spec.LoadAndAssign(&t.objs, nil); err != nil {
+		return nil, fmt.Errorf("%w: load BPF program: %w", ErrUnsupported, err)
+	}
+	for i, k := range t.disks {
+		if err := t.objs.Devices.Put(k.dev, uint32(i)); err != nil {
+			t.objs.Close()
+			return nil, fmt.Errorf("fill device filter: %w", err)
+		}
+	}
+	t.ring, err = ringbuf.NewReader(t.objs.Events)
+	if err != nil {
+		t.objs.Close()
+		return nil, fmt.Errorf("%w: open ring buffer: %w", ErrUnsupported, err)
+	}
+	t.link, err = link.AttachTracing(link.TracingOptions{Program: t.objs.BlockRqComplete})
+	if err != nil {
+		t.ring.Close()
+		t.objs.Close()
+		return nil, fmt.Errorf("%w: attach to block_rq_complete: %w", ErrUnsupported, err)
+	}
+	go t.read(o.hold)
+	return t, nil
+}
+
+// ringSize rounds n up to a power of two of at least the page size.
+func ringSize(n int) uint32 {
+	size := os.Getpagesize()
+	for size < n {
+		size <<= 1
+	}
+	return uint32(size)
+}
+
+// resolve finds the device's whole disk (its kernel dev_t), its place on
+// it and its logical block size.
+func resolve(path string) (*device, uint32, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return nil, 0, fmt.Errorf("stat device %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return nil, 0, fmt.Errorf("device %s: not a block device", path)
+	}
+	major, minor := unix.Major(st.Rdev), unix.Minor(st.Rdev)
+	sys, err := filepath.EvalSymlinks(fmt.Sprintf("/sys/dev/block/%d:%d", major, minor))
+	if err != nil {
+		return nil, 0, fmt.Errorf("device %s: find in sysfs: %w", path, err)
+	}
+	d := &device{path: path}
+	diskSys := sys
+	if _, err := os.Stat(filepath.Join(sys, "partition")); err == nil {
+		// A partition: completions name its disk, with absolute sectors.
+		diskSys = filepath.Dir(sys)
+		start, err := readInt(filepath.Join(sys, "start"))
+		if err != nil {
+			return nil, 0, fmt.Errorf("device %s: partition start: %w", path, err)
+		}
+		size, err := readInt(filepath.Join(sys, "size"))
+		if err != nil {
+			return nil, 0, fmt.Errorf("device %s: partition size: %w", path, err)
+		}
+		d.start, d.size = start*512, size*512
+		b, err := os.ReadFile(filepath.Join(diskSys, "dev"))
+		if err != nil {
+			return nil, 0, fmt.Errorf("device %s: disk of partition: %w", path, err)
+		}
+		if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%d:%d", &major, &minor); err != nil {
+			return nil, 0, fmt.Errorf("device %s: parse disk dev %q: %w", path, b, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(diskSys, "mq")); err != nil {
+		// Bio-based drivers (device mapper, md, zram, brd) never allocate
+		// requests, so block_rq_complete would never fire for them.
+		return nil, 0, fmt.Errorf("%w: device %s: %s is bio-based, it completes no requests to trace; track the disks under it",
+			ErrUnsupported, path, filepath.Base(diskSys))
+	}
+	d.lbs, err = readInt(filepath.Join(diskSys, "queue", "logical_block_size"))
+	if err != nil {
+		return nil, 0, fmt.Errorf("device %s: logical block size: %w", path, err)
+	}
+	return d, major<<20 | minor, nil
+}
+
+func readInt(path string) (int64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+}
+
+// read drains the ring buffer into the devices' extent sets until Close.
+func (t *Tracker) read(hold chan struct{}) {
+	defer close(t.done)
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-t.closing:
+			return
+		}
+	}
+	byDev := make(map[uint32]*disk, len(t.disks))
+	for _, k := range t.disks {
+		byDev[k.dev] = k
+	}
+	var rec ringbuf.Record
+	for {
+		err := t.ring.ReadInto(&rec)
+		if errors.Is(err, ringbuf.ErrClosed) {
+			return
+		}
+		if err != nil {
+			t.mu.Lock()
+			t.err = fmt.Errorf("read ring buffer: %w", err)
+			t.mu.Unlock()
+			t.wake()
+			return
+		}
+		if len(rec.RawSample) < eventSize {
+			continue
+		}
+		dev := binary.NativeEndian.Uint32(rec.RawSample[0:])
+		n := binary.NativeEndian.Uint32(rec.RawSample[4:])
+		sector := binary.NativeEndian.Uint64(rec.RawSample[8:])
+		k := byDev[dev]
+		if k == nil {
+			continue
+		}
+		t.mu.Lock()
+		for _, d := range k.devices {
+			d.addLocked(int64(sector)*512, int64(n)*512)
+		}
+		t.mu.Unlock()
+		t.wake()
+	}
+}
+
+// addLocked marks a completed write of the whole disk dirty on d, clipped
+// to a partition's range.
+func (d *device) addLocked(off, length int64) {
+	end := off + length
+	if d.size > 0 {
+		off = max(off, d.start)
+		end = min(end, d.start+d.size)
+	}
+	if end <= off {
+		return
+	}
+	d.set.Add(off-d.start, end-off)
+}
+
+func (t *Tracker) wake() {
+	select {
+	case t.notify <- struct{}{}:
+	default:
+	}
+}
+
+// Kind returns "ebpf".
+func (t *Tracker) Kind() string { return "ebpf" }
+
+// Next blocks until at least one device has dirty extents or lost events,
+// or ctx ends, and returns one batch per such device. After Close it
+// returns an error wrapping track.ErrClosed.
+func (t *Tracker) Next(ctx context.Context) ([]track.Batch, error) {
+	tick := time.NewTicker(lostPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.closing:
+			return nil, fmt.Errorf("ebpf: next batch: %w", track.ErrClosed)
+		default:
+		}
+		if err := t.checkLost(); err != nil {
+			return nil, err
+		}
+		t.mu.Lock()
+		err := t.err
+		batches := t.takeLocked()
+		t.mu.Unlock()
+		if len(batches) > 0 {
+			return batches, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-t.closing:
+		case <-t.notify:
+		case <-tick.C:
+		}
+	}
+}
+
+// checkLost marks the devices of every disk whose overflow counter grew.
+func (t *Tracker) checkLost() error {
+	for i, k := range t.disks {
+		var perCPU []uint64
+		if err := t.objs.Lost.Lookup(uint32(i), &perCPU); err != nil {
+			select {
+			case <-t.closing:
+				return fmt.Errorf("ebpf: next batch: %w", track.ErrClosed)
+			default:
+			}
+			return fmt.Errorf("ebpf: read overflow counter: %w", err)
+		}
+		var n uint64
+		for _, v := range perCPU {
+			n += v
+		}
+		if n == k.lostSeen {
+			continue
+		}
+		k.lostSeen = n
+		t.mu.Lock()
+		for _, d := range k.devices {
+			d.lost = true
+		}
+		t.mu.Unlock()
+	}
+	return nil
+}
+
+func (t *Tracker) takeLocked() []track.Batch {
+	var batches []track.Batch
+	for _, d := range t.devices {
+		if d.set.Len() == 0 && !d.lost {
+			continue
+		}
+		batches = append(batches, track.Batch{Device: d.path, Extents: d.set.Take(), Lost: d.lost})
+		d.lost = false
+	}
+	return batches
+}
+
+// Close detaches the program and releases its maps. Writes after Close are
+// not reported and Next returns an error.
+func (t *Tracker) Close() error {
+	t.closeOnce.Do(func() {
+		close(t.closing)
+		errs := []error{t.link.Close(), t.ring.Close()}
+		<-t.done
+		errs = append(errs, t.objs.Close())
+		if err := errors.Join(errs...); err != nil {
+			t.closeErr = fmt.Errorf("ebpf: close tracker: %w", err)
+		}
+	})
+	return t.closeErr
+}

@@ -1,0 +1,170 @@
+package ebpf
+
+import (
+	"errors"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/ferrymigrate/ferry/track"
+	"github.com/ferrymigrate/ferry/track/tracktest"
+)
+
+// newTracker starts an eBPF tracker, failing (not skipping) when it cannot
+// load: the tests run as root on a kernel with BTF.
+func newTracker(t *testing.T, devices []string, opts ...Option) *Tracker {
+	t.Helper()
+	tracktest.RequireRoot(t)
+	tr, err := New(devices, opts...)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return tr
+}
+
+func TestConformance(t *testing.T) {
+	tracktest.Suite(t, func(t *testing.T, devices []string) track.Tracker {
+		return newTracker(t, devices)
+	})
+}
+
+// TestExactExtents checks that the tracker reports exactly the written
+// ranges, aligned to the 512-byte logical blocks of a loop device.
+func TestExactExtents(t *testing.T) {
+	dev := tracktest.Loop(t, 64<<20, false)
+	tr := newTracker(t, []string{dev})
+	defer tr.Close()
+	if tr.Kind() != "ebpf" {
+		t.Errorf("Kind = %q", tr.Kind())
+	}
+	writes := []struct{ off, length, bs int64 }{
+		{4096, 8192, 0},
+		{1 << 20, 512, 0},
+		{10<<20 + 1536, 1536, 512}, // three requests that coalesce
+		{20 << 20, 4 << 20, 0},     // split by max_sectors_kb, coalesced
+		{20<<20 + 4<<20, 4096, 0},  // adjacent to the previous one
+	}
+	want := []track.Extent{{Offset: 4096, Length: 8192}, {Offset: 1 << 20, Length: 512},
+		{Offset: 10<<20 + 1536, Length: 1536}, {Offset: 20 << 20, Length: 4<<20 + 4096}}
+	for _, w := range writes {
+		tracktest.Write(t, dev, w.off, w.length, w.bs)
+	}
+	ext, lost := tracktest.Collect(t, tr, 5*time.Second, func(got map[string][]track.Extent) bool {
+		return tracktest.String(got[dev]) == tracktest.String(want)
+	})
+	if got := tracktest.String(ext[dev]); got != tracktest.String(want) {
+		t.Errorf("got %s, want %s", got, tracktest.String(want))
+	}
+	if lost[dev] {
+		t.Errorf("Lost without overflow")
+	}
+}
+
+// TestOverflowIsLost fills a one-page ring while its reader is held: the
+// lost events must show as Lost, never as a silent gap.
+func TestOverflowIsLost(t *testing.T) {
+	dev, other := tracktest.Loop(t, 64<<20, false), tracktest.Loop(t, 64<<20, false)
+	hold := make(chan struct{})
+	tr := newTracker(t, []string{dev, other}, WithRingSize(4096), func(o *options) { o.hold = hold })
+	defer tr.Close()
+	// 1000 requests of 4 KiB: 24 bytes each in the ring, which holds ~170.
+	tracktest.Write(t, dev, 0, 1000*4096, 4096)
+	close(hold)
+	ext, lost := tracktest.Collect(t, tr, time.Second, nil)
+	if !lost[dev] {
+		t.Errorf("%s: overflowed ring not reported as Lost (extents %s)", dev, tracktest.String(ext[dev]))
+	}
+	if lost[other] {
+		t.Errorf("%s: Lost though nothing was written to it", other)
+	}
+	if !tracktest.Covers(ext[dev], 0, 4096) {
+		t.Errorf("the events that fit were not reported: %s", tracktest.String(ext[dev]))
+	}
+	// After the Lost batch, tracking goes on.
+	tracktest.Write(t, dev, 32<<20, 4096, 0)
+	ext, lost = tracktest.Collect(t, tr, 5*time.Second, func(got map[string][]track.Extent) bool {
+		return tracktest.Covers(got[dev], 32<<20, 4096)
+	})
+	if !tracktest.Covers(ext[dev], 32<<20, 4096) || lost[dev] {
+		t.Errorf("after overflow: extents %s lost %v, want [%d+4096] and not lost", tracktest.String(ext[dev]), lost[dev], 32<<20)
+	}
+}
+
+// TestPartition tracks a partition of a loop device: completions name the
+// whole disk with absolute sectors, and the tracker reports offsets
+// relative to the partition, only for writes inside it.
+func TestPartition(t *testing.T) {
+	disk := tracktest.Loop(t, 64<<20, true)
+	part := tracktest.Partition(t, disk)
+	tr := newTracker(t, []string{part})
+	defer tr.Close()
+	tracktest.Write(t, disk, 4096, 4096, 0) // the partition table area: not the partition
+	tracktest.Write(t, part, 8192, 4096, 0) // disk offset 1 MiB + 8 KiB
+	want := []track.Extent{{Offset: 8192, Length: 4096}}
+	ext, _ := tracktest.Collect(t, tr, 5*time.Second, func(got map[string][]track.Extent) bool {
+		return tracktest.String(got[part]) == tracktest.String(want)
+	})
+	if got := tracktest.String(ext[part]); got != tracktest.String(want) {
+		t.Errorf("got %s, want %s", got, tracktest.String(want))
+	}
+	if _, ok := ext[disk]; ok {
+		t.Errorf("untracked whole disk reported: %s", tracktest.String(ext[disk]))
+	}
+}
+
+func TestNewErrors(t *testing.T) {
+	tracktest.RequireRoot(t)
+	if _, err := New(nil); err == nil {
+		t.Error("New(nil) succeeded")
+	}
+	if _, err := New([]string{"/dev/null"}); err == nil || errors.Is(err, ErrUnsupported) {
+		t.Errorf("New(/dev/null) = %v, want a device error", err)
+	}
+}
+
+// TestBioBased checks that a bio-based device (zram here), for which the
+// tracepoint never fires, is refused with ErrUnsupported rather than
+// tracked silently.
+func TestBioBased(t *testing.T) {
+	tracktest.RequireRoot(t)
+	if _, err := os.Stat("/sys/block/zram0"); err != nil {
+		t.Skip("SKIPPED: no zram0 to stand for a bio-based device")
+	}
+	dev := "/dev/zram0"
+	if _, err := os.Stat(dev); err != nil {
+		dev = tracktest.Node(t, "zram0")
+	}
+	_, err := New([]string{dev})
+	if !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("New(%s) = %v, want an error wrapping ErrUnsupported", dev, err)
+	}
+}
+
+func TestAuto(t *testing.T) {
+	dev := tracktest.Loop(t, 16<<20, false)
+	tr, err := Auto([]string{dev}, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if tr.Kind() != "ebpf" {
+		t.Errorf("Auto as root chose %q, want ebpf", tr.Kind())
+	}
+}
+
+// TestDiscardAndZeroes checks that discards and write-zeroes requests,
+// which change what a read returns, are reported like writes.
+func TestDiscardAndZeroes(t *testing.T) {
+	dev := tracktest.Loop(t, 64<<20, false)
+	tr := newTracker(t, []string{dev})
+	defer tr.Close()
+	tracktest.Run(t, "blkdiscard", "-o", "8388608", "-l", "1048576", dev)
+	tracktest.Run(t, "blkdiscard", "-z", "-o", "16777216", "-l", "65536", dev)
+	want := []track.Extent{{Offset: 8 << 20, Length: 1 << 20}, {Offset: 16 << 20, Length: 64 << 10}}
+	ext, _ := tracktest.Collect(t, tr, 5*time.Second, func(got map[string][]track.Extent) bool {
+		return tracktest.String(got[dev]) == tracktest.String(want)
+	})
+	if got := tracktest.String(ext[dev]); got != tracktest.String(want) {
+		t.Errorf("got %s, want %s", got, tracktest.String(want))
+	}
+}
