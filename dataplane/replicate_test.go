@@ -161,7 +161,7 @@ func TestReplicateFileDevice(t *testing.T) {
 	dev := filepath.Join(dir, "disk0")
 	const size = 24 << 20
 	img := make([]byte, size)
-	rand.Read(img[:8<<20])                                   // random
+	rand.Read(img[:8<<20])                                    // random
 	copy(img[12<<20:], bytes.Repeat([]byte("ferry "), 1<<20)) // text; the rest zeros
 	if err := os.WriteFile(dev, img, 0o600); err != nil {
 		t.Fatal(err)

@@ -5,15 +5,19 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/ferrymigrate/ferry/agent"
+	"github.com/ferrymigrate/ferry/track"
 	"github.com/spf13/cobra"
 )
 
 func newAgentCmd() *cobra.Command {
 	var (
-		o    agent.PairOptions
-		once bool
+		o       agent.PairOptions
+		once    bool
+		tracker string
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -45,9 +49,26 @@ state directory (0600). Later runs reuse them and need no token.`,
 				fmt.Fprintf(cmd.OutOrStdout(), "Data plane %s accepted this agent\n", st.DataPlaneAddress)
 				return nil
 			}
-			return agent.Run(ctx, o.StateDir, log)
+			devices, err := agentDevices(o.Devices)
+			if err != nil {
+				return err
+			}
+			tr, err := openTracker(tracker, devices, log)
+			if err != nil {
+				return err
+			}
+			if tr != nil {
+				defer tr.Close()
+			}
+			err = agent.Replicate(ctx, agent.Options{StateDir: o.StateDir, Devices: devices, Tracker: tr, Logger: log})
+			if errors.Is(err, agent.ErrDisconnected) {
+				fmt.Fprintln(cmd.OutOrStdout(), "This agent was disconnected from the service; its state was removed. Run 'ferry agent uninstall' to remove the service.")
+				return nil
+			}
+			return err
 		},
 	}
+	cmd.AddCommand(newAgentInstallCmd(), newAgentUninstallCmd())
 	f := cmd.Flags()
 	f.StringVar(&o.ServerURL, "server", os.Getenv("FERRY_SERVER"), "control plane URL, https://HOST:8443 [FERRY_SERVER]")
 	f.StringVar(&o.InstallToken, "install-token", os.Getenv("FERRY_INSTALL_TOKEN"), "install token for pairing [FERRY_INSTALL_TOKEN]")
@@ -56,5 +77,96 @@ state directory (0600). Later runs reuse them and need no token.`,
 	f.StringSliceVar(&o.Devices, "disk", nil, "block device to replicate (repeatable; default all real disks)")
 	f.StringVar(&o.MachineID, "machine-id", "", "override the host's machine id")
 	f.BoolVar(&once, "once", false, "pair and check the data-plane connection, then exit")
+	f.StringVar(&tracker, "tracker", "auto", "change tracking: ebpf, rescan or auto")
+	return cmd
+}
+
+// agentDevices turns --disk values (names or paths) into device paths;
+// none means every real disk.
+func agentDevices(names []string) ([]string, error) {
+	if len(names) == 0 {
+		disks, err := agent.Root("/").Disks(nil)
+		if err != nil {
+			return nil, err
+		}
+		for _, d := range disks {
+			names = append(names, d.Name)
+		}
+	}
+	if len(names) == 0 {
+		return nil, errors.New("no disks to replicate were found\nTry: ferry agent --disk /dev/sdX")
+	}
+	out := make([]string, 0, len(names))
+	for _, n := range names {
+		if !strings.HasPrefix(n, "/") {
+			n = filepath.Join("/dev", n)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// openTracker starts the change tracker --tracker names.
+//
+// TODO(lead): the eBPF tracker (package ebpf) and the periodic rescan
+// tracker (track.NewRescan) are built on other branches; wire them here:
+// "ebpf" loads the eBPF tracker, "rescan" the rescan tracker, "auto" the
+// eBPF tracker falling back to rescan. Until then the agent runs without a
+// tracker: it copies the disks and finds later writes by hash comparison
+// each time it reconnects.
+func openTracker(kind string, devices []string, log *slog.Logger) (track.Tracker, error) {
+	switch kind {
+	case "auto":
+		log.Warn("no change tracker is built into this agent yet: writes after the initial sync are replicated by rescans after reconnecting")
+		return nil, nil
+	case "ebpf", "rescan":
+		return nil, fmt.Errorf("--tracker %s is not available in this build\nTry: --tracker auto", kind)
+	}
+	return nil, fmt.Errorf("--tracker %q: want ebpf, rescan or auto", kind)
+}
+
+func newAgentInstallCmd() *cobra.Command {
+	var (
+		unit, stateDir string
+		disks          []string
+	)
+	cmd := &cobra.Command{
+		Use:   "install",
+		Short: "Install the agent as a systemd service (after pairing)",
+		Long: `Write a systemd unit that runs 'ferry agent' with this binary and enable it.
+Pair first (run 'ferry agent --once' with an install token); the service
+reuses the state directory and needs no token. Where systemd is not
+running the unit file is written and enabling it is skipped.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			bin, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("find this binary: %w", err)
+			}
+			if _, err := agent.LoadState(stateDir); err != nil {
+				return fmt.Errorf("%w\nTry: ferry agent --once --state-dir %s --server … --install-token … --ca-fingerprint …", err, stateDir)
+			}
+			args := []string{"agent", "--state-dir", stateDir}
+			for _, d := range disks {
+				args = append(args, "--disk", d)
+			}
+			return agent.Install(cmd.Context(), unit, bin, args, cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().StringVar(&unit, "unit", agent.UnitPath, "unit file to write")
+	cmd.Flags().StringVar(&stateDir, "state-dir", "/var/lib/ferry-agent", "state directory")
+	cmd.Flags().StringSliceVar(&disks, "disk", nil, "block device to replicate (repeatable; default all real disks)")
+	return cmd
+}
+
+func newAgentUninstallCmd() *cobra.Command {
+	var unit string
+	cmd := &cobra.Command{
+		Use:   "uninstall",
+		Short: "Stop, disable and remove the agent's systemd service",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return agent.Uninstall(cmd.Context(), unit, cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().StringVar(&unit, "unit", agent.UnitPath, "unit file to remove")
 	return cmd
 }
