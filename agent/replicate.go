@@ -206,6 +206,20 @@ func Replicate(ctx context.Context, o Options) error {
 		e.log.Warn("no change tracker: writes after the initial sync are found only by rescans")
 	}
 	defer e.save()
+	// Progress is saved often: what the server acknowledged but we did not
+	// save is sent again after a crash.
+	go func() {
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				e.save()
+			}
+		}
+	}()
 
 	backoff := time.Second
 	for ctx.Err() == nil {
@@ -544,7 +558,6 @@ func (e *engine) statsLoop(ctx context.Context, c *conn) {
 			}
 			lastBeat = time.Now()
 		}
-		e.save()
 		select {
 		case <-ctx.Done():
 			return

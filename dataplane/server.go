@@ -34,7 +34,7 @@ type Server struct {
 	// settings and records its state; 0 means 1 s.
 	PollInterval time.Duration
 	// CreditBytes bounds the bytes an agent may have sent but not seen
-	// acknowledged; 0 means 64 MiB.
+	// acknowledged; 0 means 16 MiB.
 	CreditBytes int64
 
 	received atomic.Int64 // data bytes of WRITEs received (uncompressed)

@@ -22,7 +22,7 @@ const (
 	heartbeatEvery      = 5 * time.Second
 	readTimeout         = 30 * time.Second
 	writeTimeout        = 30 * time.Second
-	defaultCreditBytes  = 64 << 20
+	defaultCreditBytes  = 16 << 20
 	ackQueue            = 4096
 	zeroHashBlockLength = 1 << 20
 )
