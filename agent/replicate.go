@@ -588,14 +588,3 @@ func (e *engine) stats() *protocol.Stats {
 	}
 	return st
 }
-
-// Converged reports whether nothing is left to send and everything sent
-// was acknowledged, with a barrier after the last write.
-func (e *engine) convergedLocked() bool {
-	for _, d := range e.disks {
-		if !d.prog.SyncDone || d.dirty.Bytes() > 0 || d.rescan.Bytes() > 0 || len(d.inflight) > 0 || d.barrierSeq < d.lastSent {
-			return false
-		}
-	}
-	return true
-}

@@ -208,7 +208,7 @@ func TestLoopDeviceReplication(t *testing.T) {
 	a.Process.Signal(syscall.SIGKILL)
 	a.Wait()
 	before := ls.s.DataPlane().ReceivedBytes()
-	a = startAgent(t, state, dev)
+	startAgent(t, state, dev)
 	eventually(t, 60*time.Second, "rescan after restart", func() bool {
 		s, err := ls.s.Store().Server(ctx, st.SourceServerID)
 		return err == nil && s.Disks[0].RescannedBytes == size && s.Replication.State == ferry.ReplicationContinuous

@@ -61,7 +61,6 @@ type session struct {
 	statsAt      time.Time       // guarded by mu
 	lastHeard    time.Time       // guarded by mu
 	lastProgress time.Time       // guarded by mu
-	ackedBytes   int64           // bytes made durable; guarded by mu
 	acked        []uint64        // per-disk acknowledged seq; guarded by mu
 	snapshotting int             // snapshots running; guarded by mu
 	snapErr      error           // last snapshot failure; guarded by mu
