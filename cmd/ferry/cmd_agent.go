@@ -7,8 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/ferrymigrate/ferry/agent"
+	"github.com/ferrymigrate/ferry/ebpf"
 	"github.com/ferrymigrate/ferry/track"
 	"github.com/spf13/cobra"
 )
@@ -106,23 +108,31 @@ func agentDevices(names []string) ([]string, error) {
 	return out, nil
 }
 
-// openTracker starts the change tracker --tracker names.
-//
-// TODO(lead): the eBPF tracker (package ebpf) and the periodic rescan
-// tracker (track.NewRescan) are built on other branches; wire them here:
-// "ebpf" loads the eBPF tracker, "rescan" the rescan tracker, "auto" the
-// eBPF tracker falling back to rescan. Until then the agent runs without a
-// tracker: it copies the disks and finds later writes by hash comparison
-// each time it reconnects.
+// rescanInterval is how often the rescan tracker compares block hashes.
+const rescanInterval = 30 * time.Second
+
+// openTracker starts the change tracker --tracker names: "ebpf", "rescan",
+// or "auto" (eBPF, falling back to rescan where it cannot load).
 func openTracker(kind string, devices []string, log *slog.Logger) (track.Tracker, error) {
+	var (
+		tr  track.Tracker
+		err error
+	)
 	switch kind {
 	case "auto":
-		log.Warn("no change tracker is built into this agent yet: writes after the initial sync are replicated by rescans after reconnecting")
-		return nil, nil
-	case "ebpf", "rescan":
-		return nil, fmt.Errorf("--tracker %s is not available in this build\nTry: --tracker auto", kind)
+		tr, err = ebpf.Auto(devices, rescanInterval)
+	case "ebpf":
+		tr, err = ebpf.New(devices)
+	case "rescan":
+		tr, err = track.NewRescan(devices, rescanInterval)
+	default:
+		return nil, fmt.Errorf("--tracker %q: want ebpf, rescan or auto", kind)
 	}
-	return nil, fmt.Errorf("--tracker %q: want ebpf, rescan or auto", kind)
+	if err != nil {
+		return nil, fmt.Errorf("start %s change tracker: %w\nTry: --tracker rescan", kind, err)
+	}
+	log.Info("change tracking", "tracker", tr.Kind())
+	return tr, nil
 }
 
 func newAgentInstallCmd() *cobra.Command {
