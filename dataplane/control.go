@@ -12,7 +12,8 @@ import (
 // can replace it.
 type activeSession struct {
 	done   chan struct{}
-	cancel func() // ends the session; guarded by Server.mu
+	cancel func()   // ends the session; guarded by Server.mu
+	sess   *session // set once the disks are open; guarded by Server.mu
 }
 
 // controlLoop sends heartbeats, pushes SETTINGS when the operator changes

@@ -66,6 +66,8 @@ type session struct {
 	snapErr      error           // last snapshot failure; guarded by mu
 	snapAt       time.Time       // last snapshot time; guarded by mu
 	tracker      string          // guarded by mu
+	lastRecv     []uint64        // per-disk highest seq received; guarded by mu
+	lastBarrier  []uint64        // per-disk seq of the newest durable barrier; guarded by mu
 	settings     protocol.Settings
 }
 
@@ -123,6 +125,9 @@ func (s *Server) replicate(ctx context.Context, c net.Conn, id string) error {
 		return ss.fail(protocol.ErrCodeStorage, err)
 	}
 	s.setStep(ctx, id, ferry.StepCreateStagingDisks, ferry.StepSucceeded, nil)
+	ss.lastRecv = make([]uint64, len(ss.disks))
+	ss.lastBarrier = make([]uint64, len(ss.disks))
+	s.publish(id, ss)
 	now := s.now()
 	ss.lastHeard, ss.lastProgress, ss.tracker = now, now, hello.Tracker
 	if err := ss.send(ack); err != nil {
@@ -291,6 +296,7 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 				return ss.fail(protocol.ErrCodeStorage, fmt.Errorf("write seq %d: %w", m.Seq, err))
 			}
 			sd.last = c
+			ss.received(m.Disk, m.Seq)
 			if err := ss.queue(ctx, pending{int(m.Disk), m.Seq, c}); err != nil {
 				return err
 			}
@@ -304,6 +310,7 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 				return ss.fail(protocol.ErrCodeStorage, fmt.Errorf("zero seq %d: %w", m.Seq, err))
 			}
 			sd.last = c
+			ss.received(m.Disk, m.Seq)
 			if err := ss.queue(ctx, pending{int(m.Disk), m.Seq, c}); err != nil {
 				return err
 			}
@@ -369,6 +376,10 @@ func (ss *session) barrier(ctx context.Context, disk uint16, seq uint64, c uint8
 		return ss.fail(protocol.ErrCodeStorage, fmt.Errorf("barrier seq %d: %w", seq, err))
 	}
 	sd.last = replica.Commit{}
+	ss.received(disk, seq)
+	ss.mu.Lock()
+	ss.lastBarrier[disk] = seq
+	ss.mu.Unlock()
 	return ss.queue(ctx, pending{int(disk), seq, replica.Commit{}})
 }
 
