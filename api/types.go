@@ -180,3 +180,27 @@ type StartJobRequest struct {
 	// SkipDrain starts a cutover without waiting for the backlog to drain.
 	SkipDrain bool `json:"skip_drain,omitempty"`
 }
+
+// Snapshot is one point-in-time snapshot of a replicated disk.
+type Snapshot struct {
+	Disk        string    `json:"disk"`
+	ID          string    `json:"id"`
+	Time        time.Time `json:"time"`
+	Seq         uint64    `json:"seq"`
+	Consistency string    `json:"consistency"`
+	SizeBytes   int64     `json:"size_bytes"`
+}
+
+// TakeSnapshotRequest asks for a snapshot of every disk of a server now.
+type TakeSnapshotRequest struct {
+	// Drain waits until the agent has sent everything it tracked, as a
+	// cutover does; otherwise the newest consistent point is used.
+	Drain bool `json:"drain,omitempty"`
+	// TimeoutSeconds bounds the drain (default 300).
+	TimeoutSeconds int `json:"timeout_seconds,omitempty"`
+}
+
+// TakenSnapshots names the snapshot taken of each disk.
+type TakenSnapshots struct {
+	Snapshots map[string]string `json:"snapshots"`
+}

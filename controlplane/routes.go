@@ -67,6 +67,8 @@ func (s *Server) routes() []route {
 		{post, "/jobs/start-cutover", operator, "jobs.start_cutover", s.startJob((*jobs.Runner).StartCutover, true)},
 		{post, "/jobs/terminate", operator, "jobs.terminate", s.startJob(terminate, false)},
 		{post, "/servers/{id}/finalize", operator, "servers.finalize_cutover", s.finalizeCutover},
+		{get, "/servers/{id}/snapshots", viewer, "snapshots.list", s.listSnapshots},
+		{post, "/servers/{id}/snapshots", operator, "snapshots.take", s.takeSnapshot},
 
 		{get, "/tokens", admin, "tokens.list", s.listTokens},
 		{post, "/tokens", admin, "tokens.create", s.createToken},

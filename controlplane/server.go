@@ -31,6 +31,8 @@ type Signer interface {
 type Server struct {
 	Store  ferry.Store
 	Signer Signer
+	// Snapshots takes and lists snapshots; nil answers with 503.
+	Snapshots Snapshots
 	// Jobs runs launches; nil answers launch routes with 503.
 	Jobs *jobs.Runner
 	// DataPlaneAddr is the host:port agents send data to, told to them at

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/ferrymigrate/ferry"
+	"github.com/ferrymigrate/ferry/api"
 	"github.com/ferrymigrate/ferry/replica"
 )
 
@@ -155,6 +157,34 @@ func (s *Server) Latest(ctx context.Context, serverID string) (map[string]string
 			return nil, fmt.Errorf("disk %s has no snapshot yet", sd.Name)
 		}
 		out[sd.Name] = best.ID
+	}
+	return out, nil
+}
+
+// List returns every snapshot of every replicated disk of a server, oldest
+// first per disk.
+func (s *Server) List(ctx context.Context, serverID string) ([]api.Snapshot, error) {
+	if s.Replica == nil {
+		return nil, errors.New("this replication server has no replica store")
+	}
+	srv, err := s.Store.Server(ctx, serverID)
+	if err != nil {
+		return nil, err
+	}
+	out := []api.Snapshot{}
+	for _, sd := range srv.Disks {
+		d, err := s.Replica.Disk(DiskID(serverID, sd.Name))
+		if errors.Is(err, replica.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		snaps := d.Snapshots()
+		sort.Slice(snaps, func(i, j int) bool { return snaps[i].Seq < snaps[j].Seq })
+		for _, sn := range snaps {
+			out = append(out, api.Snapshot{Disk: sd.Name, ID: sn.ID, Time: sn.Time, Seq: sn.Seq, Consistency: sn.Consistency.String(), SizeBytes: sn.Size})
+		}
 	}
 	return out, nil
 }

@@ -99,9 +99,10 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 	}
 	s.APIAddr, s.DataAddr = s.apiLn.Addr().String(), s.dataLn.Addr().String()
 
+	s.data = &dataplane.Server{Store: s.store, CA: s.ca, Cert: s.cert, Logger: log, Replica: s.replica}
 	cp := &controlplane.Server{
 		Store: s.store, Signer: s.ca, DataPlaneAddr: advertised(cfg.Advertise, s.DataAddr),
-		Version: Version, Logger: log,
+		Version: Version, Logger: log, Snapshots: s.data,
 	}
 	mux := http.NewServeMux()
 	mux.Handle(controlplane.APIPrefix+"/", cp.Handler())
@@ -116,7 +117,6 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	s.data = &dataplane.Server{Store: s.store, CA: s.ca, Cert: s.cert, Logger: log, Replica: s.replica}
 	ok = true
 	return s, nil
 }
