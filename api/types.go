@@ -168,3 +168,55 @@ type Health struct {
 	Version string    `json:"version"`
 	Time    time.Time `json:"time"`
 }
+
+// GroupHealth is the aggregated replication health of an application's or
+// a wave's servers.
+type GroupHealth string
+
+// Group health values, from best to worst.
+const (
+	HealthHealthy GroupHealth = "HEALTHY"
+	HealthLagging GroupHealth = "LAGGING"
+	HealthError   GroupHealth = "ERROR"
+)
+
+// GroupProgress is how far an application's or a wave's servers have got
+// through their migration.
+type GroupProgress string
+
+// Group progress values.
+const (
+	ProgressNotStarted GroupProgress = "NOT_STARTED"
+	ProgressInProgress GroupProgress = "IN_PROGRESS"
+	ProgressCompleted  GroupProgress = "COMPLETED"
+)
+
+// GroupSummary aggregates the live (unarchived) member servers of an
+// application or a wave.
+type GroupSummary struct {
+	Health   GroupHealth   `json:"health"`
+	Progress GroupProgress `json:"progress"`
+	// Servers is the number of member servers.
+	Servers int `json:"server_count"`
+	// ErrorServers and LaggingServers count the members that make the
+	// health ERROR or LAGGING.
+	ErrorServers   int `json:"error_server_count"`
+	LaggingServers int `json:"lagging_server_count"`
+	// Lifecycle counts the members by lifecycle state (states with no
+	// member are left out).
+	Lifecycle map[ferry.LifecycleState]int `json:"lifecycle_counts"`
+}
+
+// ApplicationStatus is an application with the summary of its servers.
+type ApplicationStatus struct {
+	ferry.Application
+	Summary GroupSummary `json:"summary"`
+}
+
+// WaveStatus is a wave with the summary of its servers: those assigned to
+// the wave directly and those of its applications that name no other
+// wave.
+type WaveStatus struct {
+	ferry.Wave
+	Summary GroupSummary `json:"summary"`
+}

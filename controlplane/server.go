@@ -46,6 +46,9 @@ type Server struct {
 	// tokens) one address may make in a minute before it is refused with
 	// 429 for the rest of that minute; 0 means 20.
 	FailedAuthLimit int
+	// LagThreshold is the replication lag above which a server makes its
+	// application and wave LAGGING; 0 means DefaultLagThreshold.
+	LagThreshold time.Duration
 
 	limiter *failLimiter
 }
