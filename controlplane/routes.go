@@ -58,6 +58,10 @@ func (s *Server) routes() []route {
 		{patch, "/waves/{id}", operator, "waves.update", s.updateWave},
 		{del, "/waves/{id}", operator, "waves.delete", s.deleteWave},
 
+		{post, "/import", operator, "inventory.import", s.importCSV},
+		{get, "/imports", viewer, "inventory.imports", s.listImports},
+		{get, "/export", viewer, "inventory.export", s.exportCSV},
+
 		{get, "/jobs", viewer, "jobs.list", s.listJobs},
 		{get, "/jobs/{id}", viewer, "jobs.get", s.getJob},
 

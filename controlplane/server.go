@@ -51,6 +51,7 @@ type Server struct {
 	LagThreshold time.Duration
 
 	limiter *failLimiter
+	imports importHistory
 }
 
 // Actor kinds written into audit events.
@@ -63,6 +64,9 @@ type caller struct {
 	token *ferry.Token // nil when unauthenticated
 	actor string       // audit name
 	ip    string
+	// detail, set by a handler, goes into the audit event of a successful
+	// call.
+	detail string
 }
 
 func (s *Server) now() time.Time {
@@ -141,6 +145,7 @@ func (s *Server) wrap(rt route) http.Handler {
 		err := s.authorize(r, rt, c)
 		if err == nil {
 			err = rt.h(w, r, c)
+			detail = c.detail
 		}
 		if err != nil {
 			ae := toAPIError(err)
