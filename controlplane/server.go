@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ferrymigrate/ferry"
@@ -49,9 +50,14 @@ type Server struct {
 	// LagThreshold is the replication lag above which a server makes its
 	// application and wave LAGGING; 0 means DefaultLagThreshold.
 	LagThreshold time.Duration
+	// Observe, if set, is told of every API call when it ends: method,
+	// route pattern (e.g. /servers/{id}), status and duration. Package
+	// metrics provides one.
+	Observe func(method, route string, status int, elapsed time.Duration)
 
-	limiter *failLimiter
-	imports importHistory
+	initOnce sync.Once
+	limiter  *failLimiter
+	imports  importHistory
 }
 
 // Actor kinds written into audit events.
@@ -85,13 +91,7 @@ func (s *Server) log() *slog.Logger {
 
 // Handler returns the HTTP handler serving /api/v1.
 func (s *Server) Handler() http.Handler {
-	if s.limiter == nil {
-		n := s.FailedAuthLimit
-		if n <= 0 {
-			n = 20
-		}
-		s.limiter = newFailLimiter(n, time.Minute)
-	}
+	s.init()
 	mux := http.NewServeMux()
 	for _, rt := range s.routes() {
 		mux.Handle(rt.method+" "+APIPrefix+rt.path, s.wrap(rt))
@@ -139,6 +139,7 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 
 func (s *Server) wrap(rt route) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		start := time.Now()
 		w := &statusWriter{ResponseWriter: rw}
 		c := &caller{actor: actorAnonymous, ip: clientIP(r)}
 		var detail string
@@ -160,6 +161,30 @@ func (s *Server) wrap(rt route) http.Handler {
 		if mutating || denied {
 			s.audit(r.Context(), c, rt.action, auditTarget(r), w.status, detail)
 		}
+		if s.Observe != nil && rt.path != "" {
+			s.Observe(r.Method, rt.path, w.status, time.Since(start))
+		}
+	})
+}
+
+// RequireRole guards a handler outside the API (such as /metrics) with the
+// API's bearer-token authentication: callers need at least role, and
+// refusals are answered and audited as for API routes, under action.
+func (s *Server) RequireRole(role ferry.Role, action string, h http.Handler) http.Handler {
+	s.init()
+	return s.wrap(route{method: "", path: "", role: role, action: action, h: func(w http.ResponseWriter, r *http.Request, _ *caller) error {
+		h.ServeHTTP(w, r)
+		return nil
+	}})
+}
+
+func (s *Server) init() {
+	s.initOnce.Do(func() {
+		n := s.FailedAuthLimit
+		if n <= 0 {
+			n = 20
+		}
+		s.limiter = newFailLimiter(n, time.Minute)
 	})
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/ferrymigrate/ferry/config"
 	"github.com/ferrymigrate/ferry/controlplane"
 	"github.com/ferrymigrate/ferry/dataplane"
+	"github.com/ferrymigrate/ferry/metrics"
 	"github.com/ferrymigrate/ferry/pki"
 	"github.com/ferrymigrate/ferry/postgres"
 	"github.com/ferrymigrate/ferry/replica"
@@ -99,12 +100,16 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 	}
 	s.APIAddr, s.DataAddr = s.apiLn.Addr().String(), s.dataLn.Addr().String()
 
+	reg, apiMetrics := metrics.NewRegistry(s.store, log)
 	cp := &controlplane.Server{
 		Store: s.store, Signer: s.ca, DataPlaneAddr: advertised(cfg.Advertise, s.DataAddr),
-		Version: Version, Logger: log,
+		Version: Version, Logger: log, Observe: apiMetrics.Observe,
 	}
 	mux := http.NewServeMux()
 	mux.Handle(controlplane.APIPrefix+"/", cp.Handler())
+	// /metrics is on the API port and needs a viewer (or better) token, as
+	// the API does: Prometheus sends it with authorization.credentials.
+	mux.Handle("GET /metrics", cp.RequireRole(ferry.RoleViewer, "metrics", metrics.Handler(reg)))
 	mux.HandleFunc("/{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintf(w, "Ferry %s: the API is under %s (see %s/openapi.yaml)\n", Version, controlplane.APIPrefix, controlplane.APIPrefix)
