@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/ferrymigrate/ferry"
@@ -55,9 +54,8 @@ type Server struct {
 	// metrics provides one.
 	Observe func(method, route string, status int, elapsed time.Duration)
 
-	initOnce sync.Once
-	limiter  *failLimiter
-	imports  importHistory
+	limiter *failLimiter
+	imports importHistory
 }
 
 // Actor kinds written into audit events.
@@ -178,14 +176,16 @@ func (s *Server) RequireRole(role ferry.Role, action string, h http.Handler) htt
 	}})
 }
 
+// init prepares what Handler and RequireRole share; they are called while
+// the server is being set up, before it serves.
 func (s *Server) init() {
-	s.initOnce.Do(func() {
+	if s.limiter == nil {
 		n := s.FailedAuthLimit
 		if n <= 0 {
 			n = 20
 		}
 		s.limiter = newFailLimiter(n, time.Minute)
-	})
+	}
 }
 
 // authorize authenticates the bearer token and checks the route's role.
