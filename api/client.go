@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -236,6 +237,45 @@ func (c *Client) DoRaw(ctx context.Context, method, path string, query url.Value
 		if err := json.Unmarshal(data, out); err != nil {
 			return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
 		}
+	}
+	return nil
+}
+
+// ReadEvents reads a server-sent event stream (GET /events) from r and
+// calls fn with each event's name and data, until fn returns false, the
+// stream ends (nil) or reading fails. Comments and retry lines are
+// skipped.
+func ReadEvents(r io.Reader, fn func(event string, data []byte) bool) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 64<<20)
+	var event string
+	var data []byte
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case line == "":
+			if data != nil {
+				if event == "" {
+					event = "message"
+				}
+				if !fn(event, data) {
+					return nil
+				}
+			}
+			event, data = "", nil
+		case strings.HasPrefix(line, ":"):
+		case strings.HasPrefix(line, "event:"):
+			event = strings.TrimSpace(strings.TrimPrefix(line, "event:"))
+		case strings.HasPrefix(line, "data:"):
+			d := strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " ")
+			if data != nil {
+				data = append(data, '\n')
+			}
+			data = append(data, d...)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("read event stream: %w", err)
 	}
 	return nil
 }

@@ -282,3 +282,11 @@ type ImportTask struct {
 
 // MaxImportErrors bounds the errors one import reports.
 const MaxImportErrors = 200
+
+// ServerChanges is the data of a "servers" event on GET /events: servers
+// that changed or appeared since the last event, and ids of servers that
+// were deleted or archived.
+type ServerChanges struct {
+	Changed []*ferry.SourceServer `json:"changed"`
+	Removed []string              `json:"removed"`
+}

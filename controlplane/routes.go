@@ -26,6 +26,8 @@ func (s *Server) routes() []route {
 		{post, "/pair", pub, "agents.pair", s.pair},
 		{get, "/whoami", viewer, "whoami", s.whoami},
 
+		{get, "/events", viewer, "events.stream", s.events},
+
 		{get, "/servers", viewer, "servers.list", s.listServers},
 		{get, "/servers/{id}", viewer, "servers.get", s.getServer},
 		{patch, "/servers/{id}", operator, "servers.update", s.updateServer},

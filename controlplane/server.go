@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferrymigrate/ferry"
@@ -54,8 +56,20 @@ type Server struct {
 	// metrics provides one.
 	Observe func(method, route string, status int, elapsed time.Duration)
 
+	// EventPollInterval is how often an event stream reads the store; 0
+	// means DefaultEventPollInterval.
+	EventPollInterval time.Duration
+	// EventStreamMaxAge ends each event stream after this long, so a
+	// revoked or expired token stops receiving; clients reconnect and are
+	// authenticated again. 0 means DefaultEventStreamMaxAge.
+	EventStreamMaxAge time.Duration
+
 	limiter *failLimiter
 	imports importHistory
+	streams atomic.Int64 // open event streams
+
+	closeMu sync.Mutex
+	closing chan struct{} // guarded by closeMu; closed by CloseStreams
 }
 
 // Actor kinds written into audit events.
@@ -127,6 +141,10 @@ func (w *statusWriter) WriteHeader(code int) {
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
+
+// Unwrap lets http.ResponseController reach the connection, to flush
+// event streams.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {

@@ -121,6 +121,8 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	// Event streams never end on their own; end them when shutdown begins.
+	s.httpSrv.RegisterOnShutdown(cp.CloseStreams)
 	s.data = &dataplane.Server{Store: s.store, CA: s.ca, Cert: s.cert, Logger: log}
 	ok = true
 	return s, nil
