@@ -18,6 +18,7 @@ import (
 	"github.com/ferrymigrate/ferry"
 	"github.com/ferrymigrate/ferry/config"
 	"github.com/ferrymigrate/ferry/controlplane"
+	"github.com/ferrymigrate/ferry/dashboard"
 	"github.com/ferrymigrate/ferry/dataplane"
 	"github.com/ferrymigrate/ferry/metrics"
 	"github.com/ferrymigrate/ferry/pki"
@@ -110,10 +111,8 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 	// /metrics is on the API port and needs a viewer (or better) token, as
 	// the API does: Prometheus sends it with authorization.credentials.
 	mux.Handle("GET /metrics", cp.RequireRole(ferry.RoleViewer, "metrics", metrics.Handler(reg)))
-	mux.HandleFunc("/{$}", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintf(w, "Ferry %s: the API is under %s (see %s/openapi.yaml)\n", Version, controlplane.APIPrefix, controlplane.APIPrefix)
-	})
+	// The dashboard (Migration Hub) is everything else on the API port.
+	mux.Handle("/", dashboard.Handler())
 	s.httpSrv = &http.Server{
 		Handler:           mux,
 		TLSConfig:         s.ca.ServerTLSConfig(s.cert, false),
