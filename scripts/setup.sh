@@ -18,6 +18,11 @@ want losetup mount
 want mkfs.ext4 e2fsprogs
 want openssl openssl
 want make make
+want node nodejs
+want npm npm
+# Debian's Chromium drives the dashboard's browser test (never a
+# Playwright browser download).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -40,4 +45,7 @@ GOBIN_DIR="$(go env GOPATH)/bin"
 mkdir -p "$GOBIN_DIR"
 [ -x "$GOBIN_DIR/staticcheck" ] || go install honnef.co/go/tools/cmd/staticcheck@v0.7.0
 [ -x "$GOBIN_DIR/versitygw" ] || go install github.com/versity/versitygw/cmd/versitygw@latest
+# playwright-core for the dashboard test, at the version package-lock.json pins.
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+[ -d "$ROOT/dashboard/e2e/node_modules/playwright-core" ] || npm ci --prefix "$ROOT/dashboard/e2e" --no-audit --no-fund >/dev/null
 echo "setup: ok"
