@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -173,4 +174,108 @@ func (c *Client) ListInstallTokens(ctx context.Context) ([]ferry.InstallToken, e
 // RevokeInstallToken revokes an install token.
 func (c *Client) RevokeInstallToken(ctx context.Context, id string) error {
 	return c.Do(ctx, http.MethodDelete, "/install-tokens/"+url.PathEscape(id), nil, nil, nil)
+}
+
+// Import sends an inventory CSV (POST /import). When the file has
+// problems the error is an *Error whose Errors list every one of them.
+func (c *Client) Import(ctx context.Context, csv io.Reader, dryRun bool) (*ImportTask, error) {
+	q := url.Values{}
+	if dryRun {
+		q.Set("dry_run", "true")
+	}
+	var t ImportTask
+	return &t, c.DoRaw(ctx, http.MethodPost, "/import", q, "text/csv", csv, &t, nil)
+}
+
+// Export writes the inventory CSV (GET /export) to w.
+func (c *Client) Export(ctx context.Context, w io.Writer) error {
+	return c.DoRaw(ctx, http.MethodGet, "/export", nil, "", nil, nil, w)
+}
+
+// DoRaw sends a request with a body of the given content type (if body is
+// not nil) and either decodes a JSON answer into out or copies the answer
+// to raw. An error answer comes back as *Error.
+func (c *Client) DoRaw(ctx context.Context, method, path string, query url.Values, contentType string, body io.Reader, out any, raw io.Writer) error {
+	u := c.base + path
+	if len(query) > 0 {
+		u += "?" + query.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	if err != nil {
+		return fmt.Errorf("build request: %w", err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", contentType)
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode < 400 && raw != nil {
+		if _, err := io.Copy(raw, resp.Body); err != nil {
+			return fmt.Errorf("%s %s: read answer: %w", method, path, err)
+		}
+		return nil
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: read answer: %w", method, path, err)
+	}
+	if resp.StatusCode >= 400 {
+		e := &Error{Status: resp.StatusCode}
+		if json.Unmarshal(data, e) != nil || e.Code == "" {
+			e.Code = http.StatusText(resp.StatusCode)
+			e.Message = strings.TrimSpace(string(data))
+		}
+		return e
+	}
+	if out != nil && resp.StatusCode != http.StatusNoContent {
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// ReadEvents reads a server-sent event stream (GET /events) from r and
+// calls fn with each event's name and data, until fn returns false, the
+// stream ends (nil) or reading fails. Comments and retry lines are
+// skipped.
+func ReadEvents(r io.Reader, fn func(event string, data []byte) bool) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 64<<20)
+	var event string
+	var data []byte
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case line == "":
+			if data != nil {
+				if event == "" {
+					event = "message"
+				}
+				if !fn(event, data) {
+					return nil
+				}
+			}
+			event, data = "", nil
+		case strings.HasPrefix(line, ":"):
+		case strings.HasPrefix(line, "event:"):
+			event = strings.TrimSpace(strings.TrimPrefix(line, "event:"))
+		case strings.HasPrefix(line, "data:"):
+			d := strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " ")
+			if data != nil {
+				data = append(data, '\n')
+			}
+			data = append(data, d...)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("read event stream: %w", err)
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/ferrymigrate/ferry"
@@ -12,8 +13,35 @@ type Error struct {
 	Code string `json:"code"`
 	// Message says what was wrong in words a person can act on.
 	Message string `json:"message"`
+	// Errors, when present, lists every problem found in a bulk request
+	// (e.g. each bad cell of a CSV import), so all can be fixed at once.
+	Errors []FieldError `json:"errors,omitempty"`
 	// Status is the HTTP status; not sent on the wire.
 	Status int `json:"-"`
+}
+
+// FieldError is one problem in a bulk request: where it is and what to
+// fix.
+type FieldError struct {
+	// Row is the 1-based row of a CSV file, the header being row 1; 0 when
+	// the problem is not in one row.
+	Row int `json:"row,omitempty"`
+	// Column is the column's header name, when the problem is in one cell.
+	Column  string `json:"column,omitempty"`
+	Message string `json:"message"`
+}
+
+func (e FieldError) String() string {
+	var where string
+	switch {
+	case e.Row > 0 && e.Column != "":
+		where = fmt.Sprintf("row %d, column %s: ", e.Row, e.Column)
+	case e.Row > 0:
+		where = fmt.Sprintf("row %d: ", e.Row)
+	case e.Column != "":
+		where = fmt.Sprintf("column %s: ", e.Column)
+	}
+	return where + e.Message
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
@@ -203,4 +231,98 @@ type TakeSnapshotRequest struct {
 // TakenSnapshots names the snapshot taken of each disk.
 type TakenSnapshots struct {
 	Snapshots map[string]string `json:"snapshots"`
+}
+
+// GroupHealth is the aggregated replication health of an application's or
+// a wave's servers.
+type GroupHealth string
+
+// Group health values, from best to worst.
+const (
+	HealthHealthy GroupHealth = "HEALTHY"
+	HealthLagging GroupHealth = "LAGGING"
+	HealthError   GroupHealth = "ERROR"
+)
+
+// GroupProgress is how far an application's or a wave's servers have got
+// through their migration.
+type GroupProgress string
+
+// Group progress values.
+const (
+	ProgressNotStarted GroupProgress = "NOT_STARTED"
+	ProgressInProgress GroupProgress = "IN_PROGRESS"
+	ProgressCompleted  GroupProgress = "COMPLETED"
+)
+
+// GroupSummary aggregates the live (unarchived) member servers of an
+// application or a wave.
+type GroupSummary struct {
+	Health   GroupHealth   `json:"health"`
+	Progress GroupProgress `json:"progress"`
+	// Servers is the number of member servers.
+	Servers int `json:"server_count"`
+	// ErrorServers and LaggingServers count the members that make the
+	// health ERROR or LAGGING.
+	ErrorServers   int `json:"error_server_count"`
+	LaggingServers int `json:"lagging_server_count"`
+	// Lifecycle counts the members by lifecycle state (states with no
+	// member are left out).
+	Lifecycle map[ferry.LifecycleState]int `json:"lifecycle_counts"`
+}
+
+// ApplicationStatus is an application with the summary of its servers.
+type ApplicationStatus struct {
+	ferry.Application
+	Summary GroupSummary `json:"summary"`
+}
+
+// WaveStatus is a wave with the summary of its servers: those assigned to
+// the wave directly and those of its applications that name no other
+// wave.
+type WaveStatus struct {
+	ferry.Wave
+	Summary GroupSummary `json:"summary"`
+}
+
+// Import task statuses.
+const (
+	ImportSucceeded = "SUCCEEDED"
+	ImportFailed    = "FAILED"
+	ImportValidated = "VALIDATED" // a dry run that found no errors
+)
+
+// ImportTask records one CSV import: what it changed, or why it changed
+// nothing. An import is all-or-nothing.
+type ImportTask struct {
+	ID     string    `json:"id"`
+	Time   time.Time `json:"time"`
+	Actor  string    `json:"actor"`
+	DryRun bool      `json:"dry_run"`
+	// Status is SUCCEEDED, FAILED or VALIDATED.
+	Status string `json:"status"`
+	// Rows is the number of data rows (the header not counted).
+	Rows                int `json:"rows"`
+	CreatedApplications int `json:"created_applications"`
+	CreatedWaves        int `json:"created_waves"`
+	ModifiedServers     int `json:"modified_servers"`
+	UnchangedServers    int `json:"unchanged_servers"`
+	// IgnoredColumns are export-only columns (lifecycle_state, …) that an
+	// import reads past.
+	IgnoredColumns []string `json:"ignored_columns,omitempty"`
+	// Errors are the problems found, at most MaxImportErrors of them;
+	// ErrorCount is how many there were in all.
+	Errors     []FieldError `json:"errors,omitempty"`
+	ErrorCount int          `json:"error_count"`
+}
+
+// MaxImportErrors bounds the errors one import reports.
+const MaxImportErrors = 200
+
+// ServerChanges is the data of a "servers" event on GET /events: servers
+// that changed or appeared since the last event, and ids of servers that
+// were deleted or archived.
+type ServerChanges struct {
+	Changed []*ferry.SourceServer `json:"changed"`
+	Removed []string              `json:"removed"`
 }

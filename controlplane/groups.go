@@ -67,16 +67,31 @@ func (s *Server) listApplications(w http.ResponseWriter, r *http.Request, _ *cal
 	if err != nil {
 		return err
 	}
-	writeList(w, items, next)
+	out := api.List[api.ApplicationStatus]{Items: make([]api.ApplicationStatus, 0, len(items)), NextToken: next}
+	if len(items) > 0 {
+		m, err := s.loadMembership(r.Context())
+		if err != nil {
+			return err
+		}
+		for _, a := range items {
+			out.Items = append(out.Items, s.applicationStatus(m, a))
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 
 func (s *Server) getApplication(w http.ResponseWriter, r *http.Request, _ *caller) error {
-	a, err := s.Store.Application(r.Context(), r.PathValue("id"))
+	ctx := r.Context()
+	a, err := s.Store.Application(ctx, r.PathValue("id"))
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, a)
+	members, err := allServers(ctx, s.Store, ferry.ServerFilter{ApplicationID: a.ID})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, api.ApplicationStatus{Application: *a, Summary: Summarize(members, s.lagThreshold())})
 	return nil
 }
 
@@ -169,17 +184,57 @@ func (s *Server) listWaves(w http.ResponseWriter, r *http.Request, _ *caller) er
 	if err != nil {
 		return err
 	}
-	writeList(w, items, next)
+	out := api.List[api.WaveStatus]{Items: make([]api.WaveStatus, 0, len(items)), NextToken: next}
+	if len(items) > 0 {
+		m, err := s.loadMembership(r.Context())
+		if err != nil {
+			return err
+		}
+		for _, wv := range items {
+			out.Items = append(out.Items, s.waveStatus(m, wv))
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 
 func (s *Server) getWave(w http.ResponseWriter, r *http.Request, _ *caller) error {
-	wv, err := s.Store.Wave(r.Context(), r.PathValue("id"))
+	ctx := r.Context()
+	wv, err := s.Store.Wave(ctx, r.PathValue("id"))
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, wv)
+	members, err := s.waveMembers(ctx, wv.ID)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, api.WaveStatus{Wave: *wv, Summary: Summarize(members, s.lagThreshold())})
 	return nil
+}
+
+// waveMembers returns the live servers of a wave: those assigned to it and
+// those of its applications that are assigned to no wave themselves.
+func (s *Server) waveMembers(ctx context.Context, id string) ([]*ferry.SourceServer, error) {
+	members, err := allServers(ctx, s.Store, ferry.ServerFilter{WaveID: id})
+	if err != nil {
+		return nil, err
+	}
+	apps, err := allApplications(ctx, s.Store, ferry.GroupFilter{WaveID: id})
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range apps {
+		srvs, err := allServers(ctx, s.Store, ferry.ServerFilter{ApplicationID: a.ID})
+		if err != nil {
+			return nil, err
+		}
+		for _, srv := range srvs {
+			if srv.WaveID == "" {
+				members = append(members, srv)
+			}
+		}
+	}
+	return members, nil
 }
 
 func (s *Server) createWave(w http.ResponseWriter, r *http.Request, _ *caller) error {

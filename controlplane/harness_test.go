@@ -45,7 +45,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	e := &env{t: t, store: st, ca: ca, tokens: map[ferry.Role]string{}, now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
-	e.srv = &Server{Store: st, Signer: ca, DataPlaneAddr: "ferry.test:1500", Version: "test", FailedAuthLimit: 1 << 30, Now: func() time.Time { return e.now }}
+	e.srv = &Server{Store: st, Signer: ca, DataPlaneAddr: "ferry.test:1500", Version: "test", FailedAuthLimit: 1 << 30, EventStreamMaxAge: 50 * time.Millisecond, Now: func() time.Time { return e.now }}
 	ctx := context.Background()
 	if err := EnsureDefaultTemplate(ctx, st); err != nil {
 		t.Fatal(err)

@@ -29,6 +29,8 @@ func (s *Server) routes() []route {
 		{post, "/pair", pub, "agents.pair", s.pair},
 		{get, "/whoami", viewer, "whoami", s.whoami},
 
+		{get, "/events", viewer, "events.stream", s.events},
+
 		{get, "/servers", viewer, "servers.list", s.listServers},
 		{get, "/servers/{id}", viewer, "servers.get", s.getServer},
 		{patch, "/servers/{id}", operator, "servers.update", s.updateServer},
@@ -60,6 +62,10 @@ func (s *Server) routes() []route {
 		{get, "/waves/{id}", viewer, "waves.get", s.getWave},
 		{patch, "/waves/{id}", operator, "waves.update", s.updateWave},
 		{del, "/waves/{id}", operator, "waves.delete", s.deleteWave},
+
+		{post, "/import", operator, "inventory.import", s.importCSV},
+		{get, "/imports", viewer, "inventory.imports", s.listImports},
+		{get, "/export", viewer, "inventory.export", s.exportCSV},
 
 		{get, "/jobs", viewer, "jobs.list", s.listJobs},
 		{get, "/jobs/{id}", viewer, "jobs.get", s.getJob},

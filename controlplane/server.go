@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferrymigrate/ferry"
@@ -51,8 +53,28 @@ type Server struct {
 	// tokens) one address may make in a minute before it is refused with
 	// 429 for the rest of that minute; 0 means 20.
 	FailedAuthLimit int
+	// LagThreshold is the replication lag above which a server makes its
+	// application and wave LAGGING; 0 means DefaultLagThreshold.
+	LagThreshold time.Duration
+	// Observe, if set, is told of every API call when it ends: method,
+	// route pattern (e.g. /servers/{id}), status and duration. Package
+	// metrics provides one.
+	Observe func(method, route string, status int, elapsed time.Duration)
+
+	// EventPollInterval is how often an event stream reads the store; 0
+	// means DefaultEventPollInterval.
+	EventPollInterval time.Duration
+	// EventStreamMaxAge ends each event stream after this long, so a
+	// revoked or expired token stops receiving; clients reconnect and are
+	// authenticated again. 0 means DefaultEventStreamMaxAge.
+	EventStreamMaxAge time.Duration
 
 	limiter *failLimiter
+	imports importHistory
+	streams atomic.Int64 // open event streams
+
+	closeMu sync.Mutex
+	closing chan struct{} // guarded by closeMu; closed by CloseStreams
 }
 
 // Actor kinds written into audit events.
@@ -65,6 +87,9 @@ type caller struct {
 	token *ferry.Token // nil when unauthenticated
 	actor string       // audit name
 	ip    string
+	// detail, set by a handler, goes into the audit event of a successful
+	// call.
+	detail string
 }
 
 func (s *Server) now() time.Time {
@@ -83,13 +108,7 @@ func (s *Server) log() *slog.Logger {
 
 // Handler returns the HTTP handler serving /api/v1.
 func (s *Server) Handler() http.Handler {
-	if s.limiter == nil {
-		n := s.FailedAuthLimit
-		if n <= 0 {
-			n = 20
-		}
-		s.limiter = newFailLimiter(n, time.Minute)
-	}
+	s.init()
 	mux := http.NewServeMux()
 	for _, rt := range s.routes() {
 		mux.Handle(rt.method+" "+APIPrefix+rt.path, s.wrap(rt))
@@ -128,6 +147,10 @@ func (w *statusWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
 }
 
+// Unwrap lets http.ResponseController reach the connection, to flush
+// event streams.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
 func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
 		w.status = http.StatusOK
@@ -137,12 +160,14 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 
 func (s *Server) wrap(rt route) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		start := time.Now()
 		w := &statusWriter{ResponseWriter: rw}
 		c := &caller{actor: actorAnonymous, ip: clientIP(r)}
 		var detail string
 		err := s.authorize(r, rt, c)
 		if err == nil {
 			err = rt.h(w, r, c)
+			detail = c.detail
 		}
 		if err != nil {
 			ae := toAPIError(err)
@@ -157,7 +182,33 @@ func (s *Server) wrap(rt route) http.Handler {
 		if mutating || denied {
 			s.audit(r.Context(), c, rt.action, auditTarget(r), w.status, detail)
 		}
+		if s.Observe != nil && rt.path != "" {
+			s.Observe(r.Method, rt.path, w.status, time.Since(start))
+		}
 	})
+}
+
+// RequireRole guards a handler outside the API (such as /metrics) with the
+// API's bearer-token authentication: callers need at least role, and
+// refusals are answered and audited as for API routes, under action.
+func (s *Server) RequireRole(role ferry.Role, action string, h http.Handler) http.Handler {
+	s.init()
+	return s.wrap(route{method: "", path: "", role: role, action: action, h: func(w http.ResponseWriter, r *http.Request, _ *caller) error {
+		h.ServeHTTP(w, r)
+		return nil
+	}})
+}
+
+// init prepares what Handler and RequireRole share; they are called while
+// the server is being set up, before it serves.
+func (s *Server) init() {
+	if s.limiter == nil {
+		n := s.FailedAuthLimit
+		if n <= 0 {
+			n = 20
+		}
+		s.limiter = newFailLimiter(n, time.Minute)
+	}
 }
 
 // authorize authenticates the bearer token and checks the route's role.

@@ -22,6 +22,11 @@ want sfdisk fdisk
 want filefrag e2fsprogs
 want blkdiscard util-linux
 want setpriv util-linux
+want node nodejs
+want npm npm
+# Debian's Chromium drives the dashboard's browser test (never a
+# Playwright browser download).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -44,4 +49,7 @@ GOBIN_DIR="$(go env GOPATH)/bin"
 mkdir -p "$GOBIN_DIR"
 [ -x "$GOBIN_DIR/staticcheck" ] || go install honnef.co/go/tools/cmd/staticcheck@v0.7.0
 [ -x "$GOBIN_DIR/versitygw" ] || go install github.com/versity/versitygw/cmd/versitygw@latest
+# playwright-core for the dashboard test, at the version package-lock.json pins.
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+[ -d "$ROOT/dashboard/e2e/node_modules/playwright-core" ] || npm ci --prefix "$ROOT/dashboard/e2e" --no-audit --no-fund >/dev/null
 echo "setup: ok"

@@ -18,7 +18,9 @@ import (
 	"github.com/ferrymigrate/ferry"
 	"github.com/ferrymigrate/ferry/config"
 	"github.com/ferrymigrate/ferry/controlplane"
+	"github.com/ferrymigrate/ferry/dashboard"
 	"github.com/ferrymigrate/ferry/dataplane"
+	"github.com/ferrymigrate/ferry/metrics"
 	"github.com/ferrymigrate/ferry/pki"
 	"github.com/ferrymigrate/ferry/postgres"
 	"github.com/ferrymigrate/ferry/replica"
@@ -100,16 +102,18 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 	s.APIAddr, s.DataAddr = s.apiLn.Addr().String(), s.dataLn.Addr().String()
 
 	s.data = &dataplane.Server{Store: s.store, CA: s.ca, Cert: s.cert, Logger: log, Replica: s.replica}
+	reg, apiMetrics := metrics.NewRegistry(s.store, log)
 	cp := &controlplane.Server{
 		Store: s.store, Signer: s.ca, DataPlaneAddr: advertised(cfg.Advertise, s.DataAddr),
-		Version: Version, Logger: log, Snapshots: s.data,
+		Version: Version, Logger: log, Observe: apiMetrics.Observe, Snapshots: s.data,
 	}
 	mux := http.NewServeMux()
 	mux.Handle(controlplane.APIPrefix+"/", cp.Handler())
-	mux.HandleFunc("/{$}", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintf(w, "Ferry %s: the API is under %s (see %s/openapi.yaml)\n", Version, controlplane.APIPrefix, controlplane.APIPrefix)
-	})
+	// /metrics is on the API port and needs a viewer (or better) token, as
+	// the API does: Prometheus sends it with authorization.credentials.
+	mux.Handle("GET /metrics", cp.RequireRole(ferry.RoleViewer, "metrics", metrics.Handler(reg)))
+	// The dashboard (Migration Hub) is everything else on the API port.
+	mux.Handle("/", dashboard.Handler())
 	s.httpSrv = &http.Server{
 		Handler:           mux,
 		TLSConfig:         s.ca.ServerTLSConfig(s.cert, false),
@@ -117,6 +121,8 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	// Event streams never end on their own; end them when shutdown begins.
+	s.httpSrv.RegisterOnShutdown(cp.CloseStreams)
 	ok = true
 	return s, nil
 }

@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/ferrymigrate/ferry/api"
+	"github.com/ferrymigrate/ferry/cli"
 	"github.com/spf13/cobra"
 )
 
@@ -39,6 +40,9 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServerCmd(), newAgentCmd(), newLoginCmd(), newServersCmd(), newTokensCmd(), newInstallTokensCmd(), newReplicationCmd(), newLaunchCmd(), newCutoverCmd(), newJobsCmd(), newStoreCmd(), newSnapshotsCmd(), newBenchCmd(), newVersionCmd())
+	root.AddCommand(newServerCmd(), newAgentCmd(), newLoginCmd(), newServersCmd(), newTokensCmd(), newInstallTokensCmd(), newReplicationCmd(), newLaunchCmd(), newCutoverCmd(), newJobsCmd(),
+		newGroupsCmd(cli.KindApplications, "Group servers into applications; see their health and progress"),
+		newGroupsCmd(cli.KindWaves, "Group applications and servers into migration waves; see their health and progress"),
+		newImportCmd(), newExportCmd(), newStoreCmd(), newSnapshotsCmd(), newBenchCmd(), newVersionCmd())
 	return root
 }

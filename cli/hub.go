@@ -1,0 +1,308 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/ferrymigrate/ferry"
+	"github.com/ferrymigrate/ferry/api"
+)
+
+// Group kinds: the API path of applications and waves.
+const (
+	KindApplications = "applications"
+	KindWaves        = "waves"
+)
+
+// groupStatus is an application or a wave with its summary; both share
+// these fields on the wire.
+type groupStatus struct {
+	ID          string            `json:"id"`
+	Name        string            `json:"name"`
+	Description string            `json:"description,omitempty"`
+	WaveID      string            `json:"wave_id,omitempty"`
+	Tags        map[string]string `json:"tags,omitempty"`
+	Archived    bool              `json:"archived"`
+	Summary     api.GroupSummary  `json:"summary"`
+}
+
+func checkKind(kind string) error {
+	if kind != KindApplications && kind != KindWaves {
+		return fmt.Errorf("unknown group kind %q", kind)
+	}
+	return nil
+}
+
+func lifecycleCounts(m map[ferry.LifecycleState]int) string {
+	parts := make([]string, 0, len(m))
+	for _, l := range ferry.LifecycleStates {
+		if n := m[l]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", l, n))
+		}
+	}
+	return orDash(strings.Join(parts, ", "))
+}
+
+// RunGroupsList lists every application or wave (kind) with its health
+// and progress.
+func RunGroupsList(ctx context.Context, kind, format string, out io.Writer) error {
+	if err := CheckFormat(format); err != nil {
+		return err
+	}
+	if err := checkKind(kind); err != nil {
+		return err
+	}
+	cl, err := client()
+	if err != nil {
+		return err
+	}
+	var all []groupStatus
+	q := url.Values{"limit": {strconv.Itoa(ferry.MaxPageSize)}}
+	for {
+		var page api.List[groupStatus]
+		if err := cl.Do(ctx, http.MethodGet, "/"+kind, q, nil, &page); err != nil {
+			return err
+		}
+		all = append(all, page.Items...)
+		if page.NextToken == "" {
+			break
+		}
+		q.Set("next_token", page.NextToken)
+	}
+	if format == FormatJSON {
+		if all == nil {
+			all = []groupStatus{}
+		}
+		return writeJSON(out, all)
+	}
+	header := []string{"ID", "NAME", "HEALTH", "PROGRESS", "SERVERS", "BY LIFECYCLE"}
+	if kind == KindApplications {
+		header = append(header, "WAVE")
+	}
+	rows := make([][]string, 0, len(all))
+	for _, g := range all {
+		r := []string{g.ID, g.Name, string(g.Summary.Health), string(g.Summary.Progress), strconv.Itoa(g.Summary.Servers), lifecycleCounts(g.Summary.Lifecycle)}
+		if kind == KindApplications {
+			r = append(r, orDash(g.WaveID))
+		}
+		rows = append(rows, r)
+	}
+	return table(out, header, rows)
+}
+
+// GroupCreateOptions are the flags of `ferry applications create` and
+// `ferry waves create`.
+type GroupCreateOptions struct {
+	Name, Description, Wave string
+	Tags                    []string
+	Output                  string
+}
+
+// RunGroupsCreate creates an application or a wave.
+func RunGroupsCreate(ctx context.Context, kind string, o GroupCreateOptions, out io.Writer) error {
+	if err := CheckFormat(o.Output); err != nil {
+		return err
+	}
+	if err := checkKind(kind); err != nil {
+		return err
+	}
+	if o.Name == "" {
+		return errors.New("--name is required")
+	}
+	req := api.GroupRequest{Name: &o.Name}
+	if o.Description != "" {
+		req.Description = &o.Description
+	}
+	if o.Wave != "" {
+		if kind != KindApplications {
+			return errors.New("--wave is for applications")
+		}
+		req.WaveID = &o.Wave
+	}
+	if len(o.Tags) > 0 {
+		tags, err := parseTagFlags(o.Tags)
+		if err != nil {
+			return err
+		}
+		req.Tags = &tags
+	}
+	cl, err := client()
+	if err != nil {
+		return err
+	}
+	var g groupStatus
+	if err := cl.Do(ctx, http.MethodPost, "/"+kind, nil, req, &g); err != nil {
+		return err
+	}
+	if o.Output == FormatJSON {
+		return writeJSON(out, g)
+	}
+	fmt.Fprintf(out, "Created %s %s (%s)\n", strings.TrimSuffix(kind, "s"), g.ID, g.Name)
+	return nil
+}
+
+func parseTagFlags(ts []string) (map[string]string, error) {
+	tags := map[string]string{}
+	for _, t := range ts {
+		k, v, ok := strings.Cut(t, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--tag %q: want key=value", t)
+		}
+		tags[k] = v
+	}
+	return tags, nil
+}
+
+// RunGroupsShow prints one application or wave with its summary.
+func RunGroupsShow(ctx context.Context, kind, id, format string, out io.Writer) error {
+	if err := CheckFormat(format); err != nil {
+		return err
+	}
+	if err := checkKind(kind); err != nil {
+		return err
+	}
+	cl, err := client()
+	if err != nil {
+		return err
+	}
+	var g groupStatus
+	if err := cl.Do(ctx, http.MethodGet, "/"+kind+"/"+url.PathEscape(id), nil, nil, &g); err != nil {
+		return err
+	}
+	if format == FormatJSON {
+		return writeJSON(out, g)
+	}
+	tags := make([]string, 0, len(g.Tags))
+	for k, v := range g.Tags {
+		tags = append(tags, k+"="+v)
+	}
+	sort.Strings(tags)
+	kv := [][]string{
+		{"ID", g.ID}, {"Name", g.Name}, {"Description", orDash(g.Description)},
+		{"Health", string(g.Summary.Health)}, {"Progress", string(g.Summary.Progress)},
+		{"Servers", strconv.Itoa(g.Summary.Servers)},
+		{"With errors", strconv.Itoa(g.Summary.ErrorServers)}, {"Lagging", strconv.Itoa(g.Summary.LaggingServers)},
+		{"By lifecycle", lifecycleCounts(g.Summary.Lifecycle)},
+		{"Tags", orDash(strings.Join(tags, ", "))}, {"Archived", strconv.FormatBool(g.Archived)},
+	}
+	if kind == KindApplications {
+		kv = append(kv, []string{"Wave", orDash(g.WaveID)})
+	}
+	return table(out, []string{"FIELD", "VALUE"}, kv)
+}
+
+// RunGroupsDelete deletes an application or a wave that has no members.
+func RunGroupsDelete(ctx context.Context, kind, id string, out io.Writer) error {
+	if err := checkKind(kind); err != nil {
+		return err
+	}
+	cl, err := client()
+	if err != nil {
+		return err
+	}
+	if err := cl.Do(ctx, http.MethodDelete, "/"+kind+"/"+url.PathEscape(id), nil, nil, nil); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "Deleted %s %s\n", strings.TrimSuffix(kind, "s"), id)
+	return nil
+}
+
+// ImportOptions are the flags of `ferry import`.
+type ImportOptions struct {
+	File   string
+	DryRun bool
+	Output string
+}
+
+// RunImport sends an inventory CSV. When the file has problems it prints
+// every one (row, column, what to fix) and returns an error: nothing was
+// changed.
+func RunImport(ctx context.Context, o ImportOptions, out io.Writer) error {
+	if err := CheckFormat(o.Output); err != nil {
+		return err
+	}
+	f, err := os.Open(o.File)
+	if err != nil {
+		return fmt.Errorf("open import file: %w", err)
+	}
+	defer f.Close()
+	cl, err := client()
+	if err != nil {
+		return err
+	}
+	task, err := cl.Import(ctx, f, o.DryRun)
+	var ae *api.Error
+	if errors.As(err, &ae) && len(ae.Errors) > 0 {
+		if o.Output == FormatJSON {
+			_ = writeJSON(out, ae)
+		} else {
+			rows := make([][]string, 0, len(ae.Errors))
+			for _, e := range ae.Errors {
+				row := "-"
+				if e.Row > 0 {
+					row = strconv.Itoa(e.Row)
+				}
+				rows = append(rows, []string{row, orDash(e.Column), e.Message})
+			}
+			_ = table(out, []string{"ROW", "COLUMN", "PROBLEM"}, rows)
+		}
+		return fmt.Errorf("%s: %d problems; nothing was imported. Fix them and run 'ferry import %s' again (add --dry-run to check only)", o.File, len(ae.Errors), o.File)
+	}
+	if err != nil {
+		return err
+	}
+	if o.Output == FormatJSON {
+		return writeJSON(out, task)
+	}
+	verb := "Imported"
+	if task.DryRun {
+		verb = "Checked (dry run, nothing changed)"
+	}
+	fmt.Fprintf(out, "%s %s: %d rows; created %d applications and %d waves; modified %d servers, %d unchanged (task %s)\n",
+		verb, o.File, task.Rows, task.CreatedApplications, task.CreatedWaves, task.ModifiedServers, task.UnchangedServers, task.ID)
+	if len(task.IgnoredColumns) > 0 {
+		fmt.Fprintf(out, "Read past export-only columns: %s\n", strings.Join(task.IgnoredColumns, ", "))
+	}
+	return nil
+}
+
+// RunImportsList lists recent import tasks.
+func RunImportsList(ctx context.Context, format string, out io.Writer) error {
+	if err := CheckFormat(format); err != nil {
+		return err
+	}
+	cl, err := client()
+	if err != nil {
+		return err
+	}
+	var l api.List[api.ImportTask]
+	if err := cl.Do(ctx, http.MethodGet, "/imports", nil, nil, &l); err != nil {
+		return err
+	}
+	if format == FormatJSON {
+		return writeJSON(out, l.Items)
+	}
+	rows := make([][]string, 0, len(l.Items))
+	for _, t := range l.Items {
+		rows = append(rows, []string{t.ID, when(t.Time), t.Status, strconv.Itoa(t.Rows),
+			strconv.Itoa(t.CreatedApplications + t.CreatedWaves), strconv.Itoa(t.ModifiedServers), strconv.Itoa(t.ErrorCount), t.Actor})
+	}
+	return table(out, []string{"ID", "TIME", "STATUS", "ROWS", "CREATED", "MODIFIED", "ERRORS", "BY"}, rows)
+}
+
+// RunExport writes the inventory CSV to out.
+func RunExport(ctx context.Context, out io.Writer) error {
+	cl, err := client()
+	if err != nil {
+		return err
+	}
+	return cl.Export(ctx, out)
+}

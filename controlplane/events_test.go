@@ -1,0 +1,90 @@
+package controlplane
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/ferrymigrate/ferry"
+	"github.com/ferrymigrate/ferry/api"
+)
+
+// The event stream sends a snapshot, then the servers that change and the
+// ids of those archived.
+func TestEventStream(t *testing.T) {
+	e := newEnv(t)
+	e.srv.EventPollInterval = 20 * time.Millisecond
+	e.srv.EventStreamMaxAge = time.Minute
+	e.addServer("s-1", ferry.LifecycleNotReady)
+	e.addServer("s-2", ferry.LifecycleDisconnected)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", e.http.URL+APIPrefix+"/events", nil)
+	req.Header.Set("Authorization", "Bearer "+e.tokens[ferry.RoleViewer])
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); resp.StatusCode != 200 || ct != "text/event-stream" {
+		t.Fatalf("status %d, content type %q", resp.StatusCode, ct)
+	}
+	step := 0
+	err = api.ReadEvents(resp.Body, func(event string, data []byte) bool {
+		switch step {
+		case 0:
+			var snap api.List[ferry.SourceServer]
+			if event != "snapshot" || json.Unmarshal(data, &snap) != nil || len(snap.Items) != 2 {
+				t.Fatalf("first event %s %s", event, data)
+			}
+			if _, err := e.store.UpdateServer(ctx, "s-1", func(s *ferry.SourceServer) error {
+				s.Replication.State = ferry.ReplicationInitialSync
+				s.Disks = []ferry.Disk{{Name: "vda", SizeBytes: 100, ReplicatedBytes: 40}}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.store.UpdateServer(ctx, "s-2", func(s *ferry.SourceServer) error { s.Archived = true; return nil }); err != nil {
+				t.Fatal(err)
+			}
+		case 1:
+			var ch api.ServerChanges
+			if event != "servers" || json.Unmarshal(data, &ch) != nil {
+				t.Fatalf("second event %s %s", event, data)
+			}
+			if len(ch.Changed) != 1 || ch.Changed[0].ID != "s-1" || ch.Changed[0].Disks[0].ReplicatedBytes != 40 || len(ch.Removed) != 1 || ch.Removed[0] != "s-2" {
+				t.Fatalf("changes %s", data)
+			}
+			return false
+		}
+		step++
+		return true
+	})
+	if err != nil || step != 1 {
+		t.Fatalf("stream ended at step %d: %v", step, err)
+	}
+}
+
+// A stream ends on its own after EventStreamMaxAge and at shutdown.
+func TestEventStreamEnds(t *testing.T) {
+	e := newEnv(t)
+	e.srv.EventPollInterval = 10 * time.Millisecond
+	e.srv.EventStreamMaxAge = time.Hour
+	done := make(chan int)
+	go func() {
+		st, _ := e.do("GET", "/events", e.tokens[ferry.RoleViewer], nil)
+		done <- st
+	}()
+	time.Sleep(100 * time.Millisecond)
+	e.srv.CloseStreams()
+	select {
+	case st := <-done:
+		if st != 200 {
+			t.Fatalf("status %d", st)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("stream did not end after CloseStreams")
+	}
+}

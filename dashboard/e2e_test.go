@@ -1,0 +1,182 @@
+package dashboard_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferrymigrate/ferry"
+	"github.com/ferrymigrate/ferry/config"
+	"github.com/ferrymigrate/ferry/controlplane"
+	"github.com/ferrymigrate/ferry/server"
+)
+
+// skipOrFail skips when a tool the browser test needs is missing, or fails
+// when FERRY_TEST_REQUIRE_ALL=1 says nothing may be skipped.
+func skipOrFail(t *testing.T, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if os.Getenv("FERRY_TEST_REQUIRE_ALL") == "1" {
+		t.Fatalf("%s (FERRY_TEST_REQUIRE_ALL=1 forbids skipping)", msg)
+	}
+	t.Skipf("SKIPPED, NOT PASSED: %s; run scripts/setup.sh", msg)
+}
+
+// TestDashboardInChromium starts a real server and drives the dashboard in
+// headless Chromium with Playwright: sign in, live progress, filters,
+// sorting, the server page, pausing replication as operator, no action
+// buttons for a viewer, and a token revoked while the page is open.
+// Screenshots at 1280×800 and 390×844 are kept in the test's directory
+// (FERRY_SCREENSHOT_DIR overrides it, to keep them after the test).
+func TestDashboardInChromium(t *testing.T) {
+	if testing.Short() {
+		t.Skip("browser test skipped in -short mode")
+	}
+	node, err := exec.LookPath("node")
+	if err != nil {
+		skipOrFail(t, "node is not installed")
+	}
+	chromium := "/usr/bin/chromium"
+	if _, err := os.Stat(chromium); err != nil {
+		skipOrFail(t, "%s is not installed (apt-get install chromium)", chromium)
+	}
+	script, _ := filepath.Abs("e2e/ui.mjs")
+	if _, err := os.Stat("e2e/node_modules/playwright-core"); err != nil {
+		skipOrFail(t, "playwright-core is not installed (npm install --prefix dashboard/e2e)")
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := t.TempDir()
+	shots := os.Getenv("FERRY_SCREENSHOT_DIR")
+	if shots == "" {
+		shots = filepath.Join(dir, "screenshots")
+	}
+	if err := os.MkdirAll(shots, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv, err := server.Start(ctx, config.Server{Dev: true, DataDir: filepath.Join(dir, "data"), Listen: "127.0.0.1:0", DataListen: "127.0.0.1:0"}, log, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	st := srv.Store()
+	now := time.Now().UTC()
+	op, err := controlplane.CreateToken(ctx, st, "ui-operator", ferry.RoleOperator, now, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	viewer, err := controlplane.CreateToken(ctx, st, "ui-viewer", ferry.RoleViewer, now, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed(t, st, now)
+
+	cmd := exec.CommandContext(ctx, node, script)
+	cmd.Dir = filepath.Dir(script)
+	cmd.Env = append(os.Environ(),
+		"FERRY_URL=https://"+srv.APIAddr, "OP_TOKEN="+op.Secret, "VIEWER_TOKEN="+viewer.Secret,
+		"SHOT_DIR="+shots, "CHROMIUM="+chromium)
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		line := sc.Text()
+		out = append(out, line)
+		t.Log(line)
+		what, ok := strings.CutPrefix(line, "need: ")
+		if !ok {
+			continue
+		}
+		switch what {
+		case "progress":
+			if _, err := st.UpdateServer(ctx, "s-1", func(s *ferry.SourceServer) error {
+				s.Disks[0].ReplicatedBytes = s.Disks[0].SizeBytes * 8 / 10
+				s.Disks[1].ReplicatedBytes = s.Disks[1].SizeBytes * 8 / 10
+				return nil
+			}); err != nil {
+				t.Error(err)
+			}
+		case "revoke-viewer":
+			if err := st.RevokeToken(ctx, viewer.ID, time.Now().UTC()); err != nil {
+				t.Error(err)
+			}
+		}
+		fmt.Fprintln(stdin, "done "+what)
+	}
+	err = cmd.Wait()
+	if err != nil || len(out) == 0 || out[len(out)-1] != "ok" {
+		t.Fatalf("browser script failed: %v\nstdout:\n%s\nstderr:\n%s", err, strings.Join(out, "\n"), stderr.String())
+	}
+	s1, err := st.Server(ctx, "s-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s1.Desired != ferry.DesiredPause {
+		t.Errorf("s-1 desired replication %q after the pause click, want PAUSE", s1.Desired)
+	}
+	for _, f := range []string{"servers-1280x800.png", "server-1280x800.png", "applications-1280x800.png", "servers-390x844.png", "server-390x844.png"} {
+		if fi, err := os.Stat(filepath.Join(shots, f)); err != nil || fi.Size() == 0 {
+			t.Errorf("screenshot %s missing", f)
+		}
+	}
+	t.Logf("screenshots in %s", shots)
+}
+
+// seed stores three servers, an application and a wave.
+func seed(t *testing.T, st ferry.Store, now time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	w := &ferry.Wave{ID: "wave-1", Name: "wave 1", CreatedAt: now, UpdatedAt: now}
+	a := &ferry.Application{ID: "app-1", Name: "billing", WaveID: "wave-1", Description: "invoices and payments", CreatedAt: now, UpdatedAt: now}
+	if err := st.CreateWave(ctx, w); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CreateApplication(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	const gib = 1 << 30
+	servers := []*ferry.SourceServer{
+		{ID: "s-1", Hostname: "web-1", Lifecycle: ferry.LifecycleNotReady,
+			Replication: ferry.ReplicationInfo{State: ferry.ReplicationInitialSync, ETASeconds: 1800, ReplicationServer: "rs-a"},
+			Disks:       []ferry.Disk{{Name: "vda", SizeBytes: 40 * gib, ReplicatedBytes: 16 * gib, Boot: true}, {Name: "vdb", SizeBytes: 10 * gib, ReplicatedBytes: 4 * gib}}},
+		{ID: "s-2", Hostname: "db-1", Lifecycle: ferry.LifecycleReadyForTest,
+			Replication: ferry.ReplicationInfo{State: ferry.ReplicationContinuous, LagSeconds: 2, LastSnapshotAt: now.Add(-4 * time.Minute), ReplicationServer: "rs-a"},
+			Disks:       []ferry.Disk{{Name: "sda", SizeBytes: 200 * gib, ReplicatedBytes: 200 * gib}}},
+		{ID: "s-3", Hostname: "app-1", Lifecycle: ferry.LifecycleReadyForTest,
+			Replication: ferry.ReplicationInfo{State: ferry.ReplicationBacklog, LagSeconds: 420, LastSnapshotAt: now.Add(-20 * time.Minute), ReplicationServer: "rs-b"},
+			Disks:       []ferry.Disk{{Name: "vda", SizeBytes: 80 * gib, ReplicatedBytes: 80 * gib, BackloggedBytes: 3 * gib}}},
+	}
+	for _, s := range servers {
+		s.MachineID = "m-" + s.ID
+		s.OS, s.Kernel, s.CPUs, s.RAMBytes = "Debian GNU/Linux 12", "6.1.0-28-amd64", 4, 8*gib
+		s.ApplicationID, s.WaveID = "app-1", "wave-1"
+		s.ReplicationSetup, s.LaunchSetup = ferry.DefaultReplicationSettings(), ferry.DefaultLaunchSettings()
+		s.CreatedAt, s.UpdatedAt, s.LastSeenAt = now, now, now
+		if err := st.CreateServer(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

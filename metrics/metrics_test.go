@@ -1,0 +1,100 @@
+package metrics
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferrymigrate/ferry"
+	"github.com/ferrymigrate/ferry/sqlite"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func addServer(t *testing.T, st ferry.Store, id string, l ferry.LifecycleState, r ferry.ReplicationState) {
+	t.Helper()
+	s := &ferry.SourceServer{
+		ID: id, MachineID: "m-" + id, Hostname: "host-" + id, Lifecycle: l,
+		Replication: ferry.ReplicationInfo{State: r, LagSeconds: 12.5},
+		Disks:       []ferry.Disk{{Name: "vda", SizeBytes: 1 << 30, ReplicatedBytes: 1 << 29, BackloggedBytes: 4096}},
+	}
+	if err := st.CreateServer(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The collector reports servers by state and per-server bytes, and reads
+// the store at most once per TTL.
+func TestStoreCollector(t *testing.T) {
+	st, err := sqlite.Open(filepath.Join(t.TempDir(), "ferry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	addServer(t, st, "s-1", ferry.LifecycleNotReady, ferry.ReplicationInitialSync)
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	c := &StoreCollector{Store: st, TTL: 10 * time.Second, Now: func() time.Time { return now }}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c)
+
+	want := `
+# HELP ferry_server_backlog_bytes Bytes written on a server that are not replicated yet.
+# TYPE ferry_server_backlog_bytes gauge
+ferry_server_backlog_bytes{hostname="host-s-1",server_id="s-1"} 4096
+# HELP ferry_server_replicated_bytes Bytes of a server's disks replicated so far.
+# TYPE ferry_server_replicated_bytes gauge
+ferry_server_replicated_bytes{hostname="host-s-1",server_id="s-1"} 5.36870912e+08
+# HELP ferry_server_lag_seconds How far a server's replica is behind the source.
+# TYPE ferry_server_lag_seconds gauge
+ferry_server_lag_seconds{hostname="host-s-1",server_id="s-1"} 12.5
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "ferry_server_backlog_bytes", "ferry_server_replicated_bytes", "ferry_server_lag_seconds"); err != nil {
+		t.Fatal(err)
+	}
+	count := func() float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "ferry_servers" {
+				continue
+			}
+			n := 0.0
+			for _, m := range mf.GetMetric() {
+				n += m.GetGauge().GetValue()
+			}
+			return n
+		}
+		t.Fatal("no ferry_servers")
+		return 0
+	}
+	if got := count(); got != 1 {
+		t.Fatalf("servers %v, want 1", got)
+	}
+	addServer(t, st, "s-2", ferry.LifecycleReadyForTest, ferry.ReplicationContinuous)
+	now = now.Add(5 * time.Second)
+	if got := count(); got != 1 {
+		t.Fatalf("within the TTL: servers %v, want the cached 1", got)
+	}
+	now = now.Add(6 * time.Second)
+	if got := count(); got != 2 {
+		t.Fatalf("after the TTL: servers %v, want 2", got)
+	}
+}
+
+func TestAPIObserve(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	a := NewAPI(reg)
+	a.Observe("GET", "/servers/{id}", 200, 3*time.Millisecond)
+	a.Observe("GET", "/servers/{id}", 200, 5*time.Millisecond)
+	a.Observe("GET", "/servers/{id}", 404, time.Millisecond)
+	if got := testutil.ToFloat64(a.requests.WithLabelValues("GET", "/servers/{id}", "200")); got != 2 {
+		t.Fatalf("requests 200 = %v, want 2", got)
+	}
+	if n := testutil.CollectAndCount(a.duration); n != 1 {
+		t.Fatalf("%d duration series, want 1", n)
+	}
+}
