@@ -33,6 +33,20 @@ func max64(a, b int64) int64 {
 	return b
 }
 
+// SetAlign changes the alignment (the replica's block size, learnt when
+// the server answers HELLO), widening the ranges already held to it.
+func (m *extentMap) SetAlign(align int64) {
+	align = max64(align, 1)
+	if align == m.align {
+		return
+	}
+	old, oldest := m.ext, m.oldest
+	m.align, m.ext, m.bytes = align, nil, 0
+	for _, x := range old {
+		m.Add(x.Offset, x.Length, oldest)
+	}
+}
+
 // Bytes returns the dirty bytes.
 func (m *extentMap) Bytes() int64 { return m.bytes }
 

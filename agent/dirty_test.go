@@ -106,3 +106,28 @@ func TestExtentMapClip(t *testing.T) {
 		t.Fatalf("after clip to 0: %v", m.ext)
 	}
 }
+
+func TestExtentMapSetAlign(t *testing.T) {
+	m := newExtentMap(512, 0)
+	now := time.Now()
+	m.Add(1024, 2048, now)    // [1024, 3072)
+	m.Add(8192+512, 512, now) // [8704, 9216)
+	m.SetAlign(4096)
+	want := []track.Extent{{Offset: 0, Length: 4096}, {Offset: 8192, Length: 4096}}
+	if len(m.ext) != len(want) {
+		t.Fatalf("extents %v, want %v", m.ext, want)
+	}
+	for i := range want {
+		if m.ext[i] != want[i] {
+			t.Fatalf("extents %v, want %v", m.ext, want)
+		}
+	}
+	if m.Bytes() != 8192 {
+		t.Fatalf("bytes %d, want 8192", m.Bytes())
+	}
+	// A new write is widened to the new alignment and merges both.
+	m.Add(5000, 10, now)
+	if len(m.ext) != 1 || m.ext[0] != (track.Extent{Offset: 0, Length: 12288}) {
+		t.Fatalf("after a new add: %v, want one range [0, 12288)", m.ext)
+	}
+}

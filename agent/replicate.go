@@ -419,6 +419,10 @@ func (e *engine) resume(ack *protocol.HelloAck) {
 		a := ack.Disks[i]
 		d.bs = max(int64(a.BlockSize), 512)
 		d.size -= d.size % d.bs
+		// The server writes whole replica blocks, which may be larger than
+		// the device's logical blocks the tracker reports.
+		d.dirty.SetAlign(d.bs)
+		d.rescan.SetAlign(d.bs)
 		// What the server made durable counts as acknowledged; the rest is
 		// sent again.
 		e.ackLocked(d, a.DurableSeq)
