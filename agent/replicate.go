@@ -95,7 +95,11 @@ type rdisk struct {
 	lastSent   uint64 // last seq sent (data)
 	barrierSeq uint64 // last barrier sent
 	barrierAt  time.Time
-	sweep      int64 // dirty-map elevator position
+	// flushAt is when the server asked for a drained point (FLUSH); zero
+	// when none is wanted. The barrier that answers it goes once the
+	// dirty and rescan maps are empty.
+	flushAt time.Time
+	sweep   int64 // dirty-map elevator position
 	// replicaSize is the replica's size from HELLO_ACK; the agent sends
 	// RESIZE when the device is larger.
 	replicaSize int64
@@ -530,6 +534,8 @@ func (e *engine) readLoop(ctx context.Context, r *protocol.Reader, nc net.Conn, 
 			e.settings = *m
 			e.cond.Broadcast()
 			e.mu.Unlock()
+		case *protocol.Flush:
+			e.flush()
 		case *protocol.HashReply:
 			r := *m
 			r.Hashes = append([]byte(nil), m.Hashes...)
@@ -591,4 +597,28 @@ func (e *engine) stats() *protocol.Stats {
 		st.OldestUnsentUnixNano = oldest.UnixNano()
 	}
 	return st
+}
+
+// flushGrace lets writes completed just before a FLUSH reach the dirty map
+// from the eBPF tracker's ring buffer (read continuously; events arrive
+// within milliseconds) before the answering barrier may go.
+const flushGrace = 250 * time.Millisecond
+
+// flush answers the server's FLUSH: a tracker that only sees changes when
+// it scans cannot vouch for the present, so each disk is compared with the
+// replica by hashes; then every disk sends a barrier once nothing is left
+// to send.
+func (e *engine) flush() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := time.Now()
+	precise := e.o.Tracker != nil && e.o.Tracker.Kind() == "ebpf"
+	for _, d := range e.disks {
+		if !precise && d.prog.SyncDone {
+			d.rescan.Add(0, d.size, now)
+		}
+		d.flushAt = now
+	}
+	e.log.Info("flush requested: sending a drained consistency point", "hash_compare", !precise)
+	e.cond.Broadcast()
 }

@@ -147,6 +147,9 @@ func (e *engine) nextWorkLocked() (work, *rdisk) {
 	}
 	now := time.Now()
 	for _, d := range e.disks {
+		if d.prog.SyncDone && !d.flushAt.IsZero() && now.Sub(d.flushAt) >= flushGrace {
+			return workBarrier, d
+		}
 		if d.prog.SyncDone && d.lastSent > d.barrierSeq && now.Sub(d.barrierAt) >= barrierEvery {
 			return workBarrier, d
 		}
@@ -253,6 +256,7 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 			d.nextSeq++
 			d.inflight = append(d.inflight, flight{seq: seq, kind: kindControl})
 			d.barrierSeq, d.barrierAt = seq, time.Now()
+			d.flushAt = time.Time{}
 			e.mu.Unlock()
 			if err := c.send(&protocol.Barrier{Disk: uint16(d.idx), Seq: seq, Consistency: protocol.CrashConsistent}); err != nil {
 				return err

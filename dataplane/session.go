@@ -68,6 +68,7 @@ type session struct {
 	tracker      string          // guarded by mu
 	lastRecv     []uint64        // per-disk highest seq received; guarded by mu
 	lastBarrier  []uint64        // per-disk seq of the newest durable barrier; guarded by mu
+	flushes      uint32          // FLUSH requests sent; guarded by mu
 	settings     protocol.Settings
 }
 

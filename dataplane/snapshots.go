@@ -9,6 +9,7 @@ import (
 
 	"github.com/ferrymigrate/ferry"
 	"github.com/ferrymigrate/ferry/api"
+	"github.com/ferrymigrate/ferry/protocol"
 	"github.com/ferrymigrate/ferry/replica"
 )
 
@@ -43,26 +44,25 @@ func (ss *session) received(disk uint16, seq uint64) {
 // connected, and it is not.
 var ErrNotConnected = errors.New("the agent is not connected")
 
-// drainPoint waits until each disk has a crash-consistent barrier that
-// covers everything the agent had sent when the call began, and the agent
-// had nothing left to send: the agent only sends a barrier when its dirty
-// map is empty, so a barrier after the start, or the last barrier when
-// the agent reports no backlog since the start, is a drained point.
+// drainPoint asks the agent for a drained consistency point (FLUSH) and
+// waits until every disk has a barrier sent after it: the agent sends that
+// barrier only once it has sent every write completed before the FLUSH.
 func (ss *session) drainPoint(ctx context.Context) (map[string]uint64, error) {
 	ss.mu.Lock()
-	start := ss.s.now()
 	target := append([]uint64(nil), ss.lastRecv...)
+	ss.flushes++
+	id := ss.flushes
 	ss.mu.Unlock()
+	if err := ss.send(&protocol.Flush{ID: id}); err != nil {
+		return nil, fmt.Errorf("ask the agent for a drained point: %w", err)
+	}
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		ss.mu.Lock()
 		points := map[string]uint64{}
 		for i, d := range ss.disks {
-			b := ss.lastBarrier[i]
-			idle := b == target[i] && ss.stats != nil && ss.statsAt.After(start) && i < len(ss.stats.Disks) &&
-				ss.stats.Disks[i].BackloggedBytes == 0 && ss.stats.Disks[i].SyncDone
-			if b != 0 && (b > target[i] || idle) {
+			if b := ss.lastBarrier[i]; b > target[i] {
 				points[d.name] = b
 			}
 		}

@@ -42,13 +42,14 @@ const (
 	TypeHeartbeat   Type = 13
 	TypeStats       Type = 14
 	TypeError       Type = 15
+	TypeFlush       Type = 16
 )
 
 var typeNames = map[Type]string{
 	TypeHello: "HELLO", TypeHelloAck: "HELLO_ACK", TypeWrite: "WRITE", TypeZero: "ZERO",
 	TypeBarrier: "BARRIER", TypeSnapshot: "SNAPSHOT", TypeAck: "ACK", TypeHashRequest: "HASH_REQUEST",
 	TypeHashReply: "HASH_REPLY", TypeResize: "RESIZE", TypeCredit: "CREDIT", TypeSettings: "SETTINGS",
-	TypeHeartbeat: "HEARTBEAT", TypeStats: "STATS", TypeError: "ERROR",
+	TypeHeartbeat: "HEARTBEAT", TypeStats: "STATS", TypeError: "ERROR", TypeFlush: "FLUSH",
 }
 
 // String returns the message type's name, e.g. "WRITE".
@@ -91,6 +92,8 @@ func newMessage(t Type) Message {
 		return &Resize{}
 	case TypeCredit:
 		return &Credit{}
+	case TypeFlush:
+		return &Flush{}
 	case TypeSettings:
 		return &Settings{}
 	case TypeHeartbeat:
@@ -544,6 +547,22 @@ func (m *Credit) decodeBody(d *dec) {
 		d.fail("bytes", fmt.Sprintf("credit %d is less than one frame (%d)", m.Bytes, MaxFrame))
 	}
 }
+
+// Flush (server → agent) asks for a drained consistency point, as a
+// cutover's final sync needs: the agent collects every write that completed
+// before it received the FLUSH (with a rescan tracker, by comparing the
+// whole disk's hashes with the replica), sends them, and then sends a
+// BARRIER for every disk even if nothing changed.
+type Flush struct {
+	ID uint32
+}
+
+// Type implements Message.
+func (*Flush) Type() Type { return TypeFlush }
+
+func (m *Flush) appendBody(e *enc) { e.u32(m.ID) }
+
+func (m *Flush) decodeBody(d *dec) { m.ID = d.u32("id") }
 
 // Desired replication as carried by SETTINGS.
 const (

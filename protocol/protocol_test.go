@@ -26,6 +26,7 @@ func samples() []Message {
 		&HashReply{ID: 9, Disk: 1, Offset: 4096, BlockSize: 4096, Algo: HashXXH3, Hashes: bytes.Repeat([]byte{7}, 24)},
 		&Resize{Disk: 1, Seq: 47, Size: 2 << 30},
 		&Credit{Bytes: 64 << 20},
+		&Flush{ID: 7},
 		&Settings{BandwidthBytesPerSec: 10 << 20, Desired: DesiredPause, Disconnect: true},
 		&Heartbeat{UnixNano: 1700000000000000000},
 		&Stats{SentAtUnixNano: 5, OldestUnsentUnixNano: 3, Disks: []DiskStats{{Phase: PhaseBacklog, ReplicatedBytes: 1, RescannedBytes: 2, BackloggedBytes: 3, SyncDone: true, SyncSeq: 4}}},
