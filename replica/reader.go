@@ -7,6 +7,7 @@ import (
 	"io"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -117,7 +118,13 @@ type Reader struct {
 	ctx   context.Context
 	mu    sync.Mutex
 	close bool
+	// lastEnd is where the previous read ended, to detect sequential reads.
+	lastEnd atomic.Int64
 }
+
+// readAheadBytes is how far past a sequential read chunks are prefetched
+// (decrypted in parallel on other cores while the reader copies out).
+const readAheadBytes = 8 << 20
 
 var _ io.ReaderAt = (*Reader)(nil)
 
@@ -303,6 +310,7 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 		p = p[:r.size-off]
 		eof = fmt.Errorf("read %d bytes at %d of a %d-byte disk: %w: %w", want, off, r.size, ErrOutOfRange, io.EOF)
 	}
+	r.readAhead(off, int64(len(p)))
 	n := 0
 	for n < len(p) {
 		at := off + int64(n)
@@ -314,6 +322,29 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 		n += int(end - at)
 	}
 	return n, eof
+}
+
+// readAhead starts loading, in the background, the base chunks of a read
+// after its first chunk and, when the read continues a sequential run, the
+// chunks up to readAheadBytes past it.
+func (r *Reader) readAhead(off, length int64) {
+	end := off + length
+	prev := r.lastEnd.Swap(end)
+	first, last := off/r.cs+1, (end-1)/r.cs
+	if d := off - prev; d >= -readAheadBytes && d <= readAheadBytes && prev > 0 {
+		ahead := min(int64(readAheadBytes), r.d.s.opts.CacheSize/4)
+		last = (min(end+ahead, r.size) - 1) / r.cs
+	}
+	for c := first; c <= last; c++ {
+		if covered(r.ov[c], c*r.cs, min((c+1)*r.cs, r.size)) {
+			continue
+		}
+		h, err := r.ref(c)
+		if err != nil {
+			return // the demand read reports it
+		}
+		r.d.s.prefetch(h)
+	}
 }
 
 // readChunk fills dst with the disk bytes at off, all inside chunk c.

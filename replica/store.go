@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -101,6 +102,11 @@ type Store struct {
 	disks  map[string]*Disk // guarded by mu
 	closed bool             // guarded by mu
 
+	flightMu sync.Mutex
+	flights  map[Hash]*flight // chunk reads in progress; guarded by flightMu
+	// readAhead bounds the chunks read ahead at once (one slot per CPU).
+	readAhead chan struct{}
+
 	chunkMu  sync.Mutex
 	known    map[Hash]int64       // stored chunks and their object sizes; guarded by chunkMu
 	inflight map[Hash]*chunkBatch // chunks being staged and by which fold; guarded by chunkMu
@@ -134,7 +140,8 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		lock.Close()
 		return nil, fmt.Errorf("open store %s: %w", opts.Dir, ErrLocked)
 	}
-	s := &Store{opts: opts, be: opts.Backend, lock: lock, disks: map[string]*Disk{}, known: map[Hash]int64{}, inflight: map[Hash]*chunkBatch{}}
+	s := &Store{opts: opts, be: opts.Backend, lock: lock, disks: map[string]*Disk{}, known: map[Hash]int64{}, inflight: map[Hash]*chunkBatch{},
+		flights: map[Hash]*flight{}, readAhead: make(chan struct{}, runtime.GOMAXPROCS(0))}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.open(ctx); err != nil {
 		s.cancel()
@@ -326,11 +333,44 @@ func ValidDiskID(id string) bool {
 }
 
 // getChunk returns the plaintext content of chunk h. A missing or damaged
-// chunk is a CorruptError naming it.
+// chunk is a CorruptError naming it. Concurrent calls for the same chunk
+// (a read and a read-ahead) share one backend read and one decryption.
 func (s *Store) getChunk(ctx context.Context, h Hash) ([]byte, error) {
 	if b, ok := s.cache.get(h); ok {
 		return b, nil
 	}
+	s.flightMu.Lock()
+	if f, ok := s.flights[h]; ok {
+		s.flightMu.Unlock()
+		select {
+		case <-f.done:
+			return f.b, f.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	f := &flight{done: make(chan struct{})}
+	s.flights[h] = f
+	s.flightMu.Unlock()
+	f.b, f.err = s.loadChunk(ctx, h)
+	if f.err == nil {
+		s.cache.add(h, f.b)
+	}
+	s.flightMu.Lock()
+	delete(s.flights, h)
+	s.flightMu.Unlock()
+	close(f.done)
+	return f.b, f.err
+}
+
+// flight is one backend read of a chunk that concurrent getChunk calls share.
+type flight struct {
+	done chan struct{}
+	b    []byte
+	err  error
+}
+
+func (s *Store) loadChunk(ctx context.Context, h Hash) ([]byte, error) {
 	obj, err := s.be.Get(ctx, chunkName(h))
 	if err != nil {
 		if errors.Is(err, backend.ErrNotFound) {
@@ -338,12 +378,30 @@ func (s *Store) getChunk(ctx context.Context, h Hash) ([]byte, error) {
 		}
 		return nil, fmt.Errorf("read chunk: %w", err)
 	}
-	b, err := s.sl.decodeChunk(h, obj)
-	if err != nil {
-		return nil, err
+	return s.sl.openChunk(h, obj)
+}
+
+// prefetch loads chunk h into the cache in the background unless it is
+// cached, being loaded, or every read-ahead slot is busy.
+func (s *Store) prefetch(h Hash) {
+	if h.IsZero() || s.cache.has(h) {
+		return
 	}
-	s.cache.add(h, b)
-	return b, nil
+	s.flightMu.Lock()
+	_, busy := s.flights[h]
+	s.flightMu.Unlock()
+	if busy {
+		return
+	}
+	select {
+	case s.readAhead <- struct{}{}:
+	default:
+		return
+	}
+	go func() {
+		defer func() { <-s.readAhead }()
+		_, _ = s.getChunk(s.ctx, h) // errors surface on the demand read
+	}()
 }
 
 // chunkBatch collects the chunks one fold stores, so that they become
@@ -482,6 +540,13 @@ func (c *chunkCache) get(h Hash) ([]byte, bool) {
 		return e.Value.(*cacheEntry).b, true
 	}
 	return nil, false
+}
+
+func (c *chunkCache) has(h Hash) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.items[h]
+	return ok
 }
 
 func (c *chunkCache) add(h Hash, b []byte) {
