@@ -24,6 +24,10 @@ type piece struct {
 	zero     bool
 	seg      *segment
 	pos      int64 // file offset of the byte at off (data pieces)
+	// stored: a whole chunk stored directly (recChunks), read from chunk
+	// hash; a zero hash is a zero piece instead.
+	stored bool
+	hash   Hash
 }
 
 func (p piece) end() int64 { return p.off + p.len }
@@ -40,6 +44,15 @@ func (o overlay) add(cs int64, off, length int64, zero bool, seg *segment, pos i
 		if !zero {
 			p.pos = pos + (lo - off)
 		}
+		o[c] = insertPiece(o[c], p)
+	}
+}
+
+// addChunks overlays the whole chunks of a recChunks record.
+func (o overlay) addChunks(cs, off int64, hashes []Hash) {
+	for i, h := range hashes {
+		c := off/cs + int64(i)
+		p := piece{off: c * cs, len: cs, zero: h.IsZero(), stored: !h.IsZero(), hash: h}
 		o[c] = insertPiece(o[c], p)
 	}
 }
@@ -74,7 +87,7 @@ func insertPiece(ps []piece, p piece) []piece {
 			r := q
 			r.off = p.end()
 			r.len = q.end() - p.end()
-			if !q.zero {
+			if !q.zero && !q.stored {
 				r.pos = q.pos + (p.end() - q.off)
 			}
 			out = append(out, r)
@@ -239,6 +252,8 @@ func (d *Disk) openAt(ctx context.Context, seq uint64) (*Reader, error) {
 			r.ov.add(r.cs, rec.off, rec.length, false, rec.seg, rec.pos)
 		case recZero:
 			r.ov.add(r.cs, rec.off, rec.length, true, nil, 0)
+		case recChunks:
+			r.ov.addChunks(r.cs, rec.off, rec.hashes)
 		case recResize:
 			r.size = rec.off
 		}
@@ -378,6 +393,18 @@ func (r *Reader) readChunk(c, off int64, dst []byte) error {
 		part := dst[lo-off : e-off]
 		if p.zero {
 			clear(part)
+			continue
+		}
+		if p.stored {
+			content, err := r.d.s.getChunk(r.ctx, p.hash)
+			if err != nil {
+				return err
+			}
+			n := 0
+			if start := lo - c*r.cs; start < int64(len(content)) {
+				n = copy(part, content[start:])
+			}
+			clear(part[n:])
 			continue
 		}
 		if _, err := p.seg.f.ReadAt(part, p.pos+(lo-p.off)); err != nil {

@@ -24,6 +24,10 @@ import (
 // the measurements behind it).
 const DefaultChunkSize = 1 << 20
 
+// formatVersion is the store format written by this version; version 1
+// stores are upgraded at Open (see docs/storage.md).
+const formatVersion = 2
+
 // Window bounds how much folded journal is kept for any-point-in-time reads.
 // Unfolded records are always kept.
 type Window struct {
@@ -110,6 +114,12 @@ type Store struct {
 	chunkMu  sync.Mutex
 	known    map[Hash]int64       // stored chunks and their object sizes; guarded by chunkMu
 	inflight map[Hash]*chunkBatch // chunks being staged and by which fold; guarded by chunkMu
+	// jrefs counts the journal records (durable or being written) that
+	// reference each chunk; GC never deletes a chunk with references.
+	jrefs map[Hash]int // guarded by chunkMu
+
+	// sealSlots bounds the chunk jobs of ingest running at once.
+	sealSlots chan struct{}
 }
 
 // Open opens the store described by opts, creating it when the backend
@@ -141,7 +151,8 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", opts.Dir, ErrLocked)
 	}
 	s := &Store{opts: opts, be: opts.Backend, lock: lock, disks: map[string]*Disk{}, known: map[Hash]int64{}, inflight: map[Hash]*chunkBatch{},
-		flights: map[Hash]*flight{}, readAhead: make(chan struct{}, runtime.GOMAXPROCS(0))}
+		flights: map[Hash]*flight{}, readAhead: make(chan struct{}, runtime.GOMAXPROCS(0)),
+		jrefs: map[Hash]int{}, sealSlots: make(chan struct{}, 2*runtime.GOMAXPROCS(0))}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.open(ctx); err != nil {
 		s.cancel()
@@ -209,7 +220,7 @@ func (s *Store) open(ctx context.Context) error {
 		if err := json.Unmarshal(raw, &s.cfg); err != nil {
 			return corrupt("config", err)
 		}
-		if s.cfg.Version != 1 {
+		if s.cfg.Version < 1 || s.cfg.Version > formatVersion {
 			return fmt.Errorf("store format version %d is not supported", s.cfg.Version)
 		}
 		if !validChunkSize(s.cfg.ChunkSize) {
@@ -219,6 +230,19 @@ func (s *Store) open(ctx context.Context) error {
 	keys, err := s.opts.Keys.UnwrapKey(ctx, s.cfg.WrappedKeys)
 	if err != nil {
 		return fmt.Errorf("unwrap data keys: %w", err)
+	}
+	if s.cfg.Version < formatVersion {
+		// Version 2 adds journal records that reference chunks (recChunks);
+		// record the upgrade before any is written so that an older
+		// version refuses the store instead of misreading its journals.
+		s.cfg.Version = formatVersion
+		raw, err := json.MarshalIndent(s.cfg, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := s.be.Put(ctx, "config", raw); err != nil {
+			return fmt.Errorf("upgrade config: %w", err)
+		}
 	}
 	if s.sl, err = newSealer(s.cfg.Cipher, keys, s.cfg.ChunkSize); err != nil {
 		return err
@@ -262,7 +286,7 @@ func (s *Store) create(ctx context.Context) error {
 	}
 	id := make([]byte, 16)
 	_, _ = rand.Read(id)
-	s.cfg = storeConfig{Version: 1, ID: hex.EncodeToString(id), ChunkSize: s.opts.ChunkSize, Cipher: s.opts.Cipher, WrappedKeys: wrapped}
+	s.cfg = storeConfig{Version: formatVersion, ID: hex.EncodeToString(id), ChunkSize: s.opts.ChunkSize, Cipher: s.opts.Cipher, WrappedKeys: wrapped}
 	raw, err := json.MarshalIndent(s.cfg, "", "  ")
 	if err != nil {
 		return err
@@ -461,11 +485,22 @@ var objPool = sync.Pool{New: func() any { return new([]byte) }}
 // other's commit would deadlock, and both write the same complete object.
 // Callers hold gcMu shared.
 func (s *Store) putChunk(ctx context.Context, cb *chunkBatch, content []byte) (Hash, error) {
+	return s.storeChunk(ctx, cb, content, false)
+}
+
+// storeChunk is putChunk; with journalRef it also takes a journal
+// reference on the chunk (see jrefs) in the same critical section as the
+// dedup check, so GC cannot delete a stored chunk the journal is about to
+// reference. Callers hold gcMu shared unless journalRef is set.
+func (s *Store) storeChunk(ctx context.Context, cb *chunkBatch, content []byte, journalRef bool) (Hash, error) {
 	if isZero(content) {
 		return Hash{}, nil
 	}
 	h := s.sl.hash(content)
 	s.chunkMu.Lock()
+	if journalRef {
+		s.jrefs[h]++
+	}
 	if _, ok := s.known[h]; ok {
 		s.chunkMu.Unlock()
 		return h, nil
@@ -489,6 +524,9 @@ func (s *Store) putChunk(ctx context.Context, cb *chunkBatch, content []byte) (H
 		if s.inflight[h] == cb {
 			delete(s.inflight, h)
 		}
+		if journalRef {
+			s.unrefLocked(h)
+		}
 		s.chunkMu.Unlock()
 		return Hash{}, backendErr("write chunk", err)
 	}
@@ -496,6 +534,41 @@ func (s *Store) putChunk(ctx context.Context, cb *chunkBatch, content []byte) (H
 	cb.staged[h] = int64(len(obj))
 	cb.mu.Unlock()
 	return h, nil
+}
+
+// refChunks takes a journal reference on each non-zero hash.
+func (s *Store) refChunks(hs []Hash) {
+	if len(hs) == 0 {
+		return
+	}
+	s.chunkMu.Lock()
+	defer s.chunkMu.Unlock()
+	for _, h := range hs {
+		if !h.IsZero() {
+			s.jrefs[h]++
+		}
+	}
+}
+
+// unrefChunks drops a journal reference on each non-zero hash.
+func (s *Store) unrefChunks(hs []Hash) {
+	if len(hs) == 0 {
+		return
+	}
+	s.chunkMu.Lock()
+	defer s.chunkMu.Unlock()
+	for _, h := range hs {
+		s.unrefLocked(h)
+	}
+}
+
+func (s *Store) unrefLocked(h Hash) {
+	if h.IsZero() {
+		return
+	}
+	if s.jrefs[h]--; s.jrefs[h] <= 0 {
+		delete(s.jrefs, h)
+	}
 }
 
 func backendErr(op string, err error) error {
