@@ -37,8 +37,8 @@ type Options struct {
 	// temporary directory is created in it and removed afterwards.
 	// Default os.TempDir().
 	Dir string
-	// SeqBytes is the amount written by the file system baseline, the
-	// sequential random-data ingest and the zeros ingest; it is also the
+	// SeqBytes is the amount written by the sequential random-data
+	// ingest and the zeros ingest; it is also the
 	// size of the snapshot read over NBD. Default 256 MiB.
 	SeqBytes int64
 	// RandomWrites is the number of random 4 KiB writes; default 16384
