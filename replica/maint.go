@@ -42,6 +42,11 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 	}
 	for _, name := range maps {
 		m, err := s.readMap(ctx, name)
+		if errors.Is(err, backend.ErrNotFound) {
+			// Pruned since the listing (prunes do not wait for GC): no
+			// snapshot, reader or window position needed it.
+			continue
+		}
 		if err != nil {
 			return st, fmt.Errorf("gc: %w", err)
 		}
