@@ -46,6 +46,13 @@ func crashOpFor(seq uint64) crashOp {
 	blocks := int64(crashDiskSize / 4096)
 	off := rng.Int64N(blocks) * 4096
 	n := min((1+rng.Int64N(24))*4096, crashDiskSize-off)
+	if rng.IntN(4) == 0 {
+		// Whole aligned chunks, as an initial sync sends: stored directly
+		// as chunks and journalled as references (recChunks).
+		chunks := int64(crashDiskSize / crashChunkSize)
+		c := rng.Int64N(chunks)
+		off, n = c*crashChunkSize, min(1+rng.Int64N(2), chunks-c)*crashChunkSize
+	}
 	if rng.IntN(10) == 0 {
 		return crashOp{kind: recZero, off: off, n: n}
 	}

@@ -143,7 +143,8 @@ func (s *Store) CreateDisk(ctx context.Context, id string, size int64, blockSize
 
 func (s *Store) newDisk(meta diskMeta, maps []uint64) (*Disk, error) {
 	dir := filepath.Join(s.opts.Dir, "disks", meta.ID)
-	j, err := openJournal(filepath.Join(dir, "journal"), s.opts.SegmentSize, s.opts.Now)
+	hooks := chunkHooks{chunkSize: int64(s.cfg.ChunkSize), newBatch: s.newChunkBatch, ref: s.refChunks, unref: s.unrefChunks}
+	j, err := openJournal(filepath.Join(dir, "journal"), s.opts.SegmentSize, s.opts.Now, hooks)
 	if err != nil {
 		return nil, err
 	}
@@ -331,6 +332,8 @@ func (d *Disk) Append(seq uint64, off int64, data []byte) (Commit, error) {
 	payload := data
 	if isZero(data) {
 		r.typ, payload = recZero, nil
+	} else if cs := int64(d.s.cfg.ChunkSize); off%cs == 0 && r.length%cs == 0 && seq > 0 {
+		return d.appendChunks(r, data)
 	}
 	return d.append(r, payload)
 }
@@ -386,10 +389,19 @@ func (d *Disk) append(r record, payload []byte) (Commit, error) {
 	if r.seq == 0 {
 		return Commit{}, errors.New("append: sequence number 0 is reserved")
 	}
+	c, _, err := d.j.append(r, payload, d.check(r), nil)
+	if err != nil {
+		return Commit{}, fmt.Errorf("disk %s: %w", d.id, err)
+	}
+	return c, nil
+}
+
+// check returns the validation of r against the disk's size.
+func (d *Disk) check(r record) func(size int64) error {
 	bs := int64(d.meta.BlockSize)
-	check := func(size int64) error {
+	return func(size int64) error {
 		switch r.typ {
-		case recWrite, recZero:
+		case recWrite, recZero, recChunks:
 			if r.off%bs != 0 || r.length%bs != 0 || r.length == 0 {
 				return fmt.Errorf("write %d bytes at %d: %w (%d)", r.length, r.off, ErrUnaligned, bs)
 			}
@@ -406,9 +418,54 @@ func (d *Disk) append(r record, payload []byte) (Commit, error) {
 		}
 		return nil
 	}
-	c, err := d.j.append(r, payload, check)
+}
+
+// chunkBufs holds chunk-sized copies of data for chunk jobs.
+var chunkBufs sync.Pool
+
+// appendChunks queues a write of whole, aligned chunks as a recChunks
+// record: the chunks are hashed, compressed, sealed and staged in
+// parallel, made durable with the record's group commit, and only the
+// hashes go to the journal. The data is written once, compressed, instead
+// of raw to the journal and again by the fold.
+func (d *Disk) appendChunks(r record, data []byte) (Commit, error) {
+	cs := int64(d.s.cfg.ChunkSize)
+	n := int(r.length / cs)
+	job := &chunkJob{hashes: make([]Hash, n)}
+	job.wg.Add(n)
+	r.typ = recChunks
+	c, cb, err := d.j.append(r, nil, d.check(r), job)
 	if err != nil {
 		return Commit{}, fmt.Errorf("disk %s: %w", d.id, err)
+	}
+	if cb == nil { // a duplicate: nothing to store
+		return c, nil
+	}
+	for i := 0; i < n; i++ {
+		part := data[int64(i)*cs : int64(i+1)*cs]
+		if isZero(part) {
+			job.wg.Done()
+			continue
+		}
+		bp, _ := chunkBufs.Get().(*[]byte)
+		if bp == nil || cap(*bp) < int(cs) {
+			b := make([]byte, cs)
+			bp = &b
+		}
+		buf := (*bp)[:cs]
+		copy(buf, part)
+		d.s.sealSlots <- struct{}{}
+		go func() {
+			defer job.wg.Done()
+			defer func() { <-d.s.sealSlots }()
+			defer chunkBufs.Put(bp)
+			h, err := d.s.storeChunk(context.Background(), cb, buf, true)
+			if err != nil {
+				job.fail(fmt.Errorf("disk %s: %w", d.id, err))
+				return
+			}
+			job.hashes[i] = h
+		}()
 	}
 	return c, nil
 }

@@ -37,8 +37,10 @@ func TestDiskFull(t *testing.T) {
 	rng := rand.New(rand.NewPCG(9, 9))
 	seq := uint64(0)
 	write := func() error {
-		data := randData(rng, 64<<10)
-		off := int64(rng.IntN(size/(64<<10))) * 64 << 10
+		// 32 KiB extents: smaller than a chunk, so they go to the
+		// journal (whole chunks go straight to the backend).
+		data := randData(rng, 32<<10)
+		off := int64(rng.IntN(size/(32<<10))) * 32 << 10
 		err := d.Write(ctx, seq+1, off, data)
 		if err == nil {
 			seq++

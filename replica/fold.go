@@ -184,6 +184,15 @@ func (d *Disk) foldChunk(ctx context.Context, cb *chunkBatch, r *Reader, c int64
 	if len(buf) <= 0 {
 		return Hash{}, errors.New("chunk past the end of the disk")
 	}
+	// A chunk last written whole by ingest is stored already: link it.
+	if ps := r.ov[c]; len(ps) == 1 && ps[0].off == c*r.cs && ps[0].len == r.cs && int64(len(buf)) == r.cs {
+		if ps[0].stored {
+			return ps[0].hash, nil
+		}
+		if ps[0].zero {
+			return Hash{}, nil
+		}
+	}
 	if err := r.readChunk(c, c*r.cs, buf); err != nil {
 		return Hash{}, err
 	}

@@ -45,8 +45,44 @@ type segment struct {
 // jrec is a durable journal record and where its payload lives.
 type jrec struct {
 	record
-	seg *segment
-	pos int64 // file offset of the payload
+	seg    *segment
+	pos    int64  // file offset of the payload
+	hashes []Hash // recChunks: the chunks, one per chunk size of length
+}
+
+// chunkJob stores the chunks of one recChunks record (hashing, sealing and
+// staging them in the batch's chunkBatch, in parallel); the flusher waits
+// for it and makes the chunks durable before the record.
+type chunkJob struct {
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	hashes []Hash // set by the job; each non-zero one holds a journal reference
+	err    error
+}
+
+func (cj *chunkJob) fail(err error) {
+	cj.mu.Lock()
+	if cj.err == nil {
+		cj.err = err
+	}
+	cj.mu.Unlock()
+}
+
+// pendingJob is a recChunks record of a batch whose hashes are not known yet.
+type pendingJob struct {
+	rec int // index in batch.recs
+	pos int // offset of the record in batch.buf
+	job *chunkJob
+}
+
+// chunkHooks connect a journal to the store's chunks: the batch that makes
+// a group commit's chunks durable, and the count of journal references
+// that keeps GC from deleting a chunk only the journal references.
+type chunkHooks struct {
+	chunkSize int64
+	newBatch  func() *chunkBatch
+	ref       func([]Hash)
+	unref     func([]Hash)
 }
 
 // batch is one group commit: records appended together and made durable
@@ -58,6 +94,21 @@ type batch struct {
 	lastSeq uint64
 	done    chan struct{}
 	err     error // valid after done is closed
+	jobs    []pendingJob
+	cb      *chunkBatch // chunks of the batch's recChunks records
+	extra   int         // bytes of data held by jobs, for back pressure
+}
+
+// discard waits for b's chunk jobs, drops the chunks they staged and their
+// journal references: b failed and nothing of it becomes durable.
+func (b *batch) discard(h chunkHooks) {
+	for _, pj := range b.jobs {
+		pj.job.wg.Wait()
+		h.unref(pj.job.hashes)
+	}
+	if b.cb != nil {
+		b.cb.abort()
+	}
 }
 
 func newBatch() *batch { return &batch{done: make(chan struct{})} }
@@ -87,6 +138,7 @@ type journal struct {
 	dir    string
 	segMax int64
 	now    func() time.Time
+	hooks  chunkHooks
 
 	mu       sync.Mutex
 	cond     *sync.Cond
@@ -107,11 +159,11 @@ func segName(first uint64) string { return fmt.Sprintf("%016x.seg", first) }
 // openJournal opens (or creates) the journal in dir, replaying every
 // segment. A torn record at the end of the newest segment (a crash during
 // an append) is cut off; damage anywhere else is a CorruptError.
-func openJournal(dir string, segMax int64, now func() time.Time) (*journal, error) {
+func openJournal(dir string, segMax int64, now func() time.Time, hooks chunkHooks) (*journal, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create journal directory: %w", err)
 	}
-	j := &journal{dir: dir, segMax: segMax, now: now, cur: newBatch(), done: make(chan struct{})}
+	j := &journal{dir: dir, segMax: segMax, now: now, hooks: hooks, cur: newBatch(), done: make(chan struct{})}
 	j.cond = sync.NewCond(&j.mu)
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -194,17 +246,26 @@ func (j *journal) replay(path string, first uint64, last bool) (*segment, error)
 			bad = errShortRecord
 			break
 		}
-		r, _, _, err := decodeRecord(buf[:total])
+		r, payload, _, err := decodeRecord(buf[:total])
 		if err != nil {
 			bad = err
 			break
+		}
+		var hashes []Hash
+		if r.typ == recChunks {
+			hashes = chunkHashes(payload)
+			if r.length != int64(len(hashes))*j.hooks.chunkSize {
+				bad = fmt.Errorf("chunk record of %d chunks for %d bytes, chunk size %d", len(hashes), r.length, j.hooks.chunkSize)
+				break
+			}
 		}
 		if r.seq <= prev {
 			bad = fmt.Errorf("sequence number %d after %d", r.seq, prev)
 			break
 		}
 		prev = r.seq
-		j.recs = append(j.recs, jrec{record: r, seg: seg, pos: pos + recHeaderSize})
+		j.hooks.ref(hashes)
+		j.recs = append(j.recs, jrec{record: r, seg: seg, pos: pos + recHeaderSize, hashes: hashes})
 		seg.last, seg.lastTime = r.seq, r.time
 		pos += int64(total)
 	}
@@ -245,21 +306,26 @@ func (j *journal) closeFiles() {
 //
 // check, when not nil, validates r against the disk size after every record
 // accepted before it; it runs under the journal lock.
-func (j *journal) append(r record, payload []byte, check func(size int64) error) (Commit, error) {
+//
+// job, when not nil, makes r a recChunks record whose hashes job fills in
+// later; the returned chunkBatch (nil when r was not accepted) is where the
+// job stages its chunks. The record is written only after the job is done
+// and the batch committed.
+func (j *journal) append(r record, payload []byte, check func(size int64) error, job *chunkJob) (Commit, *chunkBatch, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	for !j.closed && len(j.cur.buf) >= maxPending && j.flushing != nil {
+	for !j.closed && len(j.cur.buf)+j.cur.extra >= maxPending && j.flushing != nil {
 		j.cond.Wait()
 	}
 	if j.closed {
-		return Commit{}, ErrClosed
+		return Commit{}, nil, ErrClosed
 	}
 	if r.seq <= j.lastSeq {
-		return j.waitLocked(r.seq), nil
+		return j.waitLocked(r.seq), nil, nil
 	}
 	if check != nil {
 		if err := check(j.size); err != nil {
-			return Commit{}, err
+			return Commit{}, nil, err
 		}
 	}
 	if r.typ == recResize {
@@ -268,13 +334,24 @@ func (j *journal) append(r record, payload []byte, check func(size int64) error)
 	r.time = j.now().UnixNano()
 	b := j.cur
 	pos := len(b.buf)
+	var cb *chunkBatch
+	if job != nil {
+		// The hashes are filled in (and the CRC computed) by the flusher.
+		payload = zeroBuf[:32*len(job.hashes)]
+		if b.cb == nil {
+			b.cb = j.hooks.newBatch()
+		}
+		cb = b.cb
+		b.jobs = append(b.jobs, pendingJob{rec: len(b.recs), pos: pos, job: job})
+		b.extra += int(r.length)
+	}
 	b.buf = appendRecord(b.buf, r, payload)
 	b.recs = append(b.recs, jrec{record: r, pos: int64(pos + recHeaderSize)})
 	b.lastSeq = r.seq
 	b.size = j.size
 	j.lastSeq = r.seq
 	j.cond.Broadcast()
-	return Commit{b}, nil
+	return Commit{b}, cb, nil
 }
 
 // waitLocked returns a Commit that completes once seq (already accepted) is durable.
@@ -314,9 +391,11 @@ func (j *journal) flusher() {
 			// Nothing after the last durable record may become durable
 			// before it, so the queued batch fails too; the writer resumes
 			// from the durable sequence number.
+			b.discard(j.hooks)
 			b.err = err
 			close(b.done)
 			if next := j.cur; len(next.recs) > 0 {
+				next.discard(j.hooks)
 				next.err = err
 				close(next.done)
 				j.cur = newBatch()
@@ -344,6 +423,9 @@ func (j *journal) flusher() {
 // write appends b to the newest segment (starting a new one when it is
 // full) and syncs it. It returns the segment and the offset b starts at.
 func (j *journal) write(b *batch) (*segment, int64, error) {
+	if err := j.writeChunks(b); err != nil {
+		return nil, 0, err
+	}
 	j.mu.Lock()
 	var seg *segment
 	if n := len(j.segs); n > 0 {
@@ -378,6 +460,38 @@ func (j *journal) write(b *batch) (*segment, int64, error) {
 		return nil, 0, journalErr("sync journal", err)
 	}
 	return seg, base, nil
+}
+
+// writeChunks waits for the chunk jobs of b, completes their records and
+// makes their chunks durable: a record must never be durable before the
+// chunks it references.
+func (j *journal) writeChunks(b *batch) error {
+	if len(b.jobs) == 0 {
+		return nil
+	}
+	var err error
+	for _, pj := range b.jobs {
+		pj.job.wg.Wait()
+		if err == nil && pj.job.err != nil {
+			err = pj.job.err
+		}
+	}
+	if err != nil {
+		return err
+	}
+	for _, pj := range b.jobs {
+		rec := &b.recs[pj.rec]
+		rec.hashes = pj.job.hashes
+		total := recHeaderSize + 32*len(rec.hashes)
+		enc := b.buf[pj.pos : pj.pos+total]
+		for i, h := range rec.hashes {
+			copy(enc[recHeaderSize+32*i:], h[:])
+		}
+		sealRecord(enc)
+	}
+	cb := b.cb
+	b.cb = nil // committed or aborted here; discard must not abort it again
+	return cb.commit(context.Background())
 }
 
 func journalErr(op string, err error) error {
@@ -499,6 +613,7 @@ func (j *journal) removeOldest(n int) error {
 		}
 		i := 0
 		for i < len(j.recs) && j.recs[i].seg == s {
+			j.hooks.unref(j.recs[i].hashes)
 			i++
 		}
 		j.recs = j.recs[i:]

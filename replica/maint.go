@@ -21,10 +21,13 @@ type GCStats struct {
 	FreedBytes int64 // bytes of deleted objects
 }
 
-// GC deletes every chunk that no block map references (mark and sweep).
-// Writes continue meanwhile: they only append to journals; folds wait
-// until GC is done, so no fold can reference a chunk GC deletes. A block
-// map that cannot be read stops GC before anything is deleted.
+// GC deletes every chunk that no block map and no journal record
+// references (mark and sweep). Writes continue meanwhile: chunks written
+// directly by ingest hold journal references (Store.jrefs) from their
+// dedup check until their record leaves the journal, and GC skips them;
+// folds wait until GC is done, so no fold can reference a chunk GC
+// deletes. A block map that cannot be read stops GC before anything is
+// deleted.
 func (s *Store) GC(ctx context.Context) (GCStats, error) {
 	s.gcMu.Lock()
 	defer s.gcMu.Unlock()
@@ -39,6 +42,11 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 	}
 	for _, name := range maps {
 		m, err := s.readMap(ctx, name)
+		if errors.Is(err, backend.ErrNotFound) {
+			// Pruned since the listing (prunes do not wait for GC): no
+			// snapshot, reader or window position needed it.
+			continue
+		}
 		if err != nil {
 			return st, fmt.Errorf("gc: %w", err)
 		}
@@ -78,11 +86,19 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 		return st, fmt.Errorf("gc: list chunks: %w", err)
 	}
 	for _, o := range sweep {
+		// chunkMu is held across the delete: an ingest that finds the
+		// chunk stored takes its journal reference under chunkMu, so it
+		// either sees the chunk gone (and stores it again) or keeps it.
 		s.chunkMu.Lock()
+		if s.jrefs[o.h] > 0 || s.inflight[o.h] != nil {
+			s.chunkMu.Unlock()
+			continue
+		}
 		delete(s.known, o.h)
-		s.chunkMu.Unlock()
 		s.cache.remove(o.h)
-		if err := s.be.Delete(ctx, chunkName(o.h)); err != nil {
+		err := s.be.Delete(ctx, chunkName(o.h))
+		s.chunkMu.Unlock()
+		if err != nil {
 			return st, fmt.Errorf("gc: %w", err)
 		}
 		st.Deleted++
@@ -286,6 +302,35 @@ func (s *Store) Verify(ctx context.Context) (Report, error) {
 		rep.Segments += n
 		for _, p := range probs {
 			problem(p.Object, p.Err)
+		}
+		// Chunks the journal references directly must exist and be sound.
+		d.j.mu.Lock()
+		type ref struct {
+			h   Hash
+			seg string
+		}
+		var refs []ref
+		for _, r := range d.j.recs {
+			for _, h := range r.hashes {
+				if !h.IsZero() && !good[h] {
+					refs = append(refs, ref{h, r.seg.path})
+				}
+			}
+		}
+		d.j.mu.Unlock()
+		for _, r := range refs {
+			if good[r.h] {
+				continue
+			}
+			obj, err := s.be.Get(ctx, chunkName(r.h))
+			if err == nil {
+				_, err = s.sl.decodeChunk(r.h, obj)
+			}
+			if err != nil {
+				problem(r.seg, fmt.Errorf("chunk %s is missing or corrupt: %w", chunkName(r.h), err))
+				continue
+			}
+			good[r.h] = true // stored after the listing
 		}
 	}
 	sort.Slice(rep.Problems, func(i, j int) bool { return rep.Problems[i].Object < rep.Problems[j].Object })

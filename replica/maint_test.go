@@ -23,6 +23,10 @@ func randData(rng *rand.Rand, n int) []byte {
 func TestGCVerifyUsage(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
+	// Whole-chunk writes are journalled as chunk references, which keep
+	// their chunks alive while the record is in the journal; one segment
+	// per group commit lets the trim below drop all but the newest.
+	e.opts.SegmentSize = 1
 	s := e.open(t)
 	defer s.Close()
 	cs := 64 << 10
@@ -295,5 +299,67 @@ func TestApplyRetention(t *testing.T) {
 	}
 	if rep, err := s.Verify(ctx); err != nil || !rep.OK() {
 		t.Fatalf("Verify = %+v, %v", rep, err)
+	}
+}
+
+// Chunks stored directly by whole-chunk writes are referenced only by the
+// journal until a fold: GC must keep them, and a dedup hit on a chunk GC
+// would otherwise delete must keep it too.
+func TestGCKeepsJournalChunks(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	s := e.open(t)
+	defer s.Close()
+	cs := 64 << 10
+	d, err := s.CreateDisk(ctx, "d", int64(8*cs), 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(7, 8))
+	m := &model{b: make([]byte, 8*cs)}
+	a := randData(rng, 2*cs)
+	if err := d.Write(ctx, 1, 0, a); err != nil {
+		t.Fatal(err)
+	}
+	m.write(0, a)
+	// Folded, then overwritten: the map no longer references a's chunks.
+	if err := d.Fold(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b := randData(rng, 2*cs)
+	if err := d.Write(ctx, 2, 0, b); err != nil {
+		t.Fatal(err)
+	}
+	// a again elsewhere, unfolded: a dedup hit on chunks only the journal
+	// references.
+	if err := d.Write(ctx, 3, int64(4*cs), a); err != nil {
+		t.Fatal(err)
+	}
+	m.write(0, b)
+	m.write(int64(4*cs), a)
+	if _, err := s.GC(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkHead(t, d, m.b)
+	if rep, err := s.Verify(ctx); err != nil || !rep.OK() {
+		t.Fatalf("Verify = %v, %v", rep.Problems, err)
+	}
+	if err := d.Fold(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GC(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkHead(t, d, m.b)
+	s.Close()
+	s = e.open(t)
+	d, _ = s.Disk("d")
+	checkHead(t, d, m.b)
+	if _, err := s.GC(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkHead(t, d, m.b)
+	if rep, err := s.Verify(ctx); err != nil || !rep.OK() {
+		t.Fatalf("Verify = %v, %v", rep.Problems, err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -23,6 +24,10 @@ type piece struct {
 	zero     bool
 	seg      *segment
 	pos      int64 // file offset of the byte at off (data pieces)
+	// stored: a whole chunk stored directly (recChunks), read from chunk
+	// hash; a zero hash is a zero piece instead.
+	stored bool
+	hash   Hash
 }
 
 func (p piece) end() int64 { return p.off + p.len }
@@ -39,6 +44,15 @@ func (o overlay) add(cs int64, off, length int64, zero bool, seg *segment, pos i
 		if !zero {
 			p.pos = pos + (lo - off)
 		}
+		o[c] = insertPiece(o[c], p)
+	}
+}
+
+// addChunks overlays the whole chunks of a recChunks record.
+func (o overlay) addChunks(cs, off int64, hashes []Hash) {
+	for i, h := range hashes {
+		c := off/cs + int64(i)
+		p := piece{off: c * cs, len: cs, zero: h.IsZero(), stored: !h.IsZero(), hash: h}
 		o[c] = insertPiece(o[c], p)
 	}
 }
@@ -73,7 +87,7 @@ func insertPiece(ps []piece, p piece) []piece {
 			r := q
 			r.off = p.end()
 			r.len = q.end() - p.end()
-			if !q.zero {
+			if !q.zero && !q.stored {
 				r.pos = q.pos + (p.end() - q.off)
 			}
 			out = append(out, r)
@@ -117,7 +131,13 @@ type Reader struct {
 	ctx   context.Context
 	mu    sync.Mutex
 	close bool
+	// lastEnd is where the previous read ended, to detect sequential reads.
+	lastEnd atomic.Int64
 }
+
+// readAheadBytes is how far past a sequential read chunks are prefetched
+// (decrypted in parallel on other cores while the reader copies out).
+const readAheadBytes = 8 << 20
 
 var _ io.ReaderAt = (*Reader)(nil)
 
@@ -232,6 +252,8 @@ func (d *Disk) openAt(ctx context.Context, seq uint64) (*Reader, error) {
 			r.ov.add(r.cs, rec.off, rec.length, false, rec.seg, rec.pos)
 		case recZero:
 			r.ov.add(r.cs, rec.off, rec.length, true, nil, 0)
+		case recChunks:
+			r.ov.addChunks(r.cs, rec.off, rec.hashes)
 		case recResize:
 			r.size = rec.off
 		}
@@ -303,6 +325,7 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 		p = p[:r.size-off]
 		eof = fmt.Errorf("read %d bytes at %d of a %d-byte disk: %w: %w", want, off, r.size, ErrOutOfRange, io.EOF)
 	}
+	r.readAhead(off, int64(len(p)))
 	n := 0
 	for n < len(p) {
 		at := off + int64(n)
@@ -314,6 +337,29 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 		n += int(end - at)
 	}
 	return n, eof
+}
+
+// readAhead starts loading, in the background, the base chunks of a read
+// after its first chunk and, when the read continues a sequential run, the
+// chunks up to readAheadBytes past it.
+func (r *Reader) readAhead(off, length int64) {
+	end := off + length
+	prev := r.lastEnd.Swap(end)
+	first, last := off/r.cs+1, (end-1)/r.cs
+	if d := off - prev; d >= -readAheadBytes && d <= readAheadBytes && prev > 0 {
+		ahead := min(int64(readAheadBytes), r.d.s.opts.CacheSize/4)
+		last = (min(end+ahead, r.size) - 1) / r.cs
+	}
+	for c := first; c <= last; c++ {
+		if covered(r.ov[c], c*r.cs, min((c+1)*r.cs, r.size)) {
+			continue
+		}
+		h, err := r.ref(c)
+		if err != nil {
+			return // the demand read reports it
+		}
+		r.d.s.prefetch(h)
+	}
 }
 
 // readChunk fills dst with the disk bytes at off, all inside chunk c.
@@ -347,6 +393,18 @@ func (r *Reader) readChunk(c, off int64, dst []byte) error {
 		part := dst[lo-off : e-off]
 		if p.zero {
 			clear(part)
+			continue
+		}
+		if p.stored {
+			content, err := r.d.s.getChunk(r.ctx, p.hash)
+			if err != nil {
+				return err
+			}
+			n := 0
+			if start := lo - c*r.cs; start < int64(len(content)) {
+				n = copy(part, content[start:])
+			}
+			clear(part[n:])
 			continue
 		}
 		if _, err := p.seg.f.ReadAt(part, p.pos+(lo-p.off)); err != nil {

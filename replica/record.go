@@ -13,6 +13,10 @@ const (
 	recZero    byte = 2 // zero extent, no payload
 	recBarrier byte = 3 // consistency point; flag holds the Consistency
 	recResize  byte = 4 // new disk size in off
+	// recChunks: whole, aligned chunks stored directly as chunk objects;
+	// the payload is one 32-byte chunk hash per chunk (the zero hash for
+	// an all-zero chunk), length/(payload/32) is the chunk size.
+	recChunks byte = 5
 )
 
 // recHeaderSize is the size of a journal record header:
@@ -42,6 +46,20 @@ type record struct {
 	time   int64
 	off    int64
 	length int64
+}
+
+// chunkHashes returns the hashes of a recChunks payload.
+func chunkHashes(payload []byte) []Hash {
+	hs := make([]Hash, len(payload)/32)
+	for i := range hs {
+		copy(hs[i][:], payload[32*i:])
+	}
+	return hs
+}
+
+// sealRecord computes the CRC of the encoded record at the start of rec.
+func sealRecord(rec []byte) {
+	binary.LittleEndian.PutUint32(rec, crc32.Update(0, crcTable, rec[4:]))
 }
 
 // appendRecord appends the encoding of r with payload to dst.
@@ -105,6 +123,12 @@ func decodeRecordHeader(h []byte) (record, int, error) {
 			return record{}, 0, fmt.Errorf("barrier of unknown consistency %d", r.flag)
 		}
 	case recResize:
+	case recChunks:
+		p := total - recHeaderSize
+		if p <= 0 || p%32 != 0 || r.length == 0 || r.length%int64(p/32) != 0 || !validChunkSize(int(r.length/int64(p/32))) {
+			return record{}, 0, fmt.Errorf("chunk record of %d bytes for length %d", total, r.length)
+		}
+		want = total
 	default:
 		return record{}, 0, fmt.Errorf("unknown record type %d", r.typ)
 	}

@@ -159,6 +159,19 @@ func (s *sealer) sealTo(dst []byte, name string, kind byte, plain []byte) []byte
 // open authenticates and decrypts a sealed object. Any failure is a
 // CorruptError naming the object.
 func (s *sealer) open(name string, kind byte, obj []byte) ([]byte, error) {
+	return s.openTo(nil, name, kind, obj)
+}
+
+// openInPlace is open decrypting into obj's own storage (obj is clobbered).
+func (s *sealer) openInPlace(name string, kind byte, obj []byte) ([]byte, error) {
+	hdr := len(envelopeMagic) + 2 + s.aead.NonceSize()
+	if len(obj) < hdr {
+		return s.open(name, kind, obj)
+	}
+	return s.openTo(obj[hdr:hdr], name, kind, obj)
+}
+
+func (s *sealer) openTo(dst []byte, name string, kind byte, obj []byte) ([]byte, error) {
 	ns := s.aead.NonceSize()
 	hdr := len(envelopeMagic) + 2
 	if len(obj) < hdr+ns+s.aead.Overhead() {
@@ -173,8 +186,9 @@ func (s *sealer) open(name string, kind byte, obj []byte) ([]byte, error) {
 	if obj[5] != kind {
 		return nil, corrupt(name, fmt.Errorf("object kind %d, want %d", obj[5], kind))
 	}
-	ad := append(append(make([]byte, 0, hdr+len(name)), obj[:hdr]...), name...)
-	plain, err := s.aead.Open(nil, obj[hdr:hdr+ns], obj[hdr+ns:], ad)
+	var adBuf [128]byte
+	ad := append(append(adBuf[:0], obj[:hdr]...), name...)
+	plain, err := s.aead.Open(dst, obj[hdr:hdr+ns], obj[hdr+ns:], ad)
 	if err != nil {
 		return nil, corrupt(name, errors.New("authentication failed"))
 	}
@@ -213,18 +227,34 @@ func (s *sealer) encodeChunk(h Hash, content, dst []byte) []byte {
 }
 
 // decodeChunk opens a sealed chunk, decompresses it and checks its hash.
+// Verify uses it; reads use openChunk.
 func (s *sealer) decodeChunk(h Hash, obj []byte) ([]byte, error) {
+	content, err := s.openChunk(h, obj)
+	if err != nil {
+		return nil, err
+	}
+	if s.hash(content) != h {
+		return nil, corrupt(chunkName(h), errors.New("content does not match its hash"))
+	}
+	return content, nil
+}
+
+// openChunk opens a sealed chunk in place (obj's storage is reused for
+// the plaintext) and decompresses it, without re-hashing the content: the
+// AEAD tag, computed over the header and the object name (which is the
+// content hash), already proves the content was sealed under this name
+// with the store's key, and a flipped, truncated, swapped or renamed
+// object fails authentication. Re-hashing would only catch a store that
+// sealed the wrong content under a name, which Verify still checks.
+func (s *sealer) openChunk(h Hash, obj []byte) ([]byte, error) {
 	name := chunkName(h)
-	plain, err := s.open(name, kindChunk, obj)
+	plain, err := s.openInPlace(name, kindChunk, obj)
 	if err != nil {
 		return nil, err
 	}
 	content, err := s.decodeChunkPayload(plain)
 	if err != nil {
 		return nil, corrupt(name, err)
-	}
-	if s.hash(content) != h {
-		return nil, corrupt(name, errors.New("content does not match its hash"))
 	}
 	return content, nil
 }

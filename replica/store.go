@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -22,6 +23,10 @@ import (
 // DefaultChunkSize is the chunk size of new stores (see docs/storage.md for
 // the measurements behind it).
 const DefaultChunkSize = 1 << 20
+
+// formatVersion is the store format written by this version; version 1
+// stores are upgraded at Open (see docs/storage.md).
+const formatVersion = 2
 
 // Window bounds how much folded journal is kept for any-point-in-time reads.
 // Unfolded records are always kept.
@@ -101,9 +106,20 @@ type Store struct {
 	disks  map[string]*Disk // guarded by mu
 	closed bool             // guarded by mu
 
+	flightMu sync.Mutex
+	flights  map[Hash]*flight // chunk reads in progress; guarded by flightMu
+	// readAhead bounds the chunks read ahead at once (one slot per CPU).
+	readAhead chan struct{}
+
 	chunkMu  sync.Mutex
 	known    map[Hash]int64       // stored chunks and their object sizes; guarded by chunkMu
 	inflight map[Hash]*chunkBatch // chunks being staged and by which fold; guarded by chunkMu
+	// jrefs counts the journal records (durable or being written) that
+	// reference each chunk; GC never deletes a chunk with references.
+	jrefs map[Hash]int // guarded by chunkMu
+
+	// sealSlots bounds the chunk jobs of ingest running at once.
+	sealSlots chan struct{}
 }
 
 // Open opens the store described by opts, creating it when the backend
@@ -134,7 +150,9 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		lock.Close()
 		return nil, fmt.Errorf("open store %s: %w", opts.Dir, ErrLocked)
 	}
-	s := &Store{opts: opts, be: opts.Backend, lock: lock, disks: map[string]*Disk{}, known: map[Hash]int64{}, inflight: map[Hash]*chunkBatch{}}
+	s := &Store{opts: opts, be: opts.Backend, lock: lock, disks: map[string]*Disk{}, known: map[Hash]int64{}, inflight: map[Hash]*chunkBatch{},
+		flights: map[Hash]*flight{}, readAhead: make(chan struct{}, runtime.GOMAXPROCS(0)),
+		jrefs: map[Hash]int{}, sealSlots: make(chan struct{}, 2*runtime.GOMAXPROCS(0))}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.open(ctx); err != nil {
 		s.cancel()
@@ -202,7 +220,7 @@ func (s *Store) open(ctx context.Context) error {
 		if err := json.Unmarshal(raw, &s.cfg); err != nil {
 			return corrupt("config", err)
 		}
-		if s.cfg.Version != 1 {
+		if s.cfg.Version < 1 || s.cfg.Version > formatVersion {
 			return fmt.Errorf("store format version %d is not supported", s.cfg.Version)
 		}
 		if !validChunkSize(s.cfg.ChunkSize) {
@@ -212,6 +230,19 @@ func (s *Store) open(ctx context.Context) error {
 	keys, err := s.opts.Keys.UnwrapKey(ctx, s.cfg.WrappedKeys)
 	if err != nil {
 		return fmt.Errorf("unwrap data keys: %w", err)
+	}
+	if s.cfg.Version < formatVersion {
+		// Version 2 adds journal records that reference chunks (recChunks);
+		// record the upgrade before any is written so that an older
+		// version refuses the store instead of misreading its journals.
+		s.cfg.Version = formatVersion
+		raw, err := json.MarshalIndent(s.cfg, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := s.be.Put(ctx, "config", raw); err != nil {
+			return fmt.Errorf("upgrade config: %w", err)
+		}
 	}
 	if s.sl, err = newSealer(s.cfg.Cipher, keys, s.cfg.ChunkSize); err != nil {
 		return err
@@ -255,7 +286,7 @@ func (s *Store) create(ctx context.Context) error {
 	}
 	id := make([]byte, 16)
 	_, _ = rand.Read(id)
-	s.cfg = storeConfig{Version: 1, ID: hex.EncodeToString(id), ChunkSize: s.opts.ChunkSize, Cipher: s.opts.Cipher, WrappedKeys: wrapped}
+	s.cfg = storeConfig{Version: formatVersion, ID: hex.EncodeToString(id), ChunkSize: s.opts.ChunkSize, Cipher: s.opts.Cipher, WrappedKeys: wrapped}
 	raw, err := json.MarshalIndent(s.cfg, "", "  ")
 	if err != nil {
 		return err
@@ -326,11 +357,44 @@ func ValidDiskID(id string) bool {
 }
 
 // getChunk returns the plaintext content of chunk h. A missing or damaged
-// chunk is a CorruptError naming it.
+// chunk is a CorruptError naming it. Concurrent calls for the same chunk
+// (a read and a read-ahead) share one backend read and one decryption.
 func (s *Store) getChunk(ctx context.Context, h Hash) ([]byte, error) {
 	if b, ok := s.cache.get(h); ok {
 		return b, nil
 	}
+	s.flightMu.Lock()
+	if f, ok := s.flights[h]; ok {
+		s.flightMu.Unlock()
+		select {
+		case <-f.done:
+			return f.b, f.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	f := &flight{done: make(chan struct{})}
+	s.flights[h] = f
+	s.flightMu.Unlock()
+	f.b, f.err = s.loadChunk(ctx, h)
+	if f.err == nil {
+		s.cache.add(h, f.b)
+	}
+	s.flightMu.Lock()
+	delete(s.flights, h)
+	s.flightMu.Unlock()
+	close(f.done)
+	return f.b, f.err
+}
+
+// flight is one backend read of a chunk that concurrent getChunk calls share.
+type flight struct {
+	done chan struct{}
+	b    []byte
+	err  error
+}
+
+func (s *Store) loadChunk(ctx context.Context, h Hash) ([]byte, error) {
 	obj, err := s.be.Get(ctx, chunkName(h))
 	if err != nil {
 		if errors.Is(err, backend.ErrNotFound) {
@@ -338,12 +402,30 @@ func (s *Store) getChunk(ctx context.Context, h Hash) ([]byte, error) {
 		}
 		return nil, fmt.Errorf("read chunk: %w", err)
 	}
-	b, err := s.sl.decodeChunk(h, obj)
-	if err != nil {
-		return nil, err
+	return s.sl.openChunk(h, obj)
+}
+
+// prefetch loads chunk h into the cache in the background unless it is
+// cached, being loaded, or every read-ahead slot is busy.
+func (s *Store) prefetch(h Hash) {
+	if h.IsZero() || s.cache.has(h) {
+		return
 	}
-	s.cache.add(h, b)
-	return b, nil
+	s.flightMu.Lock()
+	_, busy := s.flights[h]
+	s.flightMu.Unlock()
+	if busy {
+		return
+	}
+	select {
+	case s.readAhead <- struct{}{}:
+	default:
+		return
+	}
+	go func() {
+		defer func() { <-s.readAhead }()
+		_, _ = s.getChunk(s.ctx, h) // errors surface on the demand read
+	}()
 }
 
 // chunkBatch collects the chunks one fold stores, so that they become
@@ -403,11 +485,22 @@ var objPool = sync.Pool{New: func() any { return new([]byte) }}
 // other's commit would deadlock, and both write the same complete object.
 // Callers hold gcMu shared.
 func (s *Store) putChunk(ctx context.Context, cb *chunkBatch, content []byte) (Hash, error) {
+	return s.storeChunk(ctx, cb, content, false)
+}
+
+// storeChunk is putChunk; with journalRef it also takes a journal
+// reference on the chunk (see jrefs) in the same critical section as the
+// dedup check, so GC cannot delete a stored chunk the journal is about to
+// reference. Callers hold gcMu shared unless journalRef is set.
+func (s *Store) storeChunk(ctx context.Context, cb *chunkBatch, content []byte, journalRef bool) (Hash, error) {
 	if isZero(content) {
 		return Hash{}, nil
 	}
 	h := s.sl.hash(content)
 	s.chunkMu.Lock()
+	if journalRef {
+		s.jrefs[h]++
+	}
 	if _, ok := s.known[h]; ok {
 		s.chunkMu.Unlock()
 		return h, nil
@@ -431,6 +524,9 @@ func (s *Store) putChunk(ctx context.Context, cb *chunkBatch, content []byte) (H
 		if s.inflight[h] == cb {
 			delete(s.inflight, h)
 		}
+		if journalRef {
+			s.unrefLocked(h)
+		}
 		s.chunkMu.Unlock()
 		return Hash{}, backendErr("write chunk", err)
 	}
@@ -438,6 +534,41 @@ func (s *Store) putChunk(ctx context.Context, cb *chunkBatch, content []byte) (H
 	cb.staged[h] = int64(len(obj))
 	cb.mu.Unlock()
 	return h, nil
+}
+
+// refChunks takes a journal reference on each non-zero hash.
+func (s *Store) refChunks(hs []Hash) {
+	if len(hs) == 0 {
+		return
+	}
+	s.chunkMu.Lock()
+	defer s.chunkMu.Unlock()
+	for _, h := range hs {
+		if !h.IsZero() {
+			s.jrefs[h]++
+		}
+	}
+}
+
+// unrefChunks drops a journal reference on each non-zero hash.
+func (s *Store) unrefChunks(hs []Hash) {
+	if len(hs) == 0 {
+		return
+	}
+	s.chunkMu.Lock()
+	defer s.chunkMu.Unlock()
+	for _, h := range hs {
+		s.unrefLocked(h)
+	}
+}
+
+func (s *Store) unrefLocked(h Hash) {
+	if h.IsZero() {
+		return
+	}
+	if s.jrefs[h]--; s.jrefs[h] <= 0 {
+		delete(s.jrefs, h)
+	}
 }
 
 func backendErr(op string, err error) error {
@@ -482,6 +613,13 @@ func (c *chunkCache) get(h Hash) ([]byte, bool) {
 		return e.Value.(*cacheEntry).b, true
 	}
 	return nil, false
+}
+
+func (c *chunkCache) has(h Hash) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.items[h]
+	return ok
 }
 
 func (c *chunkCache) add(h Hash, b []byte) {

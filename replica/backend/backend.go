@@ -43,6 +43,7 @@ type Backend interface {
 	// Put stores data under name atomically and durably.
 	Put(ctx context.Context, name string, data []byte) error
 	// Get returns the object's contents or an error wrapping ErrNotFound.
+	// The caller owns the returned slice and may modify it.
 	Get(ctx context.Context, name string) ([]byte, error)
 	// Delete removes the object; a missing object is not an error.
 	Delete(ctx context.Context, name string) error

@@ -14,6 +14,7 @@ func TestRunTiny(t *testing.T) {
 	res, err := Run(context.Background(), Options{
 		Dir:            t.TempDir(),
 		SeqBytes:       8 << 20,
+		BaselineBytes:  8 << 20,
 		RandomWrites:   256,
 		RandomDiskSize: 64 << 20,
 		ImageBytes:     4 << 20,
