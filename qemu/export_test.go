@@ -1,0 +1,4 @@
+package qemu
+
+// DetectAccel is detectAccel, for tests.
+var DetectAccel = detectAccel
