@@ -130,7 +130,7 @@ func TCPOpen(ctx context.Context, addr string) Result {
 func HTTPCheck(ctx context.Context, url string, wantStatus int, bodyContains string) Result {
 	r := Result{Check: fmt.Sprintf("http GET %s: %d, body contains %q", url, wantStatus, bodyContains), Started: time.Now()}
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-	var last string
+	var last, lastErr string // the last answer, the last failure to get one
 	for {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
@@ -151,12 +151,19 @@ func HTTPCheck(ctx context.Context, url string, wantStatus int, bodyContains str
 				return finish(r, true, last)
 			}
 		} else {
-			last = err.Error()
+			lastErr = err.Error()
 		}
 		cancel()
 		select {
 		case <-ctx.Done():
-			return finish(r, false, fmt.Sprintf("%v; last attempt: %s", ctx.Err(), last))
+			out := ctx.Err().Error()
+			if last != "" {
+				out += "; last answer: " + last
+			}
+			if lastErr != "" {
+				out += "; last error: " + lastErr
+			}
+			return finish(r, false, out)
 		case <-time.After(pollInterval):
 		}
 	}

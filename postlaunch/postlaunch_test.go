@@ -97,7 +97,7 @@ func TestHTTPCheck(t *testing.T) {
 	if r.Status != Success || !strings.Contains(r.Output, "200 OK") {
 		t.Fatalf("HTTPCheck = %+v", r)
 	}
-	ctx, cancel = context.WithTimeout(context.Background(), 300*time.Millisecond)
+	ctx, cancel = context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if r := HTTPCheck(ctx, srv.URL, 200, "absent"); r.Status != Failed || !strings.Contains(r.Output, "hello ferry") {
 		t.Fatalf("HTTPCheck(body mismatch) = %+v", r)

@@ -36,6 +36,9 @@ const (
 	DefaultOVMFVars        = "/usr/share/OVMF/OVMF_VARS.fd"
 )
 
+// startTimeout bounds QEMU's start-up, until -daemonize returns.
+const startTimeout = time.Minute
+
 // Target launches instances as qemu-system-x86_64 processes. Dir must be
 // set; the other fields have defaults. A Target must not be copied after
 // first use.
@@ -61,7 +64,7 @@ type Target struct {
 	// Logger receives one line per launch and termination; nil discards.
 	Logger *slog.Logger
 
-	mu sync.Mutex // serialises host port selection
+	mu sync.Mutex // serialises host port selection and QEMU's start
 }
 
 // New returns a Target keeping its state in dir.
@@ -210,7 +213,12 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 	if err != nil {
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
-	cmd := exec.CommandContext(ctx, bin, argv...)
+	// Not ctx: killing QEMU's parent half-way through -daemonize could
+	// leave a daemon without a pidfile. QEMU initialises in well under a
+	// minute; ctx is checked once it has.
+	startCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), startTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(startCtx, bin, argv...)
 	cmd.Stdout, cmd.Stderr = ef, ef
 	cmd.Dir = dir
 	start := time.Now()
@@ -218,6 +226,9 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 	ef.Close()
 	if pid, err := readPID(filepath.Join(dir, "qemu.pid")); err == nil {
 		st.PID = pid
+	}
+	if runErr == nil && ctx.Err() != nil {
+		return nil, fmt.Errorf("qemu: launch: %w", ctx.Err())
 	}
 	if runErr != nil {
 		msg, _ := os.ReadFile(errLog)
