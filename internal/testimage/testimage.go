@@ -32,7 +32,7 @@ const (
 
 // builderVersion changes whenever the image layout changes, so cached
 // images built by an older builder are not reused.
-const builderVersion = "3"
+const builderVersion = "4"
 
 // DefaultDebDir is where scripts/setup.sh downloads the kernel package.
 const DefaultDebDir = "/var/cache/ferry/testimage"
@@ -75,7 +75,9 @@ const (
 )
 
 // initramfsModules are loaded by the initramfs, with their dependencies.
-var initramfsModules = []string{"virtio_pci", "virtio_blk", "virtio_net", "crc32c_generic", "ext4"}
+// button and evdev let the guest see the ACPI power button (QMP
+// system_powerdown), which busybox acpid turns into a clean power-off.
+var initramfsModules = []string{"virtio_pci", "virtio_blk", "virtio_net", "crc32c_generic", "ext4", "button", "evdev"}
 
 // Build returns the test image, building it unless the cache already holds
 // one built from the same inputs. Concurrent callers, in this process or
@@ -152,7 +154,20 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	if !load(img, dir) {
 		return nil, fmt.Errorf("testimage: built image missing from %s", dir)
 	}
+	pruneCache(opts.CacheDir, key)
 	return img, nil
+}
+
+// pruneCache removes images built from other inputs (older kernels or
+// builders) and builds abandoned by killed processes; it runs under the
+// cache lock.
+func pruneCache(cacheDir, keep string) {
+	entries, _ := os.ReadDir(cacheDir)
+	for _, e := range entries {
+		if e.IsDir() && e.Name() != keep {
+			os.RemoveAll(filepath.Join(cacheDir, e.Name()))
+		}
+	}
 }
 
 // load fills in img from a complete image in dir and reports whether there
@@ -297,7 +312,7 @@ func build(ctx context.Context, tmp, deb, busybox string) error {
 
 	// Root file system.
 	root := filepath.Join(tmp, "root")
-	for _, d := range []string{"bin", "sbin", "dev", "proc", "sys", "tmp", "www", "etc"} {
+	for _, d := range []string{"bin", "sbin", "dev", "proc", "sys", "tmp", "www", "etc/acpi/PWRF", "var/run", "var/log"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			return fmt.Errorf("testimage: %w", err)
 		}
@@ -311,6 +326,7 @@ func build(ctx context.Context, tmp, deb, busybox string) error {
 		{"sbin/init", 0o755, []byte(rootInit)},
 		{"www/index.html", 0o644, []byte(HTTPBody)},
 		{"etc/hostname", 0o644, []byte("ferry-test\n")},
+		{"etc/acpi/PWRF/00000080", 0o755, []byte(powerButton)},
 	}
 	for _, f := range files {
 		if err := os.WriteFile(filepath.Join(root, f.name), f.data, f.perm); err != nil {
@@ -429,8 +445,18 @@ ip addr add ` + GuestAddr + `/24 dev eth0
 ip link set eth0 up
 ip route add default via 10.0.2.2
 httpd -p 80 -h /www
+acpid -c /etc/acpi -l /var/log/acpid.log
 echo "` + BootMarker + `"
 while true; do sleep 3600; done
+`
+
+// powerButton is run by busybox acpid when the ACPI power button is
+// pressed: flush the disk and power off.
+const powerButton = `#!/bin/sh
+echo "ferry-test: power button, powering off"
+sync
+mount -o remount,ro /
+poweroff -f
 `
 
 func writeInitramfs(path string, busybox []byte, modules []string) error {

@@ -46,8 +46,9 @@ type NewTarget func(t *testing.T, dir string) launch.Target
 
 // Run runs the conformance suite: launch failures that must leave nothing
 // behind, then a real boot of img (marker on the console, HTTP through a
-// port forward), status from a fresh target, and termination that leaves
-// nothing behind. It logs the time of each phase.
+// port forward), a second instance of the same snapshot beside the first,
+// status from a fresh target, and termination that leaves nothing behind.
+// It logs the time of each phase.
 func Run(t *testing.T, newTarget NewTarget, img Image, opts Options) {
 	if opts.BootTimeout == 0 {
 		opts.BootTimeout = 90 * time.Second
@@ -170,6 +171,27 @@ func Run(t *testing.T, newTarget NewTarget, img Image, opts Options) {
 		served := time.Since(start)
 		t.Logf("timings from the Launch call: launch returned %v, first console line %v, boot marker %v, HTTP answered %v",
 			launched.Round(time.Millisecond), firstLine.Round(time.Millisecond), booted.Round(time.Millisecond), served.Round(time.Millisecond))
+
+		// A second instance from the same snapshot, while the first runs:
+		// its own overlays and ports, and it boots too.
+		second, err := tg.Launch(ctx, spec("conformance"))
+		if err != nil {
+			t.Fatalf("second Launch: %v", err)
+		}
+		defer tg.Terminate(context.Background(), second.ID)
+		if second.ID == inst.ID || second.Addresses[0] == inst.Addresses[0] || second.ConsoleLog == inst.ConsoleLog ||
+			(len(second.Overlays) > 0 && len(inst.Overlays) > 0 && second.Overlays[0] == inst.Overlays[0]) {
+			t.Fatalf("second instance shares files or ports with the first: %+v vs %+v", second, inst)
+		}
+		if r := postlaunch.HTTPCheck(bootCtx, "http://"+second.Addresses[0]+"/", 200, img.HTTPBody); r.Status != postlaunch.Success {
+			t.Fatalf("second instance HTTP: %s", r.Output)
+		}
+		if err := tg.Terminate(ctx, second.ID); err != nil {
+			t.Fatalf("Terminate second: %v", err)
+		}
+		if r := postlaunch.HTTPCheck(bootCtx, "http://"+inst.Addresses[0]+"/", 200, img.HTTPBody); r.Status != postlaunch.Success {
+			t.Fatalf("first instance stopped answering when the second was terminated: %s", r.Output)
+		}
 
 		// A target created afresh (a server restart) finds the instance.
 		again := newTarget(t, dir)
