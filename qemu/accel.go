@@ -43,6 +43,9 @@ var accelCache struct {
 // detectAccel returns "kvm" if binary runs the probe guest to completion
 // under KVM, else "tcg". The answer is cached per binary for the process.
 func detectAccel(ctx context.Context, binary string) string {
+	if p, err := exec.LookPath(binary); err == nil {
+		binary = p
+	}
 	accelCache.Lock()
 	defer accelCache.Unlock()
 	if a, ok := accelCache.m[binary]; ok {
@@ -81,23 +84,54 @@ func kvmWorks(ctx context.Context, binary string) bool {
 		"-no-user-config", "-display", "none", "-m", "16",
 		"-drive", "file="+escapeOpt(img)+",format=raw,if=ide",
 		"-serial", "file:"+serial)
+	// QEMU reports a KVM emulation failure on stderr and stops the guest:
+	// watch for it so that a broken KVM costs a fraction of a second.
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		return false
 	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
 	defer func() {
 		cmd.Process.Kill()
-		cmd.Wait()
+		<-exited
 	}()
-	tick := time.NewTicker(20 * time.Millisecond)
+	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return false
+		case <-exited:
+			b, _ := os.ReadFile(serial)
+			return bytes.Contains(b, []byte("K"))
 		case <-tick.C:
 			if b, _ := os.ReadFile(serial); bytes.Contains(b, []byte("K")) {
 				return true
 			}
+			if stderr.Contains("KVM internal error") || stderr.Contains("emulation failure") {
+				return false
+			}
 		}
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// Contains reports whether s has been written.
+func (b *syncBuffer) Contains(s string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Contains(b.buf.Bytes(), []byte(s))
 }
