@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -140,8 +142,8 @@ func (s *Spec) Validate() error {
 		return bad("no disks")
 	}
 	for i, d := range s.Disks {
-		if d.NBDURL == "" {
-			return bad("disk %d: no NBD URL", i)
+		if !validNBDURL(d.NBDURL) {
+			return bad("disk %d: %q is not an NBD URL (nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH)", i, d.NBDURL)
 		}
 		if d.Size < 0 {
 			return bad("disk %d: negative size", i)
@@ -177,4 +179,20 @@ func (s *Spec) Validate() error {
 		guestPorts[f.GuestPort] = true
 	}
 	return nil
+}
+
+// validNBDURL accepts the NBD URI schemes QEMU understands and nothing
+// else, so that a disk can never name a local file or another protocol.
+func validNBDURL(s string) bool {
+	u, err := url.Parse(s)
+	if err != nil || strings.ContainsAny(s, "\x00\n") {
+		return false
+	}
+	switch u.Scheme {
+	case "nbd", "nbd+tcp":
+		return u.Host != ""
+	case "nbd+unix":
+		return u.Host == "" && u.Query().Get("socket") != ""
+	}
+	return false
 }

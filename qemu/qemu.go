@@ -36,6 +36,9 @@ const (
 	DefaultOVMFVars        = "/usr/share/OVMF/OVMF_VARS.fd"
 )
 
+// maxSocketPath is the size of sun_path in struct sockaddr_un on Linux.
+const maxSocketPath = 108
+
 // startTimeout bounds QEMU's start-up, until -daemonize returns.
 const startTimeout = time.Minute
 
@@ -151,6 +154,9 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 	dir, err := filepath.Abs(filepath.Join(or(spec.WorkDir, t.Dir), id))
 	if err != nil {
 		return nil, fmt.Errorf("qemu: %w", err)
+	}
+	if len(dir)+len("/qmp.sock") >= maxSocketPath {
+		return nil, fmt.Errorf("qemu: %w: instance directory %s too long for a unix socket path (%d bytes at most): use a shorter Dir or WorkDir", launch.ErrInvalidSpec, dir, maxSocketPath-1)
 	}
 	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
 		return nil, fmt.Errorf("qemu: create work dir: %w", err)

@@ -83,6 +83,7 @@ func Run(t *testing.T, newTarget NewTarget, img Image, opts Options) {
 		}{
 			{"bad name", func(s *launch.Spec) { s.Name = "../escape" }, launch.ErrInvalidSpec},
 			{"no disks", func(s *launch.Spec) { s.Disks = nil }, launch.ErrInvalidSpec},
+			{"local file as disk", func(s *launch.Spec) { s.Disks[0].NBDURL = img.Path }, launch.ErrInvalidSpec},
 			{"zero CPUs", func(s *launch.Spec) { s.CPUs = 0 }, launch.ErrInvalidSpec},
 			{"port taken", func(s *launch.Spec) { s.Forwards[0].HostPort = takenPort }, launch.ErrPortInUse},
 			{"absurd memory", func(s *launch.Spec) { s.MemoryMiB = 1 << 30 }, launch.ErrInsufficientMemory},
