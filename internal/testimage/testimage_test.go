@@ -2,8 +2,11 @@ package testimage
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
+	"errors"
 	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -70,5 +73,35 @@ func TestBuild(t *testing.T) {
 	}
 	if binary.LittleEndian.Uint16(magic) != 0xef53 {
 		t.Errorf("partition 2 is not ext4 (magic %x)", magic)
+	}
+}
+
+func TestWriteFile(t *testing.T) {
+	img := ForTest(t)
+	disk := filepath.Join(t.TempDir(), "disk.raw")
+	data, err := os.ReadFile(img.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(disk, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if got, err := ReadFile(ctx, disk, "/www/index.html"); err != nil || string(got) != HTTPBody {
+		t.Fatalf("ReadFile(index.html) = %q, %v", got, err)
+	}
+	for _, v := range []string{"first\n", "second, longer\n"} {
+		if err := WriteFile(ctx, disk, "/www/data.txt", []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := ReadFile(ctx, disk, "/www/data.txt"); err != nil || string(got) != "second, longer\n" {
+		t.Fatalf("ReadFile(data.txt) = %q, %v", got, err)
+	}
+	if _, err := ReadFile(ctx, disk, "/www/missing"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("ReadFile(missing) = %v, want ErrNotExist", err)
+	}
+	if err := WriteFile(ctx, disk, "/www/a b", nil); err == nil {
+		t.Error("a path with a space accepted")
 	}
 }
