@@ -27,6 +27,13 @@ want npm npm
 # Debian's Chromium drives the dashboard's browser test (never a
 # Playwright browser download).
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+# The launch tests' bootable test image (internal/testimage): busybox-static,
+# SYSLINUX on a FAT boot partition, and the kernel package downloaded below.
+want busybox busybox-static
+want syslinux syslinux
+want mcopy mtools
+want mkfs.vfat dosfstools
+[ -f /usr/lib/syslinux/mbr/mbr.bin ] && [ -f /usr/lib/syslinux/modules/bios/ldlinux.c32 ] || need_apt+=(syslinux-common)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -34,6 +41,22 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   # shellcheck disable=SC2068
   $SUDO apt-get install -y -qq --no-install-recommends ${need_apt[@]} >/dev/null
+fi
+
+# Debian's kernel for the test image, unpacked by the tests themselves so
+# this machine's /boot is left alone.
+KDEB_DIR=/var/cache/ferry/testimage
+if ! ls "$KDEB_DIR"/linux-image-*-amd64_*_amd64.deb >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  kpkg="$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')"
+  if [ -z "$kpkg" ]; then
+    $SUDO apt-get update -qq
+    kpkg="$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')"
+  fi
+  $SUDO mkdir -p "$KDEB_DIR"
+  (cd "$KDEB_DIR" && $SUDO apt-get download -qq "$kpkg" 2>/dev/null) ||
+    { $SUDO apt-get update -qq && (cd "$KDEB_DIR" && $SUDO apt-get download -qq "$kpkg" 2>/dev/null); } || {
+      echo "setup: could not download $kpkg into $KDEB_DIR" >&2; exit 1; }
 fi
 
 if ! command -v go >/dev/null 2>&1; then

@@ -1,0 +1,338 @@
+// Package targettest is the conformance suite for [launch.Target]
+// implementations: every real target runs it from its own tests.
+package targettest
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ferrymigrate/ferry/launch"
+	"github.com/ferrymigrate/ferry/nbd"
+	"github.com/ferrymigrate/ferry/postlaunch"
+)
+
+// Image is a bootable raw disk image the suite serves over NBD and boots.
+type Image struct {
+	Path       string // raw disk image; the suite never writes to it
+	BootMarker string // a line the guest prints on its serial console once up
+	HTTPPort   int    // guest port serving HTTP
+	HTTPBody   string // text the HTTP answer at "/" contains
+}
+
+// Options tune the suite.
+type Options struct {
+	// BootTimeout bounds the wait for the boot marker. Default 90s.
+	BootTimeout time.Duration
+	// MemoryMiB for the test instance. Default 256.
+	MemoryMiB int
+}
+
+// NewTarget returns the target under test, keeping all its state under dir.
+// The suite calls it more than once with the same dir to check that a
+// target created later (after a server restart) finds earlier instances.
+type NewTarget func(t *testing.T, dir string) launch.Target
+
+// Run runs the conformance suite: launch failures that must leave nothing
+// behind, then a real boot of img (marker on the console, HTTP through a
+// port forward), a second instance of the same snapshot beside the first,
+// status from a fresh target, and termination that leaves nothing behind.
+// It logs the time of each phase.
+func Run(t *testing.T, newTarget NewTarget, img Image, opts Options) {
+	if opts.BootTimeout == 0 {
+		opts.BootTimeout = 90 * time.Second
+	}
+	if opts.MemoryMiB == 0 {
+		opts.MemoryMiB = 256
+	}
+	url := ServeImage(t, img.Path)
+	spec := func(name string) launch.Spec {
+		return launch.Spec{
+			Name:      name,
+			Disks:     []launch.DiskSource{{NBDURL: url}},
+			CPUs:      1,
+			MemoryMiB: opts.MemoryMiB,
+			Forwards:  []launch.Forward{{GuestPort: img.HTTPPort}},
+		}
+	}
+	t.Run("Failures", func(t *testing.T) {
+		dir := t.TempDir()
+		tg := newTarget(t, dir)
+		ctx := context.Background()
+		taken, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer taken.Close()
+		takenPort := taken.Addr().(*net.TCPAddr).Port
+		cases := []struct {
+			name string
+			edit func(*launch.Spec)
+			want error // nil: any error
+		}{
+			{"bad name", func(s *launch.Spec) { s.Name = "../escape" }, launch.ErrInvalidSpec},
+			{"no disks", func(s *launch.Spec) { s.Disks = nil }, launch.ErrInvalidSpec},
+			{"local file as disk", func(s *launch.Spec) { s.Disks[0].NBDURL = img.Path }, launch.ErrInvalidSpec},
+			{"zero CPUs", func(s *launch.Spec) { s.CPUs = 0 }, launch.ErrInvalidSpec},
+			{"port taken", func(s *launch.Spec) { s.Forwards[0].HostPort = takenPort }, launch.ErrPortInUse},
+			{"absurd memory", func(s *launch.Spec) { s.MemoryMiB = 1 << 30 }, launch.ErrInsufficientMemory},
+			{"unreachable export", func(s *launch.Spec) {
+				s.Disks[0].NBDURL = "nbd+unix:///missing?socket=" + filepath.Join(dir, "no.sock")
+			}, nil},
+		}
+		for _, c := range cases {
+			t.Run(c.name, func(t *testing.T) {
+				s := spec("fail")
+				c.edit(&s)
+				inst, err := tg.Launch(ctx, s)
+				if err == nil {
+					tg.Terminate(ctx, inst.ID)
+					t.Fatalf("Launch succeeded, want an error")
+				}
+				if c.want != nil && !errors.Is(err, c.want) {
+					t.Fatalf("Launch error %v, want one wrapping %v", err, c.want)
+				}
+				t.Logf("error (as wanted): %v", err)
+				CheckNothingLeft(t, dir)
+			})
+		}
+		if c, err := net.Dial("tcp", taken.Addr().String()); err != nil {
+			t.Errorf("the taken port's listener no longer answers: %v", err)
+		} else {
+			c.Close()
+		}
+		if _, err := tg.Status(ctx, "never-launched"); !errors.Is(err, launch.ErrNotFound) {
+			t.Errorf("Status(unknown) = %v, want ErrNotFound", err)
+		}
+		if _, err := tg.Status(ctx, "../../etc/passwd"); !errors.Is(err, launch.ErrNotFound) {
+			t.Errorf("Status(path escape) = %v, want ErrNotFound", err)
+		}
+		if err := tg.Terminate(ctx, "never-launched"); err != nil {
+			t.Errorf("Terminate(unknown) = %v, want nil", err)
+		}
+	})
+
+	t.Run("BootServeTerminate", func(t *testing.T) {
+		if testing.Short() {
+			t.Skip("boots a guest; skipped with -short")
+		}
+		dir := t.TempDir()
+		tg := newTarget(t, dir)
+		ctx := context.Background()
+		before := fileHash(t, img.Path)
+
+		start := time.Now()
+		inst, err := tg.Launch(ctx, spec("conformance"))
+		if err != nil {
+			t.Fatalf("Launch: %v", err)
+		}
+		launched := time.Since(start)
+		terminated := false
+		t.Cleanup(func() {
+			if !terminated {
+				tg.Terminate(context.Background(), inst.ID)
+			}
+		})
+		t.Logf("launch returned after %v: id %s pid %d accel %q addresses %v", launched.Round(time.Millisecond), inst.ID, inst.PID, inst.Accel, inst.Addresses)
+		if inst.Target != tg.Name() || inst.State != launch.Running || inst.ConsoleLog == "" || len(inst.Addresses) != 1 || len(inst.Forwards) != 1 || inst.Forwards[0].HostPort == 0 {
+			t.Fatalf("Launch returned %+v", inst)
+		}
+
+		bootCtx, cancel := context.WithTimeout(ctx, opts.BootTimeout)
+		defer cancel()
+		first := postlaunch.WaitConsole(bootCtx, inst.ConsoleLog, regexp.MustCompile(`\S`))
+		if first.Status != postlaunch.Success {
+			t.Fatalf("no console output: %s", first.Output)
+		}
+		firstLine := time.Since(start)
+		marker := postlaunch.WaitConsole(bootCtx, inst.ConsoleLog, regexp.MustCompile(regexp.QuoteMeta(img.BootMarker)))
+		if marker.Status != postlaunch.Success {
+			t.Fatalf("boot marker: %s", marker.Output)
+		}
+		booted := time.Since(start)
+		tcp := postlaunch.TCPOpen(bootCtx, inst.Addresses[0])
+		if tcp.Status != postlaunch.Success {
+			t.Fatalf("TCP: %s", tcp.Output)
+		}
+		httpRes := postlaunch.HTTPCheck(bootCtx, "http://"+inst.Addresses[0]+"/", 200, img.HTTPBody)
+		if httpRes.Status != postlaunch.Success {
+			t.Fatalf("HTTP: %s", httpRes.Output)
+		}
+		served := time.Since(start)
+		t.Logf("timings from the Launch call: launch returned %v, first console line %v, boot marker %v, HTTP answered %v",
+			launched.Round(time.Millisecond), firstLine.Round(time.Millisecond), booted.Round(time.Millisecond), served.Round(time.Millisecond))
+
+		// A second instance from the same snapshot, while the first runs:
+		// its own overlays and ports, and it boots too.
+		second, err := tg.Launch(ctx, spec("conformance"))
+		if err != nil {
+			t.Fatalf("second Launch: %v", err)
+		}
+		defer tg.Terminate(context.Background(), second.ID)
+		if second.ID == inst.ID || second.Addresses[0] == inst.Addresses[0] || second.ConsoleLog == inst.ConsoleLog ||
+			(len(second.Overlays) > 0 && len(inst.Overlays) > 0 && second.Overlays[0] == inst.Overlays[0]) {
+			t.Fatalf("second instance shares files or ports with the first: %+v vs %+v", second, inst)
+		}
+		if r := postlaunch.HTTPCheck(bootCtx, "http://"+second.Addresses[0]+"/", 200, img.HTTPBody); r.Status != postlaunch.Success {
+			t.Fatalf("second instance HTTP: %s", r.Output)
+		}
+		if err := tg.Terminate(ctx, second.ID); err != nil {
+			t.Fatalf("Terminate second: %v", err)
+		}
+		if r := postlaunch.HTTPCheck(bootCtx, "http://"+inst.Addresses[0]+"/", 200, img.HTTPBody); r.Status != postlaunch.Success {
+			t.Fatalf("first instance stopped answering when the second was terminated: %s", r.Output)
+		}
+
+		// A target created afresh (a server restart) finds the instance.
+		again := newTarget(t, dir)
+		st, err := again.Status(ctx, inst.ID)
+		if err != nil {
+			t.Fatalf("Status from a new target: %v", err)
+		}
+		if st.State != launch.Running || st.PID != inst.PID || st.ConsoleLog != inst.ConsoleLog || fmt.Sprint(st.Addresses) != fmt.Sprint(inst.Addresses) {
+			t.Errorf("Status = %+v, want running %+v", st, inst)
+		}
+
+		tstart := time.Now()
+		if err := again.Terminate(ctx, inst.ID); err != nil {
+			t.Fatalf("Terminate: %v", err)
+		}
+		terminated = true
+		t.Logf("terminate took %v", time.Since(tstart).Round(time.Millisecond))
+		if _, err := tg.Status(ctx, inst.ID); !errors.Is(err, launch.ErrNotFound) {
+			t.Errorf("Status after Terminate = %v, want ErrNotFound", err)
+		}
+		if err := tg.Terminate(ctx, inst.ID); err != nil {
+			t.Errorf("second Terminate = %v, want nil", err)
+		}
+		if inst.PID > 0 && processRuns(inst.PID) {
+			t.Errorf("process %d still runs after Terminate", inst.PID)
+		}
+		for _, ov := range inst.Overlays {
+			if _, err := os.Stat(ov); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("overlay %s still exists (stat: %v)", ov, err)
+			}
+		}
+		if l, err := net.Listen("tcp", inst.Addresses[0]); err != nil {
+			t.Errorf("host port %s not free after Terminate: %v", inst.Addresses[0], err)
+		} else {
+			l.Close()
+		}
+		CheckNothingLeft(t, dir)
+		if after := fileHash(t, img.Path); after != before {
+			t.Errorf("the source image changed during the launch")
+		}
+	})
+}
+
+// ServeImage serves the raw image at path read-only over NBD on a unix
+// socket until the test ends, and returns the export's URL.
+func ServeImage(t testing.TB, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := fileDevice{f, fi.Size()}
+	// A short directory: unix socket paths are limited to 108 bytes.
+	sockDir, err := os.MkdirTemp("", "ferry-nbd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	sock := filepath.Join(sockDir, "nbd.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &nbd.Server{Lookup: func(name string) (nbd.Device, error) {
+		if name != "snapshot" {
+			return nil, fmt.Errorf("%q: %w", name, nbd.ErrUnknownExport)
+		}
+		return dev, nil
+	}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, l) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("nbd server: %v", err)
+		}
+	})
+	return "nbd+unix:///snapshot?socket=" + sock
+}
+
+type fileDevice struct {
+	*os.File
+	size int64
+}
+
+func (d fileDevice) Size() int64 { return d.size }
+
+// CheckNothingLeft fails t if dir holds anything but empty directories, or
+// if a process's command line mentions dir.
+func CheckNothingLeft(t testing.TB, dir string) {
+	t.Helper()
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			t.Errorf("left behind: %s", p)
+		}
+		return nil
+	})
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		if strings.Contains(string(b), dir) {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			t.Errorf("process %d left running: %s", pid, strings.ReplaceAll(string(b), "\x00", " "))
+		}
+	}
+}
+
+// processRuns reports whether pid exists and is not a zombie (a daemon's
+// exit is reaped by init, perhaps a moment later).
+func processRuns(pid int) bool {
+	if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(stat), ')')
+	return i < 0 || i+2 >= len(stat) || stat[i+2] != 'Z'
+}
+
+func fileHash(t testing.TB, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%x", h.Sum(nil))
+}

@@ -1,0 +1,509 @@
+package qemu
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/ferrymigrate/ferry/launch"
+)
+
+var _ launch.Target = (*Target)(nil)
+
+// Defaults for [Target]'s fields.
+const (
+	DefaultBinary          = "qemu-system-x86_64"
+	DefaultImgBinary       = "qemu-img"
+	DefaultForwardAddr     = "127.0.0.1"
+	DefaultShutdownTimeout = 30 * time.Second
+	DefaultOVMFCode        = "/usr/share/OVMF/OVMF_CODE.fd"
+	DefaultOVMFVars        = "/usr/share/OVMF/OVMF_VARS.fd"
+)
+
+// maxSocketPath is the size of sun_path in struct sockaddr_un on Linux.
+const maxSocketPath = 108
+
+// startTimeout bounds QEMU's start-up, until -daemonize returns.
+const startTimeout = time.Minute
+
+// Target launches instances as qemu-system-x86_64 processes. Dir must be
+// set; the other fields have defaults. A Target must not be copied after
+// first use.
+type Target struct {
+	// Dir holds one state file per instance (ID.json) and, unless a
+	// Spec's WorkDir says otherwise, each instance's directory (ID/).
+	Dir string
+	// Binary and ImgBinary are the QEMU programs, looked up on PATH when
+	// not absolute. Defaults: DefaultBinary, DefaultImgBinary.
+	Binary, ImgBinary string
+	// Accel is "kvm", "tcg" or empty to probe (see the package doc).
+	Accel string
+	// ForwardAddr is the host address port forwards listen on. Default:
+	// DefaultForwardAddr (loopback only).
+	ForwardAddr string
+	// ShutdownTimeout is how long Terminate waits for the guest to power
+	// off after an ACPI power button press before it quits QEMU.
+	// Default: DefaultShutdownTimeout.
+	ShutdownTimeout time.Duration
+	// OVMFCode and OVMFVars are the UEFI firmware and its variable store
+	// template. Defaults: DefaultOVMFCode, DefaultOVMFVars.
+	OVMFCode, OVMFVars string
+	// Logger receives one line per launch and termination; nil discards.
+	Logger *slog.Logger
+
+	mu sync.Mutex // serialises host port selection and QEMU's start
+}
+
+// New returns a Target keeping its state in dir.
+func New(dir string) *Target { return &Target{Dir: dir} }
+
+// Name implements [launch.Target].
+func (t *Target) Name() string { return "qemu" }
+
+func or[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+func (t *Target) logger() *slog.Logger {
+	if t.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return t.Logger
+}
+
+// state is the JSON state file of an instance.
+type state struct {
+	ID         string           `json:"id"`
+	Name       string           `json:"name"`
+	Dir        string           `json:"dir"`
+	PID        int              `json:"pid"`
+	Accel      string           `json:"accel"`
+	QMP        string           `json:"qmp"`
+	ConsoleLog string           `json:"console_log"`
+	Overlays   []string         `json:"overlays"`
+	Forwards   []launch.Forward `json:"forwards"`
+	Addresses  []string         `json:"addresses"`
+	StartedAt  time.Time        `json:"started_at"`
+}
+
+func (t *Target) statePath(id string) string { return filepath.Join(t.Dir, id+".json") }
+
+// escapeOpt escapes a value for a QEMU option list, where "," separates
+// options and ",," is a literal comma.
+func escapeOpt(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// Launch implements [launch.Target]. Errors wrap launch.ErrInvalidSpec,
+// launch.ErrUnavailable (QEMU missing), launch.ErrInsufficientMemory,
+// launch.ErrPortInUse or launch.ErrNotSupported (UEFI without OVMF) where
+// they apply.
+func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instance, err error) {
+	if t.Dir == "" {
+		return nil, errors.New("qemu: Target.Dir is not set")
+	}
+	if err := spec.Validate(); err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
+	bin, err := exec.LookPath(or(t.Binary, DefaultBinary))
+	if err != nil {
+		return nil, fmt.Errorf("qemu: %w: %v (install qemu-system-x86: scripts/setup.sh)", launch.ErrUnavailable, err)
+	}
+	img, err := exec.LookPath(or(t.ImgBinary, DefaultImgBinary))
+	if err != nil {
+		return nil, fmt.Errorf("qemu: %w: %v (install qemu-utils: scripts/setup.sh)", launch.ErrUnavailable, err)
+	}
+	if spec.BootMode == launch.UEFI {
+		for _, f := range []string{or(t.OVMFCode, DefaultOVMFCode), or(t.OVMFVars, DefaultOVMFVars)} {
+			if _, err := os.Stat(f); err != nil {
+				return nil, fmt.Errorf("qemu: UEFI boot: %w: firmware %s missing (install ovmf)", launch.ErrNotSupported, f)
+			}
+		}
+	}
+	if avail, err := memAvailableMiB(); err == nil && int64(spec.MemoryMiB) > avail {
+		return nil, fmt.Errorf("qemu: %w: the instance wants %d MiB, the host has %d MiB available", launch.ErrInsufficientMemory, spec.MemoryMiB, avail)
+	}
+
+	var rnd [4]byte
+	rand.Read(rnd[:])
+	id := spec.Name + "-" + hex.EncodeToString(rnd[:])
+	if len(id) > 63 {
+		id = spec.Name[:54] + "-" + hex.EncodeToString(rnd[:])
+	}
+	if err := os.MkdirAll(t.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("qemu: create state dir: %w", err)
+	}
+	dir, err := filepath.Abs(filepath.Join(or(spec.WorkDir, t.Dir), id))
+	if err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
+	if len(dir)+len("/qmp.sock") >= maxSocketPath {
+		return nil, fmt.Errorf("qemu: %w: instance directory %s too long for a unix socket path (%d bytes at most): use a shorter Dir or WorkDir", launch.ErrInvalidSpec, dir, maxSocketPath-1)
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+		return nil, fmt.Errorf("qemu: create work dir: %w", err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("qemu: create instance dir: %w", err)
+	}
+	st := &state{
+		ID:         id,
+		Name:       spec.Name,
+		Dir:        dir,
+		QMP:        filepath.Join(dir, "qmp.sock"),
+		ConsoleLog: filepath.Join(dir, "console.log"),
+	}
+	defer func() {
+		if err != nil {
+			t.cleanup(st)
+		}
+	}()
+
+	for i, d := range spec.Disks {
+		ov := filepath.Join(dir, fmt.Sprintf("disk%d.qcow2", i))
+		args := []string{"create", "-q", "-f", "qcow2", "-F", "raw", "-b", d.NBDURL, ov}
+		if d.Size > 0 {
+			args = append(args, strconv.FormatInt(d.Size, 10))
+		}
+		if out, err := exec.CommandContext(ctx, img, args...).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("qemu: create overlay for disk %d over %s: %w: %s", i, d.NBDURL, err, bytes.TrimSpace(out))
+		}
+		st.Overlays = append(st.Overlays, ov)
+	}
+
+	st.Accel = t.Accel
+	if st.Accel == "" {
+		st.Accel = detectAccel(ctx, bin)
+	}
+	fwdAddr := or(t.ForwardAddr, DefaultForwardAddr)
+
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st.Forwards, err = pickPorts(fwdAddr, spec.Forwards)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
+	for _, f := range st.Forwards {
+		st.Addresses = append(st.Addresses, net.JoinHostPort(fwdAddr, strconv.Itoa(f.HostPort)))
+	}
+	argv := t.argv(st, spec, fwdAddr)
+	if spec.BootMode == launch.UEFI {
+		vars := filepath.Join(dir, "OVMF_VARS.fd")
+		if err := copyFile(or(t.OVMFVars, DefaultOVMFVars), vars); err != nil {
+			return nil, fmt.Errorf("qemu: copy UEFI variables: %w", err)
+		}
+		argv = append(argv,
+			"-drive", "if=pflash,format=raw,readonly=on,file="+escapeOpt(or(t.OVMFCode, DefaultOVMFCode)),
+			"-drive", "if=pflash,format=raw,file="+escapeOpt(vars))
+	}
+	errLog := filepath.Join(dir, "qemu.err")
+	ef, err := os.Create(errLog)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
+	// Not ctx: killing QEMU's parent half-way through -daemonize could
+	// leave a daemon without a pidfile. QEMU initialises in well under a
+	// minute; ctx is checked once it has.
+	startCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), startTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(startCtx, bin, argv...)
+	cmd.Stdout, cmd.Stderr = ef, ef
+	cmd.Dir = dir
+	start := time.Now()
+	runErr := cmd.Run() // returns once the daemonized QEMU has initialised
+	ef.Close()
+	if pid, err := readPID(filepath.Join(dir, "qemu.pid")); err == nil {
+		st.PID = pid
+	}
+	if runErr == nil && ctx.Err() != nil {
+		return nil, fmt.Errorf("qemu: launch: %w", ctx.Err())
+	}
+	if runErr != nil {
+		msg, _ := os.ReadFile(errLog)
+		msg = bytes.TrimSpace(msg)
+		if bytes.Contains(msg, []byte("host forwarding rule")) {
+			return nil, fmt.Errorf("qemu: %w: %s", launch.ErrPortInUse, msg)
+		}
+		if bytes.Contains(msg, []byte("cannot set up guest memory")) {
+			return nil, fmt.Errorf("qemu: %w: %s", launch.ErrInsufficientMemory, msg)
+		}
+		return nil, fmt.Errorf("qemu: start %s: %w: %s", bin, runErr, msg)
+	}
+	if st.PID == 0 {
+		return nil, errors.New("qemu: QEMU started but wrote no pidfile")
+	}
+	st.StartedAt = time.Now().UTC()
+	if err := writeState(t.statePath(id), st); err != nil {
+		return nil, err
+	}
+	t.logger().Info("qemu: launched", "id", id, "pid", st.PID, "accel", st.Accel, "addresses", st.Addresses, "start", time.Since(start))
+	return st.instance(launch.Running), nil
+}
+
+// argv builds QEMU's arguments; never a shell string.
+func (t *Target) argv(st *state, spec launch.Spec, fwdAddr string) []string {
+	cpu := "max"
+	if st.Accel == "kvm" {
+		cpu = "host"
+	}
+	a := []string{
+		"-name", "guest=" + escapeOpt(st.ID),
+		"-machine", "pc", "-accel", st.Accel, "-cpu", cpu,
+		"-smp", strconv.Itoa(spec.CPUs), "-m", strconv.Itoa(spec.MemoryMiB),
+		"-nodefaults", "-no-user-config", "-display", "none",
+		"-chardev", "file,id=console,path=" + escapeOpt(st.ConsoleLog),
+		"-serial", "chardev:console",
+		"-qmp", "unix:" + escapeOpt(st.QMP) + ",server=on,wait=off",
+		"-pidfile", filepath.Join(st.Dir, "qemu.pid"),
+		"-daemonize",
+	}
+	for i, ov := range st.Overlays {
+		a = append(a, "-drive", fmt.Sprintf("file=%s,format=qcow2,if=virtio,index=%d,discard=unmap", escapeOpt(ov), i))
+	}
+	net := "user,id=net0"
+	for _, f := range st.Forwards {
+		net += fmt.Sprintf(",hostfwd=tcp:%s:%d-:%d", fwdAddr, f.HostPort, f.GuestPort)
+	}
+	return append(a, "-netdev", net, "-device", "virtio-net-pci,netdev=net0")
+}
+
+// pickPorts fills in free host ports and checks that the fixed ones are
+// free. QEMU binds them right after; a port taken in between makes QEMU
+// fail, which Launch reports as ErrPortInUse.
+func pickPorts(addr string, fwds []launch.Forward) ([]launch.Forward, error) {
+	out := make([]launch.Forward, len(fwds))
+	var held []net.Listener
+	defer func() {
+		for _, l := range held {
+			l.Close()
+		}
+	}()
+	for i, f := range fwds {
+		l, err := net.Listen("tcp", net.JoinHostPort(addr, strconv.Itoa(f.HostPort)))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s:%d (forward to guest port %d): %v", launch.ErrPortInUse, addr, f.HostPort, f.GuestPort, err)
+		}
+		held = append(held, l)
+		out[i] = launch.Forward{GuestPort: f.GuestPort, HostPort: l.Addr().(*net.TCPAddr).Port}
+	}
+	return out, nil
+}
+
+// Status implements [launch.Target].
+func (t *Target) Status(ctx context.Context, id string) (*launch.Instance, error) {
+	st, err := t.readState(id)
+	if err != nil {
+		return nil, err
+	}
+	s := launch.Stopped
+	if alive(st) {
+		s = launch.Running
+	}
+	return st.instance(s), nil
+}
+
+// List returns every instance this target has state for, running or not.
+func (t *Target) List(ctx context.Context) ([]*launch.Instance, error) {
+	files, err := filepath.Glob(filepath.Join(t.Dir, "*.json"))
+	if err != nil {
+		return nil, fmt.Errorf("qemu: list: %w", err)
+	}
+	var out []*launch.Instance
+	for _, f := range files {
+		inst, err := t.Status(ctx, strings.TrimSuffix(filepath.Base(f), ".json"))
+		if err != nil {
+			continue
+		}
+		out = append(out, inst)
+	}
+	return out, nil
+}
+
+// Terminate implements [launch.Target]: an ACPI power button press over
+// QMP, up to ShutdownTimeout for the guest to power off, then QMP quit,
+// then SIGKILL; then the instance's files are removed.
+func (t *Target) Terminate(ctx context.Context, id string) error {
+	st, err := t.readState(id)
+	if errors.Is(err, launch.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	how := "gone"
+	if alive(st) {
+		how = "powerdown"
+		if qmpExec(ctx, st.QMP, "system_powerdown") != nil || !waitExit(ctx, st, or(t.ShutdownTimeout, DefaultShutdownTimeout)) {
+			how = "quit"
+			if qmpExec(ctx, st.QMP, "quit") != nil || !waitExit(ctx, st, 5*time.Second) {
+				how = "kill"
+				syscall.Kill(st.PID, syscall.SIGKILL)
+				if !waitExit(ctx, st, 5*time.Second) {
+					return fmt.Errorf("qemu: terminate %s: process %d survived SIGKILL", id, st.PID)
+				}
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("qemu: terminate %s: %w", id, err)
+	}
+	if err := os.RemoveAll(st.Dir); err != nil {
+		return fmt.Errorf("qemu: terminate %s: remove files: %w", id, err)
+	}
+	if err := os.Remove(t.statePath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("qemu: terminate %s: remove state: %w", id, err)
+	}
+	t.logger().Info("qemu: terminated", "id", id, "how", how, "took", time.Since(start))
+	return nil
+}
+
+// cleanup undoes a failed launch.
+func (t *Target) cleanup(st *state) {
+	if st.PID != 0 && alive(st) {
+		syscall.Kill(st.PID, syscall.SIGKILL)
+		waitExit(context.Background(), st, 5*time.Second)
+	}
+	os.RemoveAll(st.Dir)
+	os.Remove(t.statePath(st.ID))
+}
+
+func (t *Target) readState(id string) (*state, error) {
+	if !launch.ValidName(id) {
+		return nil, fmt.Errorf("qemu: instance %q: %w", id, launch.ErrNotFound)
+	}
+	b, err := os.ReadFile(t.statePath(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("qemu: instance %s: %w", id, launch.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("qemu: read state: %w", err)
+	}
+	var st state
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("qemu: read state of %s: %w", id, err)
+	}
+	if st.ID != id {
+		return nil, fmt.Errorf("qemu: state file of %s names instance %q", id, st.ID)
+	}
+	return &st, nil
+}
+
+func writeState(path string, st *state) error {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return fmt.Errorf("qemu: encode state: %w", err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("qemu: write state: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("qemu: write state: %w", err)
+	}
+	return nil
+}
+
+func (st *state) instance(s launch.State) *launch.Instance {
+	return &launch.Instance{
+		ID:         st.ID,
+		Target:     "qemu",
+		Name:       st.Name,
+		State:      s,
+		PID:        st.PID,
+		Accel:      st.Accel,
+		ConsoleLog: st.ConsoleLog,
+		Forwards:   append([]launch.Forward(nil), st.Forwards...),
+		Addresses:  append([]string(nil), st.Addresses...),
+		Overlays:   append([]string(nil), st.Overlays...),
+		StartedAt:  st.StartedAt,
+	}
+}
+
+// alive reports whether st's QEMU process runs: the pid exists, is not a
+// zombie, and its command line names the instance's QMP socket (so a
+// reused pid is not mistaken for it).
+func alive(st *state) bool {
+	if st.PID <= 0 {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", st.PID))
+	if err != nil {
+		return false
+	}
+	if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
+		return false
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", st.PID))
+	if err != nil {
+		return false
+	}
+	return bytes.Contains(cmdline, []byte(escapeOpt(st.QMP)))
+}
+
+// waitExit polls until st's process is gone, for at most d.
+func waitExit(ctx context.Context, st *state, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for alive(st) {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
+}
+
+func readPID(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// memAvailableMiB reads MemAvailable from /proc/meminfo.
+func memAvailableMiB() (int64, error) {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "MemAvailable:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return 0, err
+			}
+			return kb / 1024, nil
+		}
+	}
+	return 0, errors.New("no MemAvailable in /proc/meminfo")
+}
+
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, 0o600)
+}
