@@ -139,7 +139,7 @@ func ferryCmd(t *testing.T, env []string, args ...string) (string, error) {
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
 	if err != nil {
-		return stdout.String(), fmt.Errorf("ferry %s: %v: %s", strings.Join(args, " "), err, stderr.String())
+		return stdout.String(), fmt.Errorf("ferry %s: %v: %s\n%s", strings.Join(args, " "), err, stderr.String(), stdout.String())
 	}
 	return stdout.String(), nil
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/ferrymigrate/ferry/controlplane"
 	"github.com/ferrymigrate/ferry/dashboard"
 	"github.com/ferrymigrate/ferry/dataplane"
+	"github.com/ferrymigrate/ferry/jobs"
 	"github.com/ferrymigrate/ferry/metrics"
 	"github.com/ferrymigrate/ferry/pki"
 	"github.com/ferrymigrate/ferry/postgres"
@@ -58,6 +59,9 @@ type Server struct {
 	apiLn, dataLn net.Listener
 	httpSrv       *http.Server
 	data          *dataplane.Server
+	jobs          *jobs.Runner
+	launcher      *launcher
+	nbdLn         net.Listener
 }
 
 // Start opens everything a server needs and binds its listeners; Serve
@@ -102,10 +106,13 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 	s.APIAddr, s.DataAddr = s.apiLn.Addr().String(), s.dataLn.Addr().String()
 
 	s.data = &dataplane.Server{Store: s.store, CA: s.ca, Cert: s.cert, Logger: log, Replica: s.replica}
+	if err := s.startLaunches(ctx, cfg, log); err != nil {
+		return nil, err
+	}
 	reg, apiMetrics := metrics.NewRegistry(s.store, log)
 	cp := &controlplane.Server{
 		Store: s.store, Signer: s.ca, DataPlaneAddr: advertised(cfg.Advertise, s.DataAddr),
-		Version: Version, Logger: log, Observe: apiMetrics.Observe, Snapshots: s.data,
+		Version: Version, Logger: log, Observe: apiMetrics.Observe, Snapshots: s.data, Jobs: s.jobs,
 	}
 	mux := http.NewServeMux()
 	mux.Handle(controlplane.APIPrefix+"/", cp.Handler())
@@ -231,7 +238,7 @@ func (s *Server) Store() ferry.Store { return s.store }
 // Serve runs the API and the data plane until ctx ends, then stops both:
 // in-flight API calls get up to 10 seconds to finish.
 func (s *Server) Serve(ctx context.Context) error {
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() {
 		err := s.httpSrv.ServeTLS(s.apiLn, "", "")
 		if errors.Is(err, http.ErrServerClosed) {
@@ -242,6 +249,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	dctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() { errc <- s.data.Serve(dctx, s.dataLn) }()
+	go func() { errc <- s.serveExports(dctx) }()
 	s.log.Info("ferry server running", "api", "https://"+s.APIAddr, "data_plane", s.DataAddr, "version", Version)
 
 	var first error
@@ -258,7 +266,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		first = fmt.Errorf("shut down API: %w", err)
 	}
 	cancel()
-	for ; received < 2; received++ {
+	for ; received < 3; received++ {
 		if err := <-errc; err != nil && first == nil {
 			first = err
 		}
@@ -269,6 +277,10 @@ func (s *Server) Serve(ctx context.Context) error {
 // Close releases the metadata and replica stores.
 func (s *Server) Close() error {
 	var errs []error
+	if s.launcher != nil {
+		s.launcher.close()
+		s.launcher = nil
+	}
 	if s.replica != nil {
 		errs = append(errs, s.replica.Close())
 		s.replica = nil

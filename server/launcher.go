@@ -1,0 +1,265 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ferrymigrate/ferry"
+	"github.com/ferrymigrate/ferry/config"
+	"github.com/ferrymigrate/ferry/dataplane"
+	"github.com/ferrymigrate/ferry/jobs"
+	"github.com/ferrymigrate/ferry/launch"
+	"github.com/ferrymigrate/ferry/nbd"
+	"github.com/ferrymigrate/ferry/postlaunch"
+	"github.com/ferrymigrate/ferry/qemu"
+	"github.com/ferrymigrate/ferry/replica"
+)
+
+// launcher is the jobs.Launcher of `ferry server`: it serves the chosen
+// snapshots over NBD on a local socket and boots instances on the launch
+// target from copy-on-write overlays over those exports, so a launch copies
+// nothing and replication never pauses.
+type launcher struct {
+	replica *replica.Store
+	target  launch.Target
+	sock    string
+	log     *slog.Logger
+
+	mu      sync.Mutex
+	readers map[string]*replica.Reader // export name → open snapshot reader; guarded by mu
+}
+
+// exportName names a snapshot of a disk as an NBD export.
+func exportName(diskID, snapshot string) string { return diskID + "@" + snapshot }
+
+// lookup opens (once) the snapshot reader an export name refers to.
+func (l *launcher) lookup(name string) (nbd.Device, error) {
+	diskID, snap, ok := strings.Cut(name, "@")
+	if !ok || diskID == "" || snap == "" {
+		return nil, fmt.Errorf("export %q: want DISK@SNAPSHOT: %w", name, nbd.ErrUnknownExport)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if r, ok := l.readers[name]; ok {
+		return nbd.WithExtents(r, r.Extents), nil
+	}
+	d, err := l.replica.Disk(diskID)
+	if err != nil {
+		return nil, fmt.Errorf("export %q: %v: %w", name, err, nbd.ErrUnknownExport)
+	}
+	r, err := d.OpenSnapshot(context.Background(), snap)
+	if err != nil {
+		return nil, fmt.Errorf("export %q: %v: %w", name, err, nbd.ErrUnknownExport)
+	}
+	if l.readers == nil {
+		l.readers = map[string]*replica.Reader{}
+	}
+	l.readers[name] = r
+	return nbd.WithExtents(r, r.Extents), nil
+}
+
+// guestPorts lists the guest ports the server's post-launch actions check,
+// so each gets a host forward.
+func guestPorts(acts []ferry.PostLaunchAction) []int {
+	seen := map[int]bool{}
+	var ports []int
+	for _, a := range acts {
+		if p, err := strconv.Atoi(a.Parameters["guest_port"]); err == nil && p > 0 && p < 65536 && !seen[p] {
+			seen[p] = true
+			ports = append(ports, p)
+		}
+	}
+	return ports
+}
+
+// size picks CPUs and memory: from the source's facts when right-sizing is
+// BASIC, else from the launch settings.
+func size(srv *ferry.SourceServer) (cpus, memMiB int) {
+	ls := srv.LaunchSetup
+	cpus, memMiB = ls.CPUs, ls.MemoryMiB
+	if ls.RightSizing == ferry.RightSizingBasic {
+		if srv.CPUs > 0 {
+			cpus = min(srv.CPUs, 16)
+		}
+		if srv.RAMBytes > 0 {
+			memMiB = int(min(srv.RAMBytes>>20, 16<<10))
+		}
+	}
+	return max(cpus, 1), max(memMiB, 128)
+}
+
+// Launch implements jobs.Launcher.
+func (l *launcher) Launch(ctx context.Context, srv *ferry.SourceServer, snaps map[string]string, kind ferry.JobInitiator, jobID string) (*ferry.LaunchedInstance, error) {
+	if srv.LaunchSetup.Target != "" && srv.LaunchSetup.Target != l.target.Name() {
+		return nil, fmt.Errorf("launch target %q is not configured on this server (have %q)", srv.LaunchSetup.Target, l.target.Name())
+	}
+	what := "test"
+	if kind == ferry.InitiatedByStartCutover {
+		what = "cutover"
+	}
+	// Short: the target's unix sockets live under the instance directory,
+	// and socket paths are limited to 107 bytes.
+	short := strings.TrimPrefix(srv.ID, "s-")
+	short = short[:min(8, len(short))]
+	spec := launch.Spec{Name: what + "-" + short}
+	spec.CPUs, spec.MemoryMiB = size(srv)
+	if srv.LaunchSetup.BootMode == ferry.BootUEFI {
+		spec.BootMode = launch.UEFI
+	}
+	for _, p := range guestPorts(srv.LaunchSetup.PostLaunchActions) {
+		spec.Forwards = append(spec.Forwards, launch.Forward{GuestPort: p})
+	}
+	for _, d := range srv.Disks {
+		snap, ok := snaps[d.Name]
+		if !ok {
+			return nil, fmt.Errorf("no snapshot for disk %s", d.Name)
+		}
+		name := exportName(dataplane.DiskID(srv.ID, d.Name), snap)
+		if _, err := l.lookup(name); err != nil {
+			return nil, err
+		}
+		u := url.URL{Scheme: "nbd+unix", Path: "/" + name, RawQuery: "socket=" + l.sock}
+		spec.Disks = append(spec.Disks, launch.DiskSource{NBDURL: u.String()})
+	}
+	inst, err := l.target.Launch(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	li := &ferry.LaunchedInstance{
+		ID: inst.ID, JobID: jobID, Kind: kind, Target: inst.Target, FirstBoot: ferry.FirstBootWaiting,
+		Snapshots: snaps, ConsoleLog: inst.ConsoleLog, Addresses: inst.Addresses, LaunchedAt: inst.StartedAt.UTC(),
+	}
+	for _, f := range inst.Forwards {
+		li.Forwards = append(li.Forwards, ferry.PortForward{HostPort: f.HostPort, GuestPort: f.GuestPort})
+	}
+	l.log.Info("instance launched", "server", srv.ID, "instance", inst.ID, "kind", what, "accel", inst.Accel)
+	return li, nil
+}
+
+// hostAddr finds where a guest port is forwarded on the host.
+func hostAddr(inst *ferry.LaunchedInstance, guest string) (string, error) {
+	p, err := strconv.Atoi(guest)
+	if err != nil {
+		return "", fmt.Errorf("guest_port %q is not a port", guest)
+	}
+	for _, f := range inst.Forwards {
+		if f.GuestPort == p {
+			return net.JoinHostPort("127.0.0.1", strconv.Itoa(f.HostPort)), nil
+		}
+	}
+	return "", fmt.Errorf("guest port %d is not forwarded", p)
+}
+
+// PostLaunch implements jobs.Launcher. An action's parameters say what it
+// checks: type=boot_marker with pattern (a regular expression on the serial
+// console); type=tcp with guest_port; type=http with guest_port, path,
+// status and contains.
+func (l *launcher) PostLaunch(ctx context.Context, inst *ferry.LaunchedInstance, a ferry.PostLaunchAction) ferry.PostLaunchResult {
+	res := ferry.PostLaunchResult{ActionID: a.ID, Name: a.Name, StartedAt: time.Now().UTC()}
+	var r postlaunch.Result
+	p := a.Parameters
+	switch p["type"] {
+	case "boot_marker":
+		re, err := regexp.Compile(p["pattern"])
+		if err != nil || p["pattern"] == "" {
+			r = postlaunch.Result{Status: postlaunch.Failed, Output: fmt.Sprintf("pattern %q: %v", p["pattern"], err)}
+			break
+		}
+		r = postlaunch.WaitConsole(ctx, inst.ConsoleLog, re)
+	case "tcp":
+		addr, err := hostAddr(inst, p["guest_port"])
+		if err != nil {
+			r = postlaunch.Result{Status: postlaunch.Failed, Output: err.Error()}
+			break
+		}
+		r = postlaunch.TCPOpen(ctx, addr)
+	case "http":
+		addr, err := hostAddr(inst, p["guest_port"])
+		if err != nil {
+			r = postlaunch.Result{Status: postlaunch.Failed, Output: err.Error()}
+			break
+		}
+		status := http.StatusOK
+		if s := p["status"]; s != "" {
+			if status, err = strconv.Atoi(s); err != nil {
+				r = postlaunch.Result{Status: postlaunch.Failed, Output: fmt.Sprintf("status %q is not a number", s)}
+				break
+			}
+		}
+		r = postlaunch.HTTPCheck(ctx, "http://"+addr+p["path"], status, p["contains"])
+	default:
+		r = postlaunch.Result{Status: postlaunch.Failed, Output: fmt.Sprintf("unknown action type %q (boot_marker, tcp or http)", p["type"])}
+	}
+	res.Output = r.Output
+	res.Status = ferry.PostLaunchFailed
+	if r.Status == postlaunch.Success {
+		res.Status = ferry.PostLaunchSuccess
+	}
+	res.FinishedAt = time.Now().UTC()
+	return res
+}
+
+// Terminate implements jobs.Launcher.
+func (l *launcher) Terminate(ctx context.Context, inst *ferry.LaunchedInstance) error {
+	if err := l.target.Terminate(ctx, inst.ID); err != nil && !errors.Is(err, launch.ErrNotFound) {
+		return err
+	}
+	return nil
+}
+
+// close releases every open reader.
+func (l *launcher) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for n, r := range l.readers {
+		r.Close()
+		delete(l.readers, n)
+	}
+}
+
+// startLaunches sets up test launches and cutovers: the NBD socket that
+// serves snapshots, the QEMU launch target, and the job runner; jobs a
+// previous process left unfinished are ended with the reason.
+func (s *Server) startLaunches(ctx context.Context, cfg config.Server, log *slog.Logger) error {
+	run := filepath.Join(cfg.DataDir, "run")
+	if err := os.MkdirAll(run, 0o700); err != nil {
+		return fmt.Errorf("create run directory: %w", err)
+	}
+	sock := filepath.Join(run, "nbd.sock")
+	_ = os.Remove(sock) // a stale socket of a previous process
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return fmt.Errorf("listen for launch NBD exports on %s: %w", sock, err)
+	}
+	s.nbdLn = ln
+	target := qemu.New(filepath.Join(cfg.DataDir, "instances"))
+	target.Logger = log
+	s.launcher = &launcher{replica: s.replica, target: target, sock: sock, log: log}
+	s.jobs = &jobs.Runner{Store: s.store, Snapshots: s.data, Launcher: s.launcher, Logger: log}
+	n, err := s.jobs.Recover(ctx)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		log.Warn("ended jobs left unfinished by a previous run", "jobs", n)
+	}
+	return nil
+}
+
+// serveExports serves launch snapshots over NBD until ctx ends.
+func (s *Server) serveExports(ctx context.Context) error {
+	srv := &nbd.Server{Lookup: s.launcher.lookup, Logger: s.log}
+	return srv.Serve(ctx, s.nbdLn)
+}
