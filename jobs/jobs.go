@@ -53,6 +53,9 @@ type Runner struct {
 	// DrainTimeout bounds a cutover's wait for the backlog to drain
 	// (default 30 minutes); an operator may override the wait.
 	DrainTimeout time.Duration
+	// TestDrainTimeout bounds a test launch's wait for a drained point
+	// (default 30 s); past it the newest consistent point is used.
+	TestDrainTimeout time.Duration
 
 	mu     sync.Mutex
 	active map[string]string // server id → job id; guarded by mu
@@ -77,8 +80,9 @@ func (r *Runner) log() *slog.Logger {
 type Options struct {
 	// Snapshot uses the newest existing snapshot instead of taking one.
 	UseLatest bool
-	// SkipDrain starts a cutover without waiting for the backlog to drain
-	// (operator override).
+	// SkipDrain launches from the newest consistent point already
+	// replicated, without asking the agent for a drained one (for a
+	// cutover: the operator's override of the final sync).
 	SkipDrain bool
 }
 
@@ -282,21 +286,37 @@ func (r *Runner) launchOne(ctx context.Context, job *ferry.Job, id string, o Opt
 		}
 		r.logf(ctx, job.ID, id, ferry.EventUsingPreviousSnapshot, "using snapshots %v", snaps)
 	} else {
-		r.logf(ctx, job.ID, id, ferry.EventSnapshotStart, "taking a snapshot (replication continues)")
-		sctx, cancel := context.WithCancel(ctx)
-		drain := cutover && !o.SkipDrain
-		if drain {
+		r.logf(ctx, job.ID, id, ferry.EventSnapshotStart, "taking a snapshot of the source as of now (replication continues)")
+		if cutover && !o.SkipDrain {
 			d := r.DrainTimeout
 			if d <= 0 {
 				d = 30 * time.Minute
 			}
-			sctx, cancel = context.WithTimeout(ctx, d)
-		}
-		snaps, err = r.Snapshots.Snapshot(sctx, id, drain)
-		cancel()
-		if err != nil {
-			fail(ferry.EventSnapshotFail, "snapshot failed: %v", err)
-			return
+			sctx, cancel := context.WithTimeout(ctx, d)
+			snaps, err = r.Snapshots.Snapshot(sctx, id, true)
+			cancel()
+			if err != nil {
+				fail(ferry.EventSnapshotFail, "final sync did not drain: %v (cut over with skip_drain to use the newest consistent point)", err)
+				return
+			}
+		} else {
+			// A test takes the source as of now when the agent can say so
+			// quickly, else the newest consistent point already replicated.
+			d := r.TestDrainTimeout
+			if d <= 0 {
+				d = 30 * time.Second
+			}
+			sctx, cancel := context.WithTimeout(ctx, d)
+			snaps, err = r.Snapshots.Snapshot(sctx, id, !o.SkipDrain)
+			cancel()
+			if err != nil && !o.SkipDrain {
+				r.logf(ctx, job.ID, id, ferry.EventUsingPreviousSnapshot, "no drained point (%v); using the newest consistent point", err)
+				snaps, err = r.Snapshots.Snapshot(ctx, id, false)
+			}
+			if err != nil {
+				fail(ferry.EventSnapshotFail, "snapshot failed: %v", err)
+				return
+			}
 		}
 		r.logf(ctx, job.ID, id, ferry.EventSnapshotEnd, "snapshots %v", snaps)
 	}
