@@ -158,7 +158,9 @@ func TestBootOverhead(t *testing.T) {
 	if err := qemu.PowerDown(ctx, tg.(*qemu.Target), inst.ID); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
+	// Under TCG on a loaded machine the guest's ACPI shutdown can take a
+	// while; this checks that it happens and is seen, not how fast.
+	deadline := time.Now().Add(90 * time.Second)
 	for {
 		st, err := tg.Status(ctx, inst.ID)
 		if err != nil {
@@ -168,7 +170,7 @@ func TestBootOverhead(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("instance still %s 20 s after the power button", st.State)
+			t.Fatalf("instance still %s 90 s after the power button", st.State)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
