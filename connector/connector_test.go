@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ferrymigrate/ferry"
+	"github.com/ferrymigrate/ferry/agent"
 	"github.com/ferrymigrate/ferry/api"
 	"github.com/ferrymigrate/ferry/config"
 	"github.com/ferrymigrate/ferry/controlplane"
@@ -343,4 +344,107 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+// Switching a connector-replicated VM to the agent keeps its replica: the
+// agent pairs as the same source server (the VM's machine id), adopts the
+// replica with a hash rescan and sends only what differs.
+func TestSwitchToAgentKeepsReplica(t *testing.T) {
+	requireQEMU(t)
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "disk.qcow2")
+	const size = 32 << 20
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", disk, fmt.Sprint(size)).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v\n%s", err, out)
+	}
+	v := startVM(t, dir, disk)
+	v.write(t, 0, 8<<20)
+	ls := startServer(t, filepath.Join(dir, "server"))
+	ctx := t.Context()
+	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	o := Options{ServerURL: "https://" + ls.s.APIAddr, InstallToken: ls.token, CAFingerprint: ls.s.CAFingerprint(),
+		StateDir: filepath.Join(dir, "connector"), Logger: log}
+	src, err := Open(ctx, o, "unix:"+v.qmpSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	machineID := src.facts.MachineID(src.Socket)
+	src.Close()
+	// The guest now runs the agent; its disk is the VM's disk (here a raw
+	// copy named as the connector named it) with writes made since.
+	v.hmp(t, `qemu-io disk0 "flush"`)
+	agentDir := filepath.Join(dir, "guest")
+	os.MkdirAll(agentDir, 0o700)
+	dev := filepath.Join(agentDir, "disk0")
+	if out, err := exec.Command("qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", disk, dev).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img convert: %v\n%s", err, out)
+	}
+	f, err := os.OpenFile(dev, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(io.NewOffsetWriter(f, 20<<20), io.LimitReader(randReader{}, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	state := filepath.Join(dir, "agent-state")
+	// A guest's agent reads its facts from its kernel; this one is a file.
+	st, err := agent.PairFacts(ctx, agent.PairOptions{ServerURL: o.ServerURL, InstallToken: ls.token, CAFingerprint: o.CAFingerprint,
+		StateDir: state, MachineID: machineID}, &agent.Facts{Hostname: "conn-test", OS: "Linux", CPUs: 2,
+		Disks: []api.PairDisk{{Name: "disk0", SizeBytes: size, LogicalBlockSize: 512}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.SourceServerID != src.ServerID {
+		t.Fatalf("the agent paired as %s, the connector replicated %s", st.SourceServerID, src.ServerID)
+	}
+	before := ls.s.DataPlane().ReceivedBytes()
+	actx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- agent.Replicate(actx, agent.Options{StateDir: state, Devices: []string{dev}, Logger: log})
+	}()
+	defer func() { cancel(); <-done }()
+	eventually(t, 30*time.Second, "rescan of the whole disk, then CONTINUOUS", func() bool {
+		s, err := ls.s.Store().Server(ctx, src.ServerID)
+		return err == nil && len(s.Disks) == 1 && s.Disks[0].RescannedBytes >= size && s.Replication.State == ferry.ReplicationContinuous
+	})
+	sent := ls.s.DataPlane().ReceivedBytes() - before
+	t.Logf("agent after the connector: sent %d KiB for a 1 MiB difference on a %d MiB disk", sent>>10, size>>20)
+	if sent > 2<<20 {
+		t.Fatalf("the agent sent %d bytes: it copied the disk again instead of the differences", sent)
+	}
+	snaps, err := ls.s.DataPlane().Snapshot(ctx, src.ServerID, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := dataplane.DiskID(src.ServerID, "disk0")
+	d, _ := ls.s.Replica().Disk(id)
+	var seq uint64
+	for _, s := range d.Snapshots() {
+		if s.ID == snaps["disk0"] {
+			seq = s.Seq
+		}
+	}
+	if got, want := snapshotSHA(t, ls.s.Replica(), id, seq), fileSHA(t, dev); got != want {
+		t.Fatalf("replica after the switch (sha256 %s) differs from the disk (%s)", got, want)
+	}
+}
+
+func fileSHA(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
