@@ -59,8 +59,7 @@ func Pair(ctx context.Context, o PairOptions) (*State, error) {
 	if o.ServerURL == "" || o.InstallToken == "" || o.CAFingerprint == "" {
 		return nil, errors.New("pair: --server, --install-token and --ca-fingerprint are all required")
 	}
-	pin, err := pki.ParseFingerprint(o.CAFingerprint)
-	if err != nil {
+	if _, err := pki.ParseFingerprint(o.CAFingerprint); err != nil {
 		return nil, fmt.Errorf("pair: --ca-fingerprint: %w", err)
 	}
 	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
@@ -76,6 +75,26 @@ func Pair(ctx context.Context, o PairOptions) (*State, error) {
 	facts, err := root.GatherFacts(o.Devices, o.StateDir)
 	if err != nil {
 		return nil, fmt.Errorf("pair: %w", err)
+	}
+	if o.MachineID != "" {
+		facts.MachineID = o.MachineID
+	}
+	return PairFacts(ctx, o, facts)
+}
+
+// PairFacts pairs like Pair but with facts the caller gathered (the
+// connector pairs each VM it replicates with the VM's facts); o.Devices
+// and o.Root are not used.
+func PairFacts(ctx context.Context, o PairOptions, facts *Facts) (*State, error) {
+	if o.ServerURL == "" || o.InstallToken == "" || o.CAFingerprint == "" {
+		return nil, errors.New("pair: --server, --install-token and --ca-fingerprint are all required")
+	}
+	pin, err := pki.ParseFingerprint(o.CAFingerprint)
+	if err != nil {
+		return nil, fmt.Errorf("pair: --ca-fingerprint: %w", err)
+	}
+	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("pair: create state directory: %w", err)
 	}
 	if o.MachineID != "" {
 		facts.MachineID = o.MachineID

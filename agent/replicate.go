@@ -444,6 +444,15 @@ func (e *engine) resume(ack *protocol.HelloAck) {
 		}
 		d.dispatched = max(d.dispatched, d.sent)
 		d.nextSeq = max(a.DurableSeq, d.prog.AckedSeq) + 1
+		if a.Rescan && !d.prog.SyncDone && d.prog.SyncCursor == 0 && a.DurableSeq > 0 {
+			// The replica already holds this disk (the connector
+			// replicated it): adopt it and compare hashes over the whole
+			// disk instead of copying it again.
+			e.log.Info("replica already holds this disk; rescanning instead of an initial sync", "disk", d.dev.name)
+			d.prog.SyncDone, d.prog.SyncCursor = true, d.size
+			d.sent, d.dispatched = d.size, d.size
+			e.dirtySave = true
+		}
 		if a.Rescan {
 			end := d.size
 			if !d.prog.SyncDone {

@@ -233,7 +233,14 @@ func (ss *session) openDisks(ctx context.Context, h *protocol.Hello) (*protocol.
 		}
 		durable := d.DurableSeq()
 		ad := protocol.AckDisk{DurableSeq: durable, ReplicaSize: d.Size(), BlockSize: uint32(d.BlockSize()), SyncCursor: hd.SyncCursor}
-		if durable < hd.AckedSeq {
+		if hd.AckedSeq == 0 && hd.SyncCursor == 0 && !hd.SyncDone && durable > 0 {
+			// A fresh agent on a replica that already holds data (the
+			// connector replicated this server, or the agent lost its
+			// state): compare hashes and send only the differences
+			// instead of a new initial sync.
+			ad.Rescan = true
+			ss.s.log().Info("replica already holds data; the agent adopts it with a rescan", "server", ss.id, "disk", hd.Name, "durable", durable)
+		} else if durable < hd.AckedSeq {
 			// The replica lost records the agent saw acknowledged (a
 			// restored or recreated store): compare hashes rather than
 			// trust the cursor.

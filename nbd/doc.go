@@ -20,6 +20,10 @@
 // [Extenter] reports its holes. [WithExtents] adapts a store reader whose
 // Extents method returns its own extent type.
 //
+// [Client] is the other side, for reading an export that someone else
+// (QEMU's own NBD server, for the connector) serves: READ and BLOCK_STATUS
+// with the base:allocation and qemu:dirty-bitmap:NAME contexts.
+//
 // [Export] copies a [Device] to a raw, qcow2 or vmdk image by serving it on a
 // private unix socket to qemu-img convert.
 //

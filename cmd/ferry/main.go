@@ -40,7 +40,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServerCmd(), newAgentCmd(), newLoginCmd(), newServersCmd(), newTokensCmd(), newInstallTokensCmd(), newReplicationCmd(), newLaunchCmd(), newCutoverCmd(), newJobsCmd(),
+	root.AddCommand(newServerCmd(), newAgentCmd(), newConnectorCmd(), newLoginCmd(), newServersCmd(), newTokensCmd(), newInstallTokensCmd(), newReplicationCmd(), newLaunchCmd(), newCutoverCmd(), newJobsCmd(),
 		newGroupsCmd(cli.KindApplications, "Group servers into applications; see their health and progress"),
 		newGroupsCmd(cli.KindWaves, "Group applications and servers into migration waves; see their health and progress"),
 		newImportCmd(), newExportCmd(), newStoreCmd(), newSnapshotsCmd(), newBenchCmd(), newDevCmd(), newVersionCmd())
