@@ -326,3 +326,29 @@ type ServerChanges struct {
 	Changed []*ferry.SourceServer `json:"changed"`
 	Removed []string              `json:"removed"`
 }
+
+// BulkJobRequest tunes a bulk test launch or cutover of a wave's or an
+// application's servers; an empty body takes the defaults.
+type BulkJobRequest struct {
+	UseLatestSnapshot bool `json:"use_latest_snapshot,omitempty"`
+	SkipDrain         bool `json:"skip_drain,omitempty"`
+}
+
+// BulkJobResult says what a bulk action did for each member server: one
+// job per server started, or the reason it was not.
+type BulkJobResult struct {
+	Started    []BulkJobStarted `json:"started"`
+	NotStarted []BulkJobSkipped `json:"not_started"`
+}
+
+// BulkJobStarted is a member server's job.
+type BulkJobStarted struct {
+	SourceServerID string `json:"source_server_id"`
+	JobID          string `json:"job_id"`
+}
+
+// BulkJobSkipped is a member server no job was started for, and why.
+type BulkJobSkipped struct {
+	SourceServerID string `json:"source_server_id"`
+	Reason         string `json:"reason"`
+}

@@ -37,7 +37,7 @@ func newLoginCmd() *cobra.Command {
 }
 
 func outputFlag(cmd *cobra.Command, p *string) {
-	cmd.Flags().StringVarP(p, "output", "o", cli.FormatTable, "output format: table or json")
+	cmd.Flags().StringVarP(p, "output", "o", cli.FormatTable, "output format: table, json or yaml")
 }
 
 func newServersCmd() *cobra.Command {
