@@ -79,6 +79,9 @@ func (s *Server) routes() []route {
 		{post, "/servers/{id}/finalize", operator, "servers.finalize_cutover", s.finalizeCutover},
 		{get, "/servers/{id}/snapshots", viewer, "snapshots.list", s.listSnapshots},
 		{post, "/servers/{id}/snapshots", operator, "snapshots.take", s.takeSnapshot},
+		{get, "/servers/{id}/console", viewer, "servers.console", s.serverConsole},
+		{get, "/servers/{id}/history", viewer, "servers.history", s.serverHistory},
+		{get, "/usage", viewer, "usage.report", s.usageReport},
 
 		{get, "/tokens", admin, "tokens.list", s.listTokens},
 		{post, "/tokens", admin, "tokens.create", s.createToken},
