@@ -37,3 +37,7 @@ func (u stagingUsage) StagingUsage(ctx context.Context) ([]controlplane.DiskStag
 	}
 	return out, us.StoredBytes, nil
 }
+
+// ControlPlane is the server's API, for tests that drive its background
+// work (such as history sampling) directly.
+func (s *Server) ControlPlane() *controlplane.Server { return s.cp }
