@@ -2,7 +2,10 @@ package cli
 
 import (
 	"bytes"
+	"strings"
 	"testing"
+
+	"github.com/ferrymigrate/ferry"
 
 	"github.com/ferrymigrate/ferry/api"
 )
@@ -32,5 +35,39 @@ func TestWriteData(t *testing.T) {
 	}
 	if err := CheckFormat("xml"); err == nil {
 		t.Fatal("CheckFormat accepted xml")
+	}
+}
+
+func TestProgressBar(t *testing.T) {
+	tests := []struct {
+		frac float64
+		want string
+	}{
+		{0, "[..........]   0%"},
+		{0.42, "[####......]  42%"},
+		{1, "[##########] 100%"},
+		{1.7, "[##########] 100%"},
+		{-1, "[..........]   0%"},
+	}
+	for _, tt := range tests {
+		if got := progressBar(tt.frac, 10); got != tt.want {
+			t.Errorf("progressBar(%v) = %q, want %q", tt.frac, got, tt.want)
+		}
+	}
+}
+
+func TestWatchTable(t *testing.T) {
+	var b bytes.Buffer
+	servers := []ferry.SourceServer{
+		{Hostname: "web-1", Lifecycle: ferry.LifecycleNotReady, Replication: ferry.ReplicationInfo{State: ferry.ReplicationInitialSync, ETASeconds: 90},
+			Disks: []ferry.Disk{{SizeBytes: 100, ReplicatedBytes: 50}}},
+		{Hostname: "db-1", Lifecycle: ferry.LifecycleReadyForTest, Replication: ferry.ReplicationInfo{State: ferry.ReplicationContinuous, LagSeconds: 2}},
+	}
+	if err := watchTable(&b, servers); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[1], "db-1") || !strings.Contains(lines[2], "50%") || !strings.Contains(lines[2], "1m30s") {
+		t.Fatalf("watch table:\n%s", b.String())
 	}
 }

@@ -127,3 +127,17 @@ func newExportCmd() *cobra.Command {
 	cmd.Flags().StringVarP(&format, "output", "o", "csv", "output format: csv")
 	return cmd
 }
+
+func newUsageCmd() *cobra.Command {
+	var o cli.UsageOptions
+	cmd := &cobra.Command{
+		Use:   "usage",
+		Short: "Usage per server: logical and stored staging bytes, snapshots, days replicated, bytes sent",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return cli.RunUsage(cmd.Context(), o, cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().StringVarP(&o.Output, "output", "o", cli.FormatTable, "output format: table, json, yaml or csv")
+	return cmd
+}
