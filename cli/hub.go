@@ -355,6 +355,9 @@ func RunGroupsLaunch(ctx context.Context, kind, id string, o GroupLaunchOptions,
 			return err
 		}
 	}
+	if len(res.Started) == 0 && len(res.NotStarted) == 0 {
+		return fmt.Errorf("%s %s has no live servers; add some with 'ferry import' or the API first", strings.TrimSuffix(kind, "s"), id)
+	}
 	if len(res.Started) == 0 {
 		return fmt.Errorf("no job started for %s %s (reasons above); fix them, then run the command again", strings.TrimSuffix(kind, "s"), id)
 	}
