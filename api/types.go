@@ -326,3 +326,105 @@ type ServerChanges struct {
 	Changed []*ferry.SourceServer `json:"changed"`
 	Removed []string              `json:"removed"`
 }
+
+// BulkJobRequest tunes a bulk test launch or cutover of a wave's or an
+// application's servers; an empty body takes the defaults.
+type BulkJobRequest struct {
+	UseLatestSnapshot bool `json:"use_latest_snapshot,omitempty"`
+	SkipDrain         bool `json:"skip_drain,omitempty"`
+}
+
+// BulkJobResult says what a bulk action did for each member server: one
+// job per server started, or the reason it was not.
+type BulkJobResult struct {
+	Started    []BulkJobStarted `json:"started"`
+	NotStarted []BulkJobSkipped `json:"not_started"`
+}
+
+// BulkJobStarted is a member server's job.
+type BulkJobStarted struct {
+	SourceServerID string `json:"source_server_id"`
+	JobID          string `json:"job_id"`
+}
+
+// BulkJobSkipped is a member server no job was started for, and why.
+type BulkJobSkipped struct {
+	SourceServerID string `json:"source_server_id"`
+	Reason         string `json:"reason"`
+}
+
+// HistorySample is one point of a server's replication history, taken by
+// the control plane about every ten seconds.
+type HistorySample struct {
+	Time         time.Time `json:"time"`
+	LagSeconds   float64   `json:"lag_seconds"`
+	BacklogBytes int64     `json:"backlog_bytes"`
+	// ThroughputBytesPerSec is the data received from the agent since the
+	// previous sample, per second.
+	ThroughputBytesPerSec float64 `json:"throughput_bytes_per_sec"`
+	// StagingBusy is the share of the interval (0–1) the replication
+	// server spent writing to the staging store and waiting for it to be
+	// durable.
+	StagingBusy float64                `json:"staging_busy"`
+	State       ferry.ReplicationState `json:"state"`
+}
+
+// Bottleneck names what limits a lagging server's replication.
+type Bottleneck string
+
+// Bottlenecks a diagnosis can name.
+const (
+	BottleneckNone            Bottleneck = "NONE"              // replication keeps up
+	BottleneckUnknown         Bottleneck = "UNKNOWN"           // not enough history
+	BottleneckNotSending      Bottleneck = "NOT_SENDING"       // paused, stopped, stalled or disconnected
+	BottleneckThrottle        Bottleneck = "THROTTLE"          // the bandwidth throttle
+	BottleneckStagingWrite    Bottleneck = "STAGING_WRITE"     // the replica store's writes
+	BottleneckSourceOrNetwork Bottleneck = "SOURCE_OR_NETWORK" // the agent's disk reads or the network
+)
+
+// Diagnosis says in plain words why a server's lag grows.
+type Diagnosis struct {
+	Bottleneck Bottleneck `json:"bottleneck"`
+	Summary    string     `json:"summary"`
+	// Limited is true when the figures cannot separate two causes; the
+	// summary says which.
+	Limited bool `json:"limited"`
+}
+
+// ServerHistory is a server's recent replication history and a diagnosis.
+type ServerHistory struct {
+	IntervalSeconds float64         `json:"interval_seconds"`
+	Samples         []HistorySample `json:"samples"`
+	Diagnosis       Diagnosis       `json:"diagnosis"`
+}
+
+// ServerUsage is one server's line of the usage report.
+type ServerUsage struct {
+	SourceServerID string `json:"source_server_id"`
+	Hostname       string `json:"hostname"`
+	// DiskBytes is the size of the source disks.
+	DiskBytes int64 `json:"disk_bytes"`
+	// LogicalBytes is the non-zero data the newest replica holds.
+	LogicalBytes int64 `json:"logical_bytes"`
+	// StoredBytes is what the staging store keeps for the server's disks
+	// after deduplication and compression (chunks shared with other
+	// servers count for each), plus their journals.
+	StoredBytes int64 `json:"stored_bytes"`
+	Snapshots   int   `json:"snapshots"`
+	// DaysReplicated is the days since the server paired.
+	DaysReplicated float64 `json:"days_replicated"`
+	// BytesSent is the data the agent sent since the control plane last
+	// started (not kept across restarts).
+	BytesSent int64 `json:"bytes_sent"`
+}
+
+// UsageReport is the usage of every live server.
+type UsageReport struct {
+	Time time.Time `json:"time"`
+	// BytesSentSince is when BytesSent started counting.
+	BytesSentSince time.Time     `json:"bytes_sent_since"`
+	Servers        []ServerUsage `json:"servers"`
+	// StoreStoredBytes is what the whole staging store uses: shared chunks
+	// count once.
+	StoreStoredBytes int64 `json:"store_stored_bytes"`
+}

@@ -77,11 +77,11 @@ func RunGroupsList(ctx context.Context, kind, format string, out io.Writer) erro
 		}
 		q.Set("next_token", page.NextToken)
 	}
-	if format == FormatJSON {
+	if format != FormatTable {
 		if all == nil {
 			all = []groupStatus{}
 		}
-		return writeJSON(out, all)
+		return writeData(out, format, all)
 	}
 	header := []string{"ID", "NAME", "HEALTH", "PROGRESS", "SERVERS", "BY LIFECYCLE"}
 	if kind == KindApplications {
@@ -142,8 +142,8 @@ func RunGroupsCreate(ctx context.Context, kind string, o GroupCreateOptions, out
 	if err := cl.Do(ctx, http.MethodPost, "/"+kind, nil, req, &g); err != nil {
 		return err
 	}
-	if o.Output == FormatJSON {
-		return writeJSON(out, g)
+	if o.Output != FormatTable {
+		return writeData(out, o.Output, g)
 	}
 	fmt.Fprintf(out, "Created %s %s (%s)\n", strings.TrimSuffix(kind, "s"), g.ID, g.Name)
 	return nil
@@ -177,8 +177,8 @@ func RunGroupsShow(ctx context.Context, kind, id, format string, out io.Writer) 
 	if err := cl.Do(ctx, http.MethodGet, "/"+kind+"/"+url.PathEscape(id), nil, nil, &g); err != nil {
 		return err
 	}
-	if format == FormatJSON {
-		return writeJSON(out, g)
+	if format != FormatTable {
+		return writeData(out, format, g)
 	}
 	tags := make([]string, 0, len(g.Tags))
 	for k, v := range g.Tags {
@@ -241,8 +241,8 @@ func RunImport(ctx context.Context, o ImportOptions, out io.Writer) error {
 	task, err := cl.Import(ctx, f, o.DryRun)
 	var ae *api.Error
 	if errors.As(err, &ae) && len(ae.Errors) > 0 {
-		if o.Output == FormatJSON {
-			_ = writeJSON(out, ae)
+		if o.Output != FormatTable {
+			_ = writeData(out, o.Output, ae)
 		} else {
 			rows := make([][]string, 0, len(ae.Errors))
 			for _, e := range ae.Errors {
@@ -259,8 +259,8 @@ func RunImport(ctx context.Context, o ImportOptions, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if o.Output == FormatJSON {
-		return writeJSON(out, task)
+	if o.Output != FormatTable {
+		return writeData(out, o.Output, task)
 	}
 	verb := "Imported"
 	if task.DryRun {
@@ -287,8 +287,8 @@ func RunImportsList(ctx context.Context, format string, out io.Writer) error {
 	if err := cl.Do(ctx, http.MethodGet, "/imports", nil, nil, &l); err != nil {
 		return err
 	}
-	if format == FormatJSON {
-		return writeJSON(out, l.Items)
+	if format != FormatTable {
+		return writeData(out, format, l.Items)
 	}
 	rows := make([][]string, 0, len(l.Items))
 	for _, t := range l.Items {
@@ -305,4 +305,64 @@ func RunExport(ctx context.Context, out io.Writer) error {
 		return err
 	}
 	return cl.Export(ctx, out)
+}
+
+// GroupLaunchOptions are the flags of `ferry waves test|cutover` and
+// `ferry applications test|cutover`.
+type GroupLaunchOptions struct {
+	Kind      string // test or cutover
+	UseLatest bool
+	SkipDrain bool
+	Output    string
+}
+
+// RunGroupsLaunch starts one test launch or cutover job per member server
+// of an application or a wave (kind) and lists each server's job, or why
+// it got none. It fails when no job started.
+func RunGroupsLaunch(ctx context.Context, kind, id string, o GroupLaunchOptions, out io.Writer) error {
+	if err := CheckFormat(o.Output); err != nil {
+		return err
+	}
+	if err := checkKind(kind); err != nil {
+		return err
+	}
+	action := map[string]string{"test": "start-test", "cutover": "start-cutover"}[o.Kind]
+	if action == "" {
+		return fmt.Errorf("launch kind %q: want test or cutover", o.Kind)
+	}
+	cl, err := client()
+	if err != nil {
+		return err
+	}
+	var res api.BulkJobResult
+	req := api.BulkJobRequest{UseLatestSnapshot: o.UseLatest, SkipDrain: o.SkipDrain}
+	if err := cl.Do(ctx, http.MethodPost, "/"+kind+"/"+url.PathEscape(id)+"/"+action, nil, req, &res); err != nil {
+		return err
+	}
+	if o.Output != FormatTable {
+		if err := writeData(out, o.Output, res); err != nil {
+			return err
+		}
+	} else {
+		rows := make([][]string, 0, len(res.Started)+len(res.NotStarted))
+		for _, s := range res.Started {
+			rows = append(rows, []string{s.SourceServerID, s.JobID, "started"})
+		}
+		for _, s := range res.NotStarted {
+			rows = append(rows, []string{s.SourceServerID, "-", "not started: " + s.Reason})
+		}
+		if err := table(out, []string{"SERVER", "JOB", "RESULT"}, rows); err != nil {
+			return err
+		}
+	}
+	if len(res.Started) == 0 && len(res.NotStarted) == 0 {
+		return fmt.Errorf("%s %s has no live servers; add some with 'ferry import' or the API first", strings.TrimSuffix(kind, "s"), id)
+	}
+	if len(res.Started) == 0 {
+		return fmt.Errorf("no job started for %s %s (reasons above); fix them, then run the command again", strings.TrimSuffix(kind, "s"), id)
+	}
+	if o.Output == FormatTable {
+		fmt.Fprintf(out, "Started %d job(s); follow one with: ferry jobs wait JOB_ID\n", len(res.Started))
+	}
+	return nil
 }

@@ -41,8 +41,8 @@ func RunLaunch(ctx context.Context, o LaunchOptions, out io.Writer) error {
 		return err
 	}
 	if !o.Wait {
-		if o.Output == FormatJSON {
-			return writeJSON(out, job)
+		if o.Output != FormatTable {
+			return writeData(out, o.Output, job)
 		}
 		fmt.Fprintf(out, "Started job %s (%s, %s); follow it with: ferry jobs wait %s\n", job.ID, job.Type, job.InitiatedBy, job.ID)
 		return nil
@@ -82,8 +82,8 @@ func waitJob(ctx context.Context, cl *api.Client, id, format string, out io.Writ
 			seen = len(j.Log)
 		}
 		if j.Status == ferry.JobCompleted {
-			if format == FormatJSON {
-				if err := writeJSON(out, j); err != nil {
+			if format != FormatTable {
+				if err := writeData(out, format, j); err != nil {
 					return err
 				}
 			}
@@ -126,8 +126,8 @@ func RunJobsList(ctx context.Context, serverID, format string, out io.Writer) er
 	if err := cl.Do(ctx, "GET", "/jobs", q, nil, &l); err != nil {
 		return err
 	}
-	if format == FormatJSON {
-		return writeJSON(out, l.Items)
+	if format != FormatTable {
+		return writeData(out, format, l.Items)
 	}
 	rows := make([][]string, 0, len(l.Items))
 	for _, j := range l.Items {
@@ -153,8 +153,8 @@ func RunJobsShow(ctx context.Context, id, format string, out io.Writer) error {
 	if err := cl.Do(ctx, "GET", "/jobs/"+url.PathEscape(id), nil, nil, &j); err != nil {
 		return err
 	}
-	if format == FormatJSON {
-		return writeJSON(out, j)
+	if format != FormatTable {
+		return writeData(out, format, j)
 	}
 	fmt.Fprintf(out, "Job %s: %s initiated by %s, %s, created %s, ended %s\n", j.ID, j.Type, j.InitiatedBy, j.Status, when(j.CreatedAt), when(j.EndedAt))
 	for _, s := range j.Servers {

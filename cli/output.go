@@ -7,20 +7,56 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 // Output formats.
 const (
 	FormatTable = "table"
 	FormatJSON  = "json"
+	FormatYAML  = "yaml"
 )
 
 // CheckFormat refuses an unknown -o value.
 func CheckFormat(f string) error {
-	if f != FormatTable && f != FormatJSON {
-		return fmt.Errorf("output format %q: want table or json", f)
+	if f != FormatTable && f != FormatJSON && f != FormatYAML {
+		return fmt.Errorf("output format %q: want table, json or yaml", f)
 	}
 	return nil
+}
+
+// writeData writes v as JSON or, for FormatYAML, as YAML with the same
+// field names and order as the JSON (the API's wire names).
+func writeData(w io.Writer, format string, v any) error {
+	if format != FormatYAML {
+		return writeJSON(w, v)
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode output: %w", err)
+	}
+	// JSON is YAML: decoding it into a node keeps the key order.
+	var n yaml.Node
+	if err := yaml.Unmarshal(b, &n); err != nil {
+		return fmt.Errorf("convert output to yaml: %w", err)
+	}
+	blockStyle(&n)
+	enc := yaml.NewEncoder(w)
+	enc.SetIndent(2)
+	if err := enc.Encode(&n); err != nil {
+		return fmt.Errorf("write yaml: %w", err)
+	}
+	return enc.Close()
+}
+
+// blockStyle drops the flow style JSON input gives every node, so YAML is
+// written in block style; strings keep quotes only where YAML needs them.
+func blockStyle(n *yaml.Node) {
+	n.Style &^= yaml.FlowStyle | yaml.DoubleQuotedStyle
+	for _, c := range n.Content {
+		blockStyle(c)
+	}
 }
 
 func writeJSON(w io.Writer, v any) error {

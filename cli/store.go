@@ -46,13 +46,13 @@ func RunStoreVerify(ctx context.Context, o StoreOptions, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
 	}
-	if o.Output == FormatJSON {
+	if o.Output != FormatTable {
 		type problem struct{ Object, Error string }
 		ps := make([]problem, 0, len(rep.Problems))
 		for _, p := range rep.Problems {
 			ps = append(ps, problem{p.Object, p.Err.Error()})
 		}
-		if err := writeJSON(out, map[string]any{
+		if err := writeData(out, o.Output, map[string]any{
 			"chunks": rep.Chunks, "bytes": rep.Bytes, "maps": rep.Maps, "snapshots": rep.Snapshots,
 			"disks": rep.Disks, "segments": rep.Segments, "problems": ps,
 		}); err != nil {
@@ -68,7 +68,7 @@ func RunStoreVerify(ctx context.Context, o StoreOptions, out io.Writer) error {
 	if len(rep.Problems) > 0 {
 		return fmt.Errorf("%w: %d (listed above)", ErrVerifyFailed, len(rep.Problems))
 	}
-	if o.Output != FormatJSON {
+	if o.Output == FormatTable {
 		fmt.Fprintln(out, "No problems.")
 	}
 	return nil
@@ -85,8 +85,8 @@ func RunStoreUsage(ctx context.Context, o StoreOptions, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("usage: %w", err)
 	}
-	if o.Output == FormatJSON {
-		return writeJSON(out, u)
+	if o.Output != FormatTable {
+		return writeData(out, o.Output, u)
 	}
 	rows := make([][]string, 0, len(u.Disks)+1)
 	for _, d := range u.Disks {
@@ -110,8 +110,8 @@ func RunStoreGC(ctx context.Context, o StoreOptions, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("gc: %w", err)
 	}
-	if o.Output == FormatJSON {
-		return writeJSON(out, st)
+	if o.Output != FormatTable {
+		return writeData(out, o.Output, st)
 	}
 	fmt.Fprintf(out, "%+v\n", st)
 	return nil
@@ -144,11 +144,11 @@ func RunSnapshotsList(ctx context.Context, o StoreOptions, disk string, out io.W
 		}
 		return snaps[i].Seq < snaps[j].Seq
 	})
-	if o.Output == FormatJSON {
+	if o.Output != FormatTable {
 		if snaps == nil {
 			snaps = []replica.SnapshotInfo{}
 		}
-		return writeJSON(out, snaps)
+		return writeData(out, o.Output, snaps)
 	}
 	rows := make([][]string, 0, len(snaps))
 	for _, sn := range snaps {

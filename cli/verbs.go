@@ -111,11 +111,11 @@ func RunServersList(ctx context.Context, o ServersListOptions, out io.Writer) er
 	} else if servers, err = cl.AllServers(ctx, q); err != nil {
 		return err
 	}
-	if o.Output == FormatJSON {
+	if o.Output != FormatTable {
 		if servers == nil {
 			servers = []ferry.SourceServer{}
 		}
-		return writeJSON(out, servers)
+		return writeData(out, o.Output, servers)
 	}
 	rows := make([][]string, 0, len(servers))
 	for _, s := range servers {
@@ -141,8 +141,8 @@ func RunServersShow(ctx context.Context, id, format string, out io.Writer) error
 	if err != nil {
 		return err
 	}
-	if format == FormatJSON {
-		return writeJSON(out, s)
+	if format != FormatTable {
+		return writeData(out, format, s)
 	}
 	tags := make([]string, 0, len(s.Tags))
 	for k, v := range s.Tags {
@@ -198,8 +198,8 @@ func RunTokensCreate(ctx context.Context, o TokenCreateOptions, out io.Writer) e
 	if err != nil {
 		return err
 	}
-	if o.Output == FormatJSON {
-		return writeJSON(out, t)
+	if o.Output != FormatTable {
+		return writeData(out, o.Output, t)
 	}
 	fmt.Fprintf(out, "Created %s token %s (%s). Its secret, shown this once:\n\n    %s\n", t.Role, t.ID, t.Name, t.Secret)
 	return nil
@@ -218,8 +218,8 @@ func RunTokensList(ctx context.Context, format string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if format == FormatJSON {
-		return writeJSON(out, ts)
+	if format != FormatTable {
+		return writeData(out, format, ts)
 	}
 	rows := make([][]string, 0, len(ts))
 	for _, t := range ts {
@@ -283,8 +283,8 @@ func RunInstallTokensCreate(ctx context.Context, o InstallTokenCreateOptions, ou
 	if err != nil {
 		return err
 	}
-	if o.Output == FormatJSON {
-		return writeJSON(out, t)
+	if o.Output != FormatTable {
+		return writeData(out, o.Output, t)
 	}
 	fmt.Fprintf(out, "Created install token %s (%s), expires %s. Its secret, shown this once:\n\n    %s\n\nOn each source server, as root:\n\n    ferry agent --server %s --install-token %s --ca-fingerprint %s\n",
 		t.ID, t.Name, when(t.ExpiresAt), t.Secret, cfg.Addr, t.Secret, cfg.CAFingerprint)
@@ -304,8 +304,8 @@ func RunInstallTokensList(ctx context.Context, format string, out io.Writer) err
 	if err != nil {
 		return err
 	}
-	if format == FormatJSON {
-		return writeJSON(out, ts)
+	if format != FormatTable {
+		return writeData(out, format, ts)
 	}
 	rows := make([][]string, 0, len(ts))
 	now := time.Now()
@@ -350,8 +350,8 @@ func RunServerAction(ctx context.Context, id, action, format string, out io.Writ
 	if err := cl.Do(ctx, "POST", "/servers/"+url.PathEscape(id)+"/"+action, nil, nil, &s); err != nil {
 		return err
 	}
-	if format == FormatJSON {
-		return writeJSON(out, s)
+	if format != FormatTable {
+		return writeData(out, format, s)
 	}
 	desired := string(s.Desired)
 	if desired == "" {

@@ -56,12 +56,16 @@ func (s *Server) routes() []route {
 		{get, "/applications/{id}", viewer, "applications.get", s.getApplication},
 		{patch, "/applications/{id}", operator, "applications.update", s.updateApplication},
 		{del, "/applications/{id}", operator, "applications.delete", s.deleteApplication},
+		{post, "/applications/{id}/start-test", operator, "applications.start_test", s.bulkStart(applicationMembers, (*jobs.Runner).StartTest)},
+		{post, "/applications/{id}/start-cutover", operator, "applications.start_cutover", s.bulkStart(applicationMembers, (*jobs.Runner).StartCutover)},
 
 		{get, "/waves", viewer, "waves.list", s.listWaves},
 		{post, "/waves", operator, "waves.create", s.createWave},
 		{get, "/waves/{id}", viewer, "waves.get", s.getWave},
 		{patch, "/waves/{id}", operator, "waves.update", s.updateWave},
 		{del, "/waves/{id}", operator, "waves.delete", s.deleteWave},
+		{post, "/waves/{id}/start-test", operator, "waves.start_test", s.bulkStart(waveMembers, (*jobs.Runner).StartTest)},
+		{post, "/waves/{id}/start-cutover", operator, "waves.start_cutover", s.bulkStart(waveMembers, (*jobs.Runner).StartCutover)},
 
 		{post, "/import", operator, "inventory.import", s.importCSV},
 		{get, "/imports", viewer, "inventory.imports", s.listImports},
@@ -75,6 +79,9 @@ func (s *Server) routes() []route {
 		{post, "/servers/{id}/finalize", operator, "servers.finalize_cutover", s.finalizeCutover},
 		{get, "/servers/{id}/snapshots", viewer, "snapshots.list", s.listSnapshots},
 		{post, "/servers/{id}/snapshots", operator, "snapshots.take", s.takeSnapshot},
+		{get, "/servers/{id}/console", viewer, "servers.console", s.serverConsole},
+		{get, "/servers/{id}/history", viewer, "servers.history", s.serverHistory},
+		{get, "/usage", viewer, "usage.report", s.usageReport},
 
 		{get, "/tokens", admin, "tokens.list", s.listTokens},
 		{post, "/tokens", admin, "tokens.create", s.createToken},

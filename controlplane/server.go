@@ -69,7 +69,25 @@ type Server struct {
 	// authenticated again. 0 means DefaultEventStreamMaxAge.
 	EventStreamMaxAge time.Duration
 
+	// DataPlane reports agents' traffic and sessions; nil leaves
+	// throughput to sync progress and the diagnosis without staging
+	// figures.
+	DataPlane DataPlane
+	// Usage reports the staging store's use per disk; nil answers GET
+	// /usage without staging figures.
+	Usage StagingUsage
+	// HistoryInterval is how often RunHistory samples; 0 means
+	// DefaultHistoryInterval.
+	HistoryInterval time.Duration
+	// HistorySamples is how many samples are kept per server; 0 means
+	// DefaultHistorySamples.
+	HistorySamples int
+	// Started is when bytes-sent counting began (the data plane's start).
+	Started time.Time
+
 	limiter *failLimiter
+	history historyBook
+	usage   usageCache
 	imports importHistory
 	streams atomic.Int64 // open event streams
 

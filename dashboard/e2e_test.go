@@ -110,6 +110,11 @@ func TestDashboardInChromium(t *testing.T) {
 		if !ok {
 			continue
 		}
+		if id, ok := strings.CutPrefix(what, "job-ended "); ok {
+			waitJob(ctx, t, st, id)
+			fmt.Fprintln(stdin, "done "+what)
+			continue
+		}
 		switch what {
 		case "progress":
 			if _, err := st.UpdateServer(ctx, "s-1", func(s *ferry.SourceServer) error {
@@ -118,6 +123,20 @@ func TestDashboardInChromium(t *testing.T) {
 				return nil
 			}); err != nil {
 				t.Error(err)
+			}
+		case "history":
+			cp := srv.ControlPlane()
+			for i := range 6 {
+				if _, err := st.UpdateServer(ctx, "s-3", func(s *ferry.SourceServer) error {
+					s.Replication.LagSeconds = 420 + 30*float64(i)
+					return nil
+				}); err != nil {
+					t.Error(err)
+				}
+				if err := cp.SampleHistory(ctx); err != nil {
+					t.Error(err)
+				}
+				time.Sleep(200 * time.Millisecond)
 			}
 		case "revoke-viewer":
 			if err := st.RevokeToken(ctx, viewer.ID, time.Now().UTC()); err != nil {
@@ -137,12 +156,27 @@ func TestDashboardInChromium(t *testing.T) {
 	if s1.Desired != ferry.DesiredPause {
 		t.Errorf("s-1 desired replication %q after the pause click, want PAUSE", s1.Desired)
 	}
-	for _, f := range []string{"servers-1280x800.png", "server-1280x800.png", "applications-1280x800.png", "servers-390x844.png", "server-390x844.png"} {
+	for _, f := range []string{"servers-1280x800.png", "server-1280x800.png", "applications-1280x800.png", "servers-390x844.png", "server-390x844.png",
+		"server-lagging-1280x800.png", "server-joblog-1280x800.png", "usage-1280x800.png"} {
 		if fi, err := os.Stat(filepath.Join(shots, f)); err != nil || fi.Size() == 0 {
 			t.Errorf("screenshot %s missing", f)
 		}
 	}
 	t.Logf("screenshots in %s", shots)
+}
+
+// waitJob waits up to a minute for a job to end.
+func waitJob(ctx context.Context, t *testing.T, st ferry.Store, id string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		j, err := st.Job(ctx, id)
+		if err == nil && j.Status == ferry.JobCompleted {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Errorf("job %s did not end within a minute", id)
 }
 
 // seed stores three servers, an application and a wave.

@@ -70,6 +70,7 @@ type session struct {
 	lastBarrier  []uint64        // per-disk seq of the newest durable barrier; guarded by mu
 	flushes      uint32          // FLUSH requests sent; guarded by mu
 	settings     protocol.Settings
+	traffic      *serverTraffic // this server's counters
 }
 
 // send writes one frame.
@@ -95,7 +96,7 @@ func (ss *session) fail(code uint16, err error) error {
 // replicate runs the protocol on an authenticated connection of server id
 // until the connection ends.
 func (s *Server) replicate(ctx context.Context, c net.Conn, id string) error {
-	ss := &session{s: s, c: c, id: id, bw: bufio.NewWriterSize(c, 64<<10), acks: make(chan pending, ackQueue)}
+	ss := &session{s: s, c: c, id: id, bw: bufio.NewWriterSize(c, 64<<10), acks: make(chan pending, ackQueue), traffic: s.trafficOf(id)}
 	r := protocol.NewReader(c)
 	_ = c.SetReadDeadline(time.Now().Add(readTimeout))
 	m, err := r.Read()
@@ -299,7 +300,10 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 				zbuf = data
 			}
 			ss.s.received.Add(int64(len(data)))
+			ss.traffic.received.Add(int64(len(data)))
+			t0 := time.Now()
 			c, err := sd.d.Append(m.Seq, m.Offset, data)
+			ss.traffic.stagingNano.Add(int64(time.Since(t0)))
 			if err != nil {
 				return ss.fail(protocol.ErrCodeStorage, fmt.Errorf("write seq %d: %w", m.Seq, err))
 			}
@@ -418,7 +422,10 @@ func (ss *session) ackLoop(ctx context.Context) {
 	latest := map[int]uint64{}
 	for p := range ss.acks {
 		wctx := context.WithoutCancel(ctx)
-		if err := p.c.Wait(wctx); err != nil {
+		t0 := time.Now()
+		err := p.c.Wait(wctx)
+		ss.traffic.stagingNano.Add(int64(time.Since(t0)))
+		if err != nil {
 			ss.s.log().Warn("replica write failed", "server", ss.id, "disk", ss.disks[p.disk].name, "seq", p.seq, "err", err)
 			_ = ss.fail(protocol.ErrCodeStorage, err)
 			ss.c.Close()

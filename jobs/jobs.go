@@ -56,6 +56,10 @@ type Runner struct {
 	// TestDrainTimeout bounds a test launch's wait for a drained point
 	// (default 30 s); past it the newest consistent point is used.
 	TestDrainTimeout time.Duration
+	// OnEnd, if set, is told of every job this runner ran when it ends,
+	// with its final state (package metrics records durations and
+	// outcomes).
+	OnEnd func(*ferry.Job)
 
 	mu     sync.Mutex
 	active map[string]string // server id → job id; guarded by mu
@@ -234,6 +238,11 @@ func (r *Runner) run(ctx context.Context, job *ferry.Job, o Options) {
 	wg.Wait()
 	r.setStatus(ctx, job.ID, func(j *ferry.Job) { j.Status = ferry.JobCompleted; j.EndedAt = r.now() })
 	r.logf(ctx, job.ID, "", ferry.EventJobEnd, "job ended")
+	if r.OnEnd != nil {
+		if final, err := r.Store.Job(ctx, job.ID); err == nil {
+			r.OnEnd(final)
+		}
+	}
 }
 
 // move changes a server's lifecycle through the state machine.

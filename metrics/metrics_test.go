@@ -98,3 +98,27 @@ func TestAPIObserve(t *testing.T) {
 		t.Fatalf("%d duration series, want 1", n)
 	}
 }
+
+func TestHubMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	j := NewJobs(reg)
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	j.Ended(&ferry.Job{Type: ferry.JobLaunch, InitiatedBy: ferry.InitiatedByStartTest, CreatedAt: t0, EndedAt: t0.Add(42 * time.Second),
+		Servers: []ferry.JobServer{{LaunchStatus: ferry.LaunchLaunched}, {LaunchStatus: ferry.LaunchFailed}}})
+	reg.MustRegister(&DataPlaneCollector{Sessions: func() int { return 3 },
+		StoreUsage: func(context.Context) (int64, int64, error) { return 1000, 400, nil }})
+	var b strings.Builder
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		b.WriteString(mf.String())
+	}
+	for _, want := range []string{"ferry_agent_connections", "value:3", "ferry_store_logical_bytes", "value:1000", "ferry_store_stored_bytes", "value:400",
+		"ferry_job_duration_seconds", "sample_sum:42", "ferry_job_servers_total", `value:"LAUNCHED"`, `value:"FAILED"`} {
+		if !strings.Contains(strings.ReplaceAll(b.String(), " ", ""), strings.ReplaceAll(want, " ", "")) {
+			t.Errorf("metrics lack %s:\n%s", want, b.String())
+		}
+	}
+}

@@ -62,6 +62,7 @@ type Server struct {
 	jobs          *jobs.Runner
 	launcher      *launcher
 	nbdLn         net.Listener
+	cp            *controlplane.Server
 }
 
 // Start opens everything a server needs and binds its listeners; Serve
@@ -110,10 +111,24 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 		return nil, err
 	}
 	reg, apiMetrics := metrics.NewRegistry(s.store, log)
+	s.jobs.OnEnd = metrics.NewJobs(reg).Ended
+	reg.MustRegister(&metrics.DataPlaneCollector{Sessions: s.data.Sessions, StoreUsage: func(ctx context.Context) (int64, int64, error) {
+		u, err := s.replica.Usage(ctx)
+		if err != nil {
+			return 0, 0, err
+		}
+		var logical int64
+		for _, d := range u.Disks {
+			logical += d.Allocated
+		}
+		return logical, u.StoredBytes, nil
+	}})
 	cp := &controlplane.Server{
 		Store: s.store, Signer: s.ca, DataPlaneAddr: advertised(cfg.Advertise, s.DataAddr),
 		Version: Version, Logger: log, Observe: apiMetrics.Observe, Snapshots: s.data, Jobs: s.jobs,
+		DataPlane: dataPlaneFigures{s.data}, Usage: stagingUsage{s.replica}, Started: time.Now().UTC(),
 	}
+	s.cp = cp
 	mux := http.NewServeMux()
 	mux.Handle(controlplane.APIPrefix+"/", cp.Handler())
 	// /metrics is on the API port and needs a viewer (or better) token, as
@@ -250,6 +265,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer cancel()
 	go func() { errc <- s.data.Serve(dctx, s.dataLn) }()
 	go func() { errc <- s.serveExports(dctx) }()
+	go s.cp.RunHistory(dctx)
 	s.log.Info("ferry server running", "api", "https://"+s.APIAddr, "data_plane", s.DataAddr, "version", Version)
 
 	var first error

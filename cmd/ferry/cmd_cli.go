@@ -37,7 +37,7 @@ func newLoginCmd() *cobra.Command {
 }
 
 func outputFlag(cmd *cobra.Command, p *string) {
-	cmd.Flags().StringVarP(p, "output", "o", cli.FormatTable, "output format: table or json")
+	cmd.Flags().StringVarP(p, "output", "o", cli.FormatTable, "output format: table, json or yaml")
 }
 
 func newServersCmd() *cobra.Command {
@@ -72,7 +72,21 @@ func newServersCmd() *cobra.Command {
 		},
 	}
 	outputFlag(show, &showOut)
-	cmd.AddCommand(list, show,
+	var wo cli.WatchOptions
+	watch := &cobra.Command{
+		Use:   "watch",
+		Short: "Watch servers' replication live: progress bars, lag, backlog, ETA",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return cli.RunServersWatch(cmd.Context(), wo, cmd.OutOrStdout())
+		},
+	}
+	watch.Flags().StringVar(&wo.Application, "application", "", "only this application's servers")
+	watch.Flags().StringVar(&wo.Wave, "wave", "", "only this wave's servers")
+	watch.Flags().StringVar(&wo.Text, "text", "", "only servers whose id or hostname contains this")
+	watch.Flags().DurationVar(&wo.Interval, "interval", 2*time.Second, "time between refreshes")
+	watch.Flags().IntVar(&wo.Times, "times", 0, "stop after this many refreshes (0: until Ctrl-C)")
+	cmd.AddCommand(list, show, watch,
 		actionCmd("disconnect", "Disconnect from the service: the agent's certificate stops working, replication stops", "disconnect"),
 		actionCmd("archive", "Archive a DISCONNECTED or CUTOVER server", "archive"),
 		actionCmd("unarchive", "Unarchive a server", "unarchive"))

@@ -50,6 +50,23 @@ func newGroupsCmd(kind, short string) *cobra.Command {
 		},
 	}
 	cmd.AddCommand(list, create, show, del)
+	for _, k := range []string{"test", "cutover"} {
+		o := cli.GroupLaunchOptions{Kind: k}
+		short := "Start a test launch of every server of " + article(one) + ", one job per server (operator)"
+		if k == "cutover" {
+			short = "Start a cutover of every server of " + article(one) + ", one job per server (operator)"
+		}
+		c := &cobra.Command{
+			Use: k + " " + strings.ToUpper(one) + "_ID", Short: short, Args: cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				return cli.RunGroupsLaunch(cmd.Context(), kind, args[0], o, cmd.OutOrStdout())
+			},
+		}
+		c.Flags().BoolVar(&o.UseLatest, "use-latest-snapshot", false, "launch from the newest existing snapshot instead of taking one")
+		c.Flags().BoolVar(&o.SkipDrain, "skip-drain", false, "do not wait for the backlog to drain (cutover: the operator's override)")
+		outputFlag(c, &o.Output)
+		cmd.AddCommand(c)
+	}
 	return cmd
 }
 
@@ -108,5 +125,19 @@ func newExportCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&format, "output", "o", "csv", "output format: csv")
+	return cmd
+}
+
+func newUsageCmd() *cobra.Command {
+	var o cli.UsageOptions
+	cmd := &cobra.Command{
+		Use:   "usage",
+		Short: "Usage per server: logical and stored staging bytes, snapshots, days replicated, bytes sent",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return cli.RunUsage(cmd.Context(), o, cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().StringVarP(&o.Output, "output", "o", cli.FormatTable, "output format: table, json, yaml or csv")
 	return cmd
 }

@@ -43,6 +43,6 @@ func newRoot() *cobra.Command {
 	root.AddCommand(newServerCmd(), newAgentCmd(), newConnectorCmd(), newLoginCmd(), newServersCmd(), newTokensCmd(), newInstallTokensCmd(), newReplicationCmd(), newLaunchCmd(), newCutoverCmd(), newJobsCmd(),
 		newGroupsCmd(cli.KindApplications, "Group servers into applications; see their health and progress"),
 		newGroupsCmd(cli.KindWaves, "Group applications and servers into migration waves; see their health and progress"),
-		newImportCmd(), newExportCmd(), newStoreCmd(), newSnapshotsCmd(), newBenchCmd(), newDevCmd(), newVersionCmd())
+		newImportCmd(), newExportCmd(), newUsageCmd(), newStoreCmd(), newSnapshotsCmd(), newBenchCmd(), newDevCmd(), newVersionCmd())
 	return root
 }

@@ -110,6 +110,40 @@ try {
   await page.goto(FERRY_URL + '/#/waves');
   await page.waitForSelector('#waves tbody tr');
   step('applications and waves pages');
+
+  // A lagging server's chart and diagnosis: the Go side samples its
+  // history while its lag grows.
+  await need('history');
+  await page.goto(FERRY_URL + '/#/servers/s-3');
+  await page.waitForSelector('#chart polyline.lag');
+  await page.waitForSelector('#diagnosis');
+  check((await page.textContent('#diagnosis')).includes('Why it lags'), 'lag diagnosis shown: ' + await page.textContent('#diagnosis'));
+  step('throughput and lag chart with a diagnosis');
+  await page.screenshot({ path: `${SHOT_DIR}/server-lagging-1280x800.png`, fullPage: true });
+
+  // A test launch from the dashboard; then its job log.
+  await page.goto(FERRY_URL + '/#/servers/s-2');
+  await page.waitForSelector('button[data-launch="start-test"]');
+  check(!(await page.isVisible('button[data-launch="start-cutover"]')), 'no cutover before READY_FOR_CUTOVER');
+  await page.click('button[data-launch="start-test"]');
+  await page.waitForFunction(() => document.querySelector('#flash')?.textContent.includes('job'));
+  const jobId = (await page.textContent('#flash')).match(/job (\S+) started/)[1];
+  step('test launch started from the dashboard: ' + jobId);
+  await need('job-ended ' + jobId);
+  await page.evaluate(() => window.dispatchEvent(new HashChangeEvent('hashchange')));
+  await page.waitForSelector(`tr[data-job="${jobId}"] button`);
+  await page.click(`tr[data-job="${jobId}"] button`);
+  await page.waitForFunction((id) => document.querySelector(`tr[data-log="${id}"] pre`)?.textContent.includes('JOB_END'), jobId);
+  const log = await page.textContent(`tr[data-log="${jobId}"] pre`);
+  check(log.includes('JOB_START') && log.includes('SNAPSHOT_START'), 'job log has its events: ' + log);
+  check((await page.textContent(`tr[data-job="${jobId}"]`)).includes('FAILED'), 'launch status shown in the history');
+  step('read the job log');
+  await page.screenshot({ path: `${SHOT_DIR}/server-joblog-1280x800.png`, fullPage: true });
+
+  await page.goto(FERRY_URL + '/#/usage');
+  await page.waitForSelector('#usage tbody tr[data-id="s-1"]');
+  step('usage page');
+  await page.screenshot({ path: `${SHOT_DIR}/usage-1280x800.png` });
   await ctx.close();
 
   // A viewer on a phone: same data, no action buttons.
@@ -118,7 +152,7 @@ try {
   await v.page.screenshot({ path: `${SHOT_DIR}/servers-390x844.png` });
   await v.page.click('tr[data-id="s-1"] a');
   await v.page.waitForSelector('#server-view h1');
-  check((await v.page.$$('button[data-action]')).length === 0, 'viewer sees no action buttons');
+  check((await v.page.$$('button[data-action], button[data-launch]')).length === 0, 'viewer sees no action buttons');
   await v.page.screenshot({ path: `${SHOT_DIR}/server-390x844.png`, fullPage: true });
   step('viewer sees no actions');
 

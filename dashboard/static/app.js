@@ -282,6 +282,31 @@ const ACTIONS = [
   { path: 'archive', label: 'Archive', danger: true, when: (s) => ['DISCONNECTED', 'CUTOVER'].includes(s.lifecycle_state) && !s.archived },
 ];
 
+// Launch actions: they start jobs (or finalize), least role operator.
+const LAUNCH_ACTIONS = [
+  { kind: 'start-test', label: 'Test launch', when: (s) => ['READY_FOR_TEST', 'TESTING', 'READY_FOR_CUTOVER'].includes(s.lifecycle_state) },
+  { kind: 'start-cutover', label: 'Cut over', danger: true, when: (s) => s.lifecycle_state === 'READY_FOR_CUTOVER' },
+  { kind: 'terminate', label: 'Terminate instance', danger: true,
+    when: (s) => s.launched_instance && !s.launched_instance.terminated_at && !(s.launched_instance.kind === 'START_CUTOVER' && ['CUTTING_OVER', 'CUTOVER'].includes(s.lifecycle_state)) },
+  { kind: 'finalize', label: 'Finalize cutover', danger: true, when: (s) => s.lifecycle_state === 'CUTTING_OVER' && s.launched_instance && s.launched_instance.kind === 'START_CUTOVER' },
+];
+
+async function runLaunchAction(s, a) {
+  if (a.danger && !window.confirm(`${a.label} for ${s.hostname} (${s.id})? This cannot be undone.`)) return;
+  try {
+    if (a.kind === 'finalize') {
+      await api(`/servers/${encodeURIComponent(s.id)}/finalize`, { method: 'POST' });
+      flash(`Cutover finalized for ${s.hostname}.`);
+    } else {
+      const job = await api('/jobs/' + a.kind, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ source_server_ids: [s.id] }) });
+      flash(`${a.label}: job ${job.id} started for ${s.hostname}.`);
+    }
+    route();
+  } catch (e) {
+    if (e.status !== 401) flash(`${a.label} failed: ${e.message}`, true);
+  }
+}
+
 async function runAction(s, a) {
   if (a.danger && !window.confirm(`${a.label} for ${s.hostname} (${s.id})?`)) return;
   try {
@@ -307,7 +332,9 @@ async function serverView(id) {
   const p = progress(s);
   const kv = (pairs) => h('dl', { class: 'kv' }, pairs.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
   const actions = can('operator')
-    ? h('div', { class: 'actions', id: 'actions' }, ACTIONS.filter((a) => a.when(s)).map((a) =>
+    ? h('div', { class: 'actions', id: 'actions' }, LAUNCH_ACTIONS.filter((a) => a.when(s)).map((a) =>
+      h('button', { type: 'button', class: a.danger ? 'danger' : '', 'data-launch': a.kind, onclick: () => runLaunchAction(s, a) }, a.label)),
+    ACTIONS.filter((a) => a.when(s)).map((a) =>
       h('button', { type: 'button', class: a.danger ? 'danger' : 'secondary', 'data-action': a.path, onclick: () => runAction(s, a) }, a.label)))
     : null;
   view.replaceChildren(
@@ -340,22 +367,149 @@ async function serverView(id) {
         h('td', { class: 'num' }, bytes(d.replicated_bytes)), h('td', { class: 'num' }, bytes(d.rescanned_bytes)),
         h('td', { class: 'num' }, bytes(d.backlogged_bytes)),
         h('td', {}, bar(d.size_bytes ? (100 * d.replicated_bytes) / d.size_bytes : 0, (d.size_bytes ? (100 * d.replicated_bytes / d.size_bytes).toFixed(0) : 0) + '%'))))))),
+    h('div', { class: 'card', id: 'history' }, h('h2', {}, 'Throughput and lag'), h('p', { class: 'muted' }, 'Loading…')),
+    launchCard(s),
+    h('div', { class: 'card scroll', id: 'snapshots' }, h('h2', {}, 'Snapshots'), h('p', { class: 'muted' }, 'Loading…')),
     h('div', { class: 'card scroll', id: 'jobs' }, h('h2', {}, 'Jobs'), h('p', { class: 'muted' }, 'Loading…')),
     h('div', { class: 'card scroll', id: 'audit' }, h('h2', {}, 'Audit events'), h('p', { class: 'muted' }, 'Loading…')),
   );
+  loadHistory(view, s.id);
+  loadSnapshots(view, s.id);
   loadJobs(view, s.id);
   loadAudit(view, s.id);
   return view;
+}
+
+// launchCard shows the newest launched instance, its post-launch results
+// and the tail of its console log.
+function launchCard(s) {
+  const i = s.launched_instance;
+  const box = h('div', { class: 'card', id: 'launch' }, h('h2', {}, 'Launched instance'));
+  if (!i) {
+    box.append(h('p', { class: 'muted' }, 'No instance launched yet. Launch history is in the jobs below.'));
+    return box;
+  }
+  const kv = (pairs) => h('dl', { class: 'kv' }, pairs.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
+  box.append(kv([
+    ['Instance', i.id], ['Kind', i.kind === 'START_CUTOVER' ? 'cutover' : 'test'], ['Target', i.target || '—'],
+    ['First boot', h('span', { class: 'badge' }, i.first_boot || '—')], ['Launched', when(i.launched_at)],
+    ['Terminated', i.terminated_at ? when(i.terminated_at) : '—'],
+    ['Snapshots', Object.entries(i.snapshots || {}).map(([d, id]) => `${d}: ${id}`).join(', ') || '—'],
+    ['Addresses', (i.addresses || []).join(', ') || '—'],
+  ]));
+  const pl = i.post_launch_actions || [];
+  box.append(h('h3', {}, 'Post-launch actions'), pl.length ? h('table', { id: 'postlaunch' },
+    h('thead', {}, h('tr', {}, ['Action', 'Status', 'Output'].map((c) => h('th', {}, c)))),
+    h('tbody', {}, pl.map((r) => h('tr', {}, h('td', {}, r.name || r.action_id || ''),
+      h('td', {}, h('span', { class: 'badge ' + (r.status === 'SUCCESS' ? 'ok' : r.status === 'FAILED' ? 'bad' : '') }, r.status)),
+      h('td', {}, h('pre', { class: 'log' }, r.output || '')))))) : h('p', { class: 'muted' }, 'None ran.'));
+  if (i.console_log) {
+    const pre = h('pre', { class: 'log', id: 'console' }, '');
+    const load = async () => {
+      try {
+        const res = await fetch(`${API}/servers/${encodeURIComponent(s.id)}/console?kib=16`, { headers: { Authorization: 'Bearer ' + state.token } });
+        pre.textContent = res.ok ? await res.text() : ((await res.json().catch(() => ({}))).message || 'HTTP ' + res.status);
+        pre.scrollTop = pre.scrollHeight;
+      } catch (e) { pre.textContent = e.message; }
+    };
+    box.append(h('h3', {}, 'Console log (last 16 KiB) ', h('button', { type: 'button', class: 'link', id: 'console-refresh', onclick: load }, 'refresh')), pre);
+    load();
+  }
+  return box;
+}
+
+async function loadSnapshots(view, id) {
+  const box = view.querySelector('#snapshots');
+  try {
+    const l = await api('/servers/' + encodeURIComponent(id) + '/snapshots');
+    const items = (l.items || []).slice().sort((a, b) => (a.time < b.time ? 1 : -1));
+    box.replaceChildren(h('h2', {}, 'Snapshots'), items.length ? h('table', {},
+      h('thead', {}, h('tr', {}, ['Time', 'Disk', 'Snapshot', 'Consistency', 'Size'].map((c) => h('th', {}, c)))),
+      h('tbody', {}, items.slice(0, 100).map((x) => h('tr', {}, h('td', {}, when(x.time)), h('td', {}, x.disk), h('td', {}, x.id),
+        h('td', {}, x.consistency), h('td', { class: 'num' }, bytes(x.size_bytes))))))
+      : h('p', { class: 'muted' }, 'No snapshots yet.'));
+  } catch (e) {
+    box.replaceChildren(h('h2', {}, 'Snapshots'), h('p', { class: e.status === 503 ? 'muted' : 'error' }, e.message));
+  }
+}
+
+const SVG = 'http://www.w3.org/2000/svg';
+function svg(tag, attrs = {}, ...children) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  for (const c of children) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return el;
+}
+
+// chart draws throughput and lag as two lines over time, each scaled to
+// its own maximum (left axis throughput, right axis lag).
+function chart(samples) {
+  const W = 640, H = 180, L = 64, R = 56, T = 10, B = 24;
+  const t0 = new Date(samples[0].time).getTime(), t1 = new Date(samples[samples.length - 1].time).getTime();
+  const span = Math.max(t1 - t0, 1);
+  const rawT = Math.max(...samples.map((x) => x.throughput_bytes_per_sec));
+  const maxT = Math.max(rawT, 1);
+  const maxL = Math.max(...samples.map((x) => x.lag_seconds), 1);
+  const x = (t) => L + ((new Date(t).getTime() - t0) / span) * (W - L - R);
+  const y = (v, m) => T + (1 - v / m) * (H - T - B);
+  const line = (f, m, cls) => svg('polyline', { class: cls, fill: 'none', points: samples.map((s) => `${x(s.time).toFixed(1)},${y(f(s), m).toFixed(1)}`).join(' ') });
+  return svg('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': 'throughput and lag over time', id: 'chart' },
+    svg('line', { class: 'axis', x1: L, y1: H - B, x2: W - R, y2: H - B }),
+    svg('text', { x: L - 4, y: T + 10, 'text-anchor': 'end', class: 'tput' }, rawT > 0 ? bytes(maxT) + '/s' : 'none'),
+    svg('text', { x: L - 4, y: H - B, 'text-anchor': 'end', class: 'tput' }, '0'),
+    svg('text', { x: W - R + 4, y: T + 10, class: 'lag' }, duration(maxL)),
+    svg('text', { x: W - R + 4, y: H - B, class: 'lag' }, '0 s'),
+    svg('text', { x: L, y: H - 6, class: 'muted' }, new Date(t0).toLocaleTimeString()),
+    svg('text', { x: W - R, y: H - 6, 'text-anchor': 'end', class: 'muted' }, new Date(t1).toLocaleTimeString()),
+    line((s) => s.throughput_bytes_per_sec, maxT, 'tput'),
+    line((s) => s.lag_seconds, maxL, 'lag'));
+}
+
+async function loadHistory(view, id) {
+  const box = view.querySelector('#history');
+  try {
+    const hist = await api('/servers/' + encodeURIComponent(id) + '/history');
+    const d = hist.diagnosis;
+    box.replaceChildren(h('h2', {}, 'Throughput and lag'),
+      hist.samples.length >= 2
+        ? h('div', {}, chart(hist.samples), h('p', { class: 'legend' }, h('span', { class: 'tput' }, '— throughput'), ' ', h('span', { class: 'lag' }, '— lag'),
+          h('span', { class: 'muted' }, ` · one sample every ${hist.interval_seconds} s, last ${duration((new Date(hist.samples[hist.samples.length - 1].time) - new Date(hist.samples[0].time)) / 1000)}`)))
+        : h('p', { class: 'muted' }, 'Collecting samples (one every ' + hist.interval_seconds + ' s)…'),
+      h('p', { id: 'diagnosis', class: 'diagnosis ' + (d.bottleneck === 'NONE' ? 'ok' : d.bottleneck === 'UNKNOWN' ? 'muted' : 'warn') },
+        h('strong', {}, d.bottleneck === 'NONE' ? 'Healthy. ' : d.bottleneck === 'UNKNOWN' ? '' : 'Why it lags: '), d.summary,
+        d.limited ? h('span', { class: 'muted' }, ' (limited diagnosis)') : ''));
+  } catch (e) {
+    box.replaceChildren(h('h2', {}, 'Throughput and lag'), h('p', { class: 'error' }, e.message));
+  }
 }
 
 async function loadJobs(view, id) {
   const box = view.querySelector('#jobs');
   try {
     const jobs = await api('/jobs?source_server_id=' + encodeURIComponent(id) + '&limit=50');
-    box.replaceChildren(h('h2', {}, 'Jobs'), jobs.items.length ? h('table', {},
-      h('thead', {}, h('tr', {}, ['Job', 'Type', 'Initiated by', 'Status', 'Created', 'Ended'].map((c) => h('th', {}, c)))),
-      h('tbody', {}, jobs.items.map((j) => h('tr', {}, h('td', {}, j.id), h('td', {}, j.type), h('td', {}, j.initiated_by),
-        h('td', {}, h('span', { class: 'badge' }, j.status)), h('td', {}, when(j.created_at)), h('td', {}, when(j.ended_at))))))
+    const mine = (j) => (j.participating_servers || []).find((x) => x.source_server_id === id) || {};
+    box.replaceChildren(h('h2', {}, 'Jobs and launch history'), jobs.items.length ? h('table', { id: 'jobs-table' },
+      h('thead', {}, h('tr', {}, ['Job', 'Type', 'Initiated by', 'Status', 'Launch', 'Instance', 'Created', 'Ended'].map((c) => h('th', {}, c)))),
+      h('tbody', {}, jobs.items.flatMap((j) => {
+        const logRow = h('tr', { class: 'joblog', hidden: true, 'data-log': j.id }, h('td', { colspan: 8 }, h('pre', { class: 'log' }, 'Loading…')));
+        const toggle = async () => {
+          logRow.hidden = !logRow.hidden;
+          if (logRow.hidden) return;
+          const pre = logRow.querySelector('pre');
+          try {
+            const full = await api('/jobs/' + encodeURIComponent(j.id));
+            pre.textContent = full.log.map((l) => `${new Date(l.time).toLocaleTimeString()}  ${l.event.padEnd(24)} ${l.source_server_id || ''}  ${l.message}`).join('\n') || 'The log is empty.';
+          } catch (e) { pre.textContent = e.message; }
+        };
+        const js = mine(j);
+        return [h('tr', { 'data-job': j.id },
+          h('td', {}, h('button', { type: 'button', class: 'link', 'aria-expanded': 'false', onclick: (e) => { toggle(); e.target.setAttribute('aria-expanded', String(!logRow.hidden)); } }, '▸ ' + j.id)),
+          h('td', {}, j.type), h('td', {}, j.initiated_by),
+          h('td', {}, h('span', { class: 'badge' }, j.status)),
+          h('td', {}, js.launch_status ? h('span', { class: 'badge ' + (js.launch_status === 'FAILED' ? 'bad' : js.launch_status === 'LAUNCHED' ? 'ok' : '') }, js.launch_status) : '—'),
+          h('td', {}, js.instance_id || '—'),
+          h('td', {}, when(j.created_at)), h('td', {}, when(j.ended_at))), logRow];
+      })))
       : h('p', { class: 'muted' }, 'No jobs yet.'));
   } catch (e) {
     box.replaceChildren(h('h2', {}, 'Jobs'), h('p', { class: 'error' }, e.message));
@@ -403,6 +557,34 @@ async function groupsView(kind) {
   return view;
 }
 
+async function usageView() {
+  const view = h('div', { id: 'usage-view' }, h('h1', {}, 'Usage'), h('p', { class: 'muted' }, 'Loading…'));
+  try {
+    const u = await api('/usage');
+    const download = async () => {
+      const res = await fetch(API + '/usage?format=csv', { headers: { Authorization: 'Bearer ' + state.token } });
+      if (!res.ok) { flash('CSV download failed: HTTP ' + res.status, true); return; }
+      const a = h('a', { href: URL.createObjectURL(await res.blob()), download: 'ferry-usage.csv' });
+      document.body.append(a);
+      a.click();
+      a.remove();
+    };
+    view.replaceChildren(h('h1', {}, 'Usage'),
+      h('p', {}, `Staging store: ${bytes(u.store_stored_bytes)} stored (shared chunks once). Bytes sent count since ${when(u.bytes_sent_since)}. `,
+        h('button', { type: 'button', id: 'usage-csv', class: 'secondary', onclick: download }, 'Download CSV')),
+      u.servers.length ? h('div', { class: 'card scroll', style: 'padding:0' }, h('table', { id: 'usage' },
+        h('thead', {}, h('tr', {}, ['Server', 'Disks', 'Logical', 'Stored', 'Snapshots', 'Days', 'Sent'].map((c) => h('th', {}, c)))),
+        h('tbody', {}, u.servers.map((x) => h('tr', { 'data-id': x.source_server_id },
+          h('td', {}, h('a', { href: '#/servers/' + encodeURIComponent(x.source_server_id) }, x.hostname || x.source_server_id)),
+          h('td', { class: 'num' }, bytes(x.disk_bytes)), h('td', { class: 'num' }, bytes(x.logical_bytes)), h('td', { class: 'num' }, bytes(x.stored_bytes)),
+          h('td', { class: 'num' }, x.snapshots), h('td', { class: 'num' }, x.days_replicated.toFixed(1)), h('td', { class: 'num' }, bytes(x.bytes_sent)))))))
+        : h('p', { class: 'empty card' }, 'No servers yet.'));
+  } catch (e) {
+    view.replaceChildren(h('h1', {}, 'Usage'), h('p', { class: 'error' }, e.message));
+  }
+  return view;
+}
+
 // ---------- routing ----------
 
 let current = '';
@@ -418,6 +600,7 @@ async function route() {
   let v;
   if (current === 'servers' && parts[1]) v = await serverView(decodeURIComponent(parts[1]));
   else if (current === 'applications' || current === 'waves') v = await groupsView(current);
+  else if (current === 'usage') v = await usageView();
   else {
     current = 'servers';
     const q = new URLSearchParams(query || '');

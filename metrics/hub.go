@@ -1,0 +1,108 @@
+package metrics
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/ferrymigrate/ferry"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Jobs records launch and terminate jobs as they end. Its Ended method
+// fits jobs.Runner.OnEnd.
+type Jobs struct {
+	duration *prometheus.HistogramVec
+	servers  *prometheus.CounterVec
+}
+
+// NewJobs makes the job metrics and registers them with reg.
+func NewJobs(reg prometheus.Registerer) *Jobs {
+	j := &Jobs{
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "ferry_job_duration_seconds",
+			Help:    "How long jobs ran, from creation to end, by type and initiator.",
+			Buckets: []float64{1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600},
+		}, []string{"type", "initiated_by"}),
+		servers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ferry_job_servers_total",
+			Help: "Servers' outcomes in ended jobs (launch status: LAUNCHED, FAILED, TERMINATED), by job type and initiator.",
+		}, []string{"type", "initiated_by", "outcome"}),
+	}
+	reg.MustRegister(j.duration, j.servers)
+	return j
+}
+
+// Ended records a job that has ended.
+func (j *Jobs) Ended(job *ferry.Job) {
+	if job == nil {
+		return
+	}
+	if !job.EndedAt.IsZero() && !job.CreatedAt.IsZero() {
+		j.duration.WithLabelValues(string(job.Type), string(job.InitiatedBy)).Observe(job.EndedAt.Sub(job.CreatedAt).Seconds())
+	}
+	for _, s := range job.Servers {
+		j.servers.WithLabelValues(string(job.Type), string(job.InitiatedBy), string(s.LaunchStatus)).Inc()
+	}
+}
+
+var (
+	descAgents = prometheus.NewDesc("ferry_agent_connections",
+		"Agents connected to this replication server now (data-plane sessions).", nil, nil)
+	descStoreLogical = prometheus.NewDesc("ferry_store_logical_bytes",
+		"Non-zero data the replicas' newest block maps hold, before deduplication and compression.", nil, nil)
+	descStoreStored = prometheus.NewDesc("ferry_store_stored_bytes",
+		"Bytes of chunk objects the replica store keeps, after deduplication and compression.", nil, nil)
+)
+
+// DataPlaneCollector reports agent connections and the replica store's
+// size. Reading the store's size walks every block map, so it is reused
+// for StoreTTL.
+type DataPlaneCollector struct {
+	// Sessions returns the connected agents; required.
+	Sessions func() int
+	// StoreUsage returns the store's logical and stored bytes; nil sends
+	// no store figures.
+	StoreUsage func(ctx context.Context) (logical, stored int64, err error)
+	// StoreTTL is how long one store read is reused; 0 means 5 minutes.
+	StoreTTL time.Duration
+
+	mu              sync.Mutex
+	readAt          time.Time // guarded by mu
+	logical, stored int64     // guarded by mu
+}
+
+var _ prometheus.Collector = (*DataPlaneCollector)(nil)
+
+// Describe sends every metric description.
+func (c *DataPlaneCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descAgents
+	ch <- descStoreLogical
+	ch <- descStoreStored
+}
+
+// Collect sends the figures.
+func (c *DataPlaneCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(descAgents, prometheus.GaugeValue, float64(c.Sessions()))
+	if c.StoreUsage == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ttl := c.StoreTTL
+	if ttl <= 0 {
+		ttl = 5 * time.Minute
+	}
+	if c.readAt.IsZero() || time.Since(c.readAt) >= ttl {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		l, s, err := c.StoreUsage(ctx)
+		cancel()
+		if err == nil {
+			c.logical, c.stored, c.readAt = l, s, time.Now()
+		}
+	}
+	if !c.readAt.IsZero() {
+		ch <- prometheus.MustNewConstMetric(descStoreLogical, prometheus.GaugeValue, float64(c.logical))
+		ch <- prometheus.MustNewConstMetric(descStoreStored, prometheus.GaugeValue, float64(c.stored))
+	}
+}
