@@ -23,6 +23,7 @@ import (
 	"github.com/ferrymigrate/ferry/export"
 	"github.com/ferrymigrate/ferry/jobs"
 	"github.com/ferrymigrate/ferry/launch"
+	"github.com/ferrymigrate/ferry/libguestfs"
 	"github.com/ferrymigrate/ferry/nbd"
 	"github.com/ferrymigrate/ferry/postlaunch"
 	"github.com/ferrymigrate/ferry/qemu"
@@ -38,8 +39,10 @@ import (
 type launcher struct {
 	replica *replica.Store
 	targets map[string]launch.Target // by name; read-only after start
-	sock    string
-	log     *slog.Logger
+	// converter converts guests on launches with conversion on.
+	converter *libguestfs.Converter
+	sock      string
+	log       *slog.Logger
 
 	mu      sync.Mutex
 	readers map[string]*replica.Reader // export name → open snapshot reader; guarded by mu
@@ -134,7 +137,7 @@ func (l *launcher) openExport(ctx context.Context, nbdURL string) (nbd.Device, e
 }
 
 // Launch implements jobs.Launcher.
-func (l *launcher) Launch(ctx context.Context, srv *ferry.SourceServer, snaps map[string]string, kind ferry.JobInitiator, jobID string) (*ferry.LaunchedInstance, error) {
+func (l *launcher) Launch(ctx context.Context, srv *ferry.SourceServer, snaps map[string]string, kind ferry.JobInitiator, jobID string, logf jobs.LogFunc) (*ferry.LaunchedInstance, error) {
 	tg, err := l.target(srv.LaunchSetup.Target)
 	if err != nil {
 		return nil, err
@@ -172,6 +175,9 @@ func (l *launcher) Launch(ctx context.Context, srv *ferry.SourceServer, snaps ma
 		u := url.URL{Scheme: "nbd+unix", Path: "/" + name, RawQuery: "socket=" + l.sock}
 		spec.Disks = append(spec.Disks, launch.DiskSource{NBDURL: u.String(), Name: d.Name, Snapshot: snap})
 	}
+	if srv.LaunchSetup.Convert {
+		spec.Prepare = l.convert(logf)
+	}
 	inst, err := tg.Launch(ctx, spec)
 	if err != nil {
 		return nil, err
@@ -185,6 +191,33 @@ func (l *launcher) Launch(ctx context.Context, srv *ferry.SourceServer, snaps ma
 	}
 	l.log.Info("instance launched", "server", srv.ID, "instance", inst.ID, "kind", what, "accel", inst.Accel)
 	return li, nil
+}
+
+// convert returns the Prepare step of a launch with conversion: libguestfs
+// on the instance's own disks, each change a line of the job log.
+func (l *launcher) convert(logf jobs.LogFunc) launch.PrepareFunc {
+	return func(ctx context.Context, disks, formats []string) error {
+		if err := l.converter.Available(); err != nil {
+			logf(ferry.EventConversionFail, "conversion is on but cannot run: %v (install libguestfs-tools, or turn conversion off in the launch settings)", err)
+			return err
+		}
+		logf(ferry.EventConversionStart, "converting the guest with libguestfs on the instance's own disks (%d)", len(disks))
+		start := time.Now()
+		changes, err := l.converter.Convert(ctx, disks, formats, libguestfs.Options{})
+		applied := 0
+		for _, ch := range changes {
+			if ch.Applied {
+				applied++
+			}
+			logf(ferry.EventConversionEnd, "%s", ch)
+		}
+		if err != nil {
+			logf(ferry.EventConversionFail, "conversion failed after %v: %v", time.Since(start).Round(time.Second), err)
+			return fmt.Errorf("conversion: %w", err)
+		}
+		logf(ferry.EventConversionEnd, "conversion done in %v: %d change(s), %d step(s) with nothing to do", time.Since(start).Round(time.Second), applied, len(changes)-applied)
+		return nil
+	}
 }
 
 // hostAddr finds where a guest port is forwarded on the host.
@@ -282,7 +315,7 @@ func (l *launcher) close() {
 // newLauncher returns a launcher with the qemu target (instances in
 // DATA/instances) and the export target (images in DATA/exports).
 func newLauncher(rs *replica.Store, dataDir, sock string, log *slog.Logger) *launcher {
-	l := &launcher{replica: rs, sock: sock, log: log}
+	l := &launcher{replica: rs, sock: sock, log: log, converter: &libguestfs.Converter{Logger: log}}
 	q := qemu.New(filepath.Join(dataDir, "instances"))
 	q.Logger = log
 	e := export.New(filepath.Join(dataDir, "exports"), l.openExport)
