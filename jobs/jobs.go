@@ -25,12 +25,16 @@ type Snapshotter interface {
 	Latest(ctx context.Context, serverID string) (map[string]string, error)
 }
 
+// LogFunc appends a line to the job log of the server being launched.
+type LogFunc func(ev ferry.JobEvent, format string, args ...any)
+
 // Launcher starts and stops instances on a launch target and runs
 // post-launch actions against them.
 type Launcher interface {
 	// Launch boots an instance of the server from the given snapshots. It
 	// returns once the instance runs; on error nothing is left behind.
-	Launch(ctx context.Context, srv *ferry.SourceServer, snapshots map[string]string, kind ferry.JobInitiator, jobID string) (*ferry.LaunchedInstance, error)
+	// Steps inside the launch (conversion) are reported with logf.
+	Launch(ctx context.Context, srv *ferry.SourceServer, snapshots map[string]string, kind ferry.JobInitiator, jobID string, logf LogFunc) (*ferry.LaunchedInstance, error)
 	// PostLaunch runs one post-launch action against a running instance.
 	PostLaunch(ctx context.Context, inst *ferry.LaunchedInstance, action ferry.PostLaunchAction) ferry.PostLaunchResult
 	// Terminate stops and removes an instance; terminating one that is
@@ -329,8 +333,13 @@ func (r *Runner) launchOne(ctx context.Context, job *ferry.Job, id string, o Opt
 		}
 		r.logf(ctx, job.ID, id, ferry.EventSnapshotEnd, "snapshots %v", snaps)
 	}
-	r.logf(ctx, job.ID, id, ferry.EventLaunchStart, "launching on target %s", srv.LaunchSetup.Target)
-	inst, err := r.Launcher.Launch(ctx, srv, snaps, job.InitiatedBy, job.ID)
+	target := srv.LaunchSetup.Target
+	if target == "" {
+		target = "(default)"
+	}
+	r.logf(ctx, job.ID, id, ferry.EventLaunchStart, "launching on target %s", target)
+	logf := func(ev ferry.JobEvent, format string, args ...any) { r.logf(ctx, job.ID, id, ev, format, args...) }
+	inst, err := r.Launcher.Launch(ctx, srv, snaps, job.InitiatedBy, job.ID, logf)
 	if err != nil {
 		fail(ferry.EventLaunchFailed, "launch failed: %v", err)
 		return

@@ -27,7 +27,30 @@ type DiskSource struct {
 	// Size is the disk's size in bytes as the guest sees it; 0 means the
 	// export's size. It may be larger than the export, never smaller.
 	Size int64
+	// Name is the source's name for the disk ("sda", "nvme0n1") and
+	// Snapshot the id of the snapshot served; both are informational
+	// (recorded by targets that keep a manifest) and may be empty.
+	Name, Snapshot string
 }
+
+// Source describes the replicated server an instance is launched from.
+// Targets that record provenance (the export target's manifest) keep it;
+// others ignore it.
+type Source struct {
+	ServerID string `json:"server_id,omitempty"`
+	Hostname string `json:"hostname,omitempty"`
+	OS       string `json:"os,omitempty"`
+	Kernel   string `json:"kernel,omitempty"`
+	CPUs     int    `json:"cpus,omitempty"`
+	RAMBytes int64  `json:"ram_bytes,omitempty"`
+}
+
+// PrepareFunc changes an instance's disks before it starts, for example to
+// convert the guest for the target (package libguestfs). disks are the
+// paths of the instance's own writable images (copy-on-write overlays or
+// exported files), in the order of Spec.Disks; their formats are in
+// formats ("qcow2", "raw", "vmdk"). It must never be handed a snapshot.
+type PrepareFunc func(ctx context.Context, disks, formats []string) error
 
 // Forward forwards a host TCP port to a guest TCP port (user-mode NAT).
 type Forward struct {
@@ -56,6 +79,12 @@ type Spec struct {
 	// console log, control sockets); empty means the target's own
 	// directory.
 	WorkDir string
+	// Source is the replicated server, for targets that record it.
+	Source Source
+	// Prepare, when set, is called once the instance's writable disks
+	// exist and before the instance starts. Its error fails the launch,
+	// which then cleans up as for any other failure.
+	Prepare PrepareFunc
 }
 
 // State is the observed state of an instance.
@@ -65,6 +94,9 @@ type State string
 const (
 	Running State = "RUNNING" // the VM process runs
 	Stopped State = "STOPPED" // the VM process has exited (guest powered off or crashed)
+	// Exported means the instance is image files to import elsewhere
+	// (the export target): nothing runs.
+	Exported State = "EXPORTED"
 )
 
 // Instance is a launched instance, as recorded by its target.
@@ -94,7 +126,13 @@ type Instance struct {
 //   - Launch validates the spec, then starts the instance and returns once
 //     the VM process runs (not once the guest has booted: that is for
 //     post-launch checks). It never writes to the disks' sources; the
-//     instance's writes go to overlays of its own.
+//     instance's writes go to overlays of its own. A target whose
+//     instances are files, not machines (export), returns once the files
+//     are complete, in state Exported.
+//   - Spec.Prepare, when set, is called exactly once with the instance's
+//     own writable disks after they are created and before the instance
+//     starts (or, for files, before they are checksummed); its error fails
+//     the launch.
 //   - When Launch fails it cleans up everything it made: no overlay, file,
 //     process or host port is left behind, and the error says why (see the
 //     named errors below, which it wraps where they apply).

@@ -188,6 +188,15 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 		}
 		st.Overlays = append(st.Overlays, ov)
 	}
+	if spec.Prepare != nil {
+		formats := make([]string, len(st.Overlays))
+		for i := range formats {
+			formats[i] = "qcow2"
+		}
+		if err := spec.Prepare(ctx, append([]string(nil), st.Overlays...), formats); err != nil {
+			return nil, fmt.Errorf("qemu: prepare disks: %w", err)
+		}
+	}
 
 	st.Accel = t.Accel
 	if st.Accel == "" {

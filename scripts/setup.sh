@@ -34,6 +34,10 @@ want syslinux syslinux
 want mcopy mtools
 want mkfs.vfat dosfstools
 [ -f /usr/lib/syslinux/mbr/mbr.bin ] && [ -f /usr/lib/syslinux/modules/bios/ldlinux.c32 ] || need_apt+=(syslinux-common)
+# Conversion of launched guests (package libguestfs): guestfish builds its
+# appliance from a host kernel in /boot, which containers often lack.
+want guestfish libguestfs-tools
+ls /boot/vmlinuz-* >/dev/null 2>&1 || need_apt+=(linux-image-amd64)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,8 +20,10 @@ import (
 	"github.com/ferrymigrate/ferry"
 	"github.com/ferrymigrate/ferry/config"
 	"github.com/ferrymigrate/ferry/dataplane"
+	"github.com/ferrymigrate/ferry/export"
 	"github.com/ferrymigrate/ferry/jobs"
 	"github.com/ferrymigrate/ferry/launch"
+	"github.com/ferrymigrate/ferry/libguestfs"
 	"github.com/ferrymigrate/ferry/nbd"
 	"github.com/ferrymigrate/ferry/postlaunch"
 	"github.com/ferrymigrate/ferry/qemu"
@@ -28,14 +31,18 @@ import (
 )
 
 // launcher is the jobs.Launcher of `ferry server`: it serves the chosen
-// snapshots over NBD on a local socket and boots instances on the launch
-// target from copy-on-write overlays over those exports, so a launch copies
-// nothing and replication never pauses.
+// snapshots over NBD on a local socket and launches instances on the
+// server's launch target (LaunchSettings.Target, "qemu" by default): the
+// qemu target boots them from copy-on-write overlays over those exports, so
+// a launch copies nothing and replication never pauses; the export target
+// writes image files and a manifest.
 type launcher struct {
 	replica *replica.Store
-	target  launch.Target
-	sock    string
-	log     *slog.Logger
+	targets map[string]launch.Target // by name; read-only after start
+	// converter converts guests on launches with conversion on.
+	converter *libguestfs.Converter
+	sock      string
+	log       *slog.Logger
 
 	mu      sync.Mutex
 	readers map[string]*replica.Reader // export name → open snapshot reader; guarded by mu
@@ -100,11 +107,42 @@ func size(srv *ferry.SourceServer) (cpus, memMiB int) {
 	return max(cpus, 1), max(memMiB, 128)
 }
 
-// Launch implements jobs.Launcher.
-func (l *launcher) Launch(ctx context.Context, srv *ferry.SourceServer, snaps map[string]string, kind ferry.JobInitiator, jobID string) (*ferry.LaunchedInstance, error) {
-	if srv.LaunchSetup.Target != "" && srv.LaunchSetup.Target != l.target.Name() {
-		return nil, fmt.Errorf("launch target %q is not configured on this server (have %q)", srv.LaunchSetup.Target, l.target.Name())
+// defaultTarget is the target of a server whose settings name none.
+const defaultTarget = "qemu"
+
+// target returns the launch target named name ("" is the default).
+func (l *launcher) target(name string) (launch.Target, error) {
+	if name == "" {
+		name = defaultTarget
 	}
+	if tg, ok := l.targets[name]; ok {
+		return tg, nil
+	}
+	have := make([]string, 0, len(l.targets))
+	for n := range l.targets {
+		have = append(have, n)
+	}
+	sort.Strings(have)
+	return nil, fmt.Errorf("unknown launch target %q: this server has %s (set the server's launch settings target)", name, strings.Join(have, ", "))
+}
+
+// openExport resolves an NBD URL of the launch socket to the snapshot it
+// serves, for targets that read snapshots directly (export).
+func (l *launcher) openExport(ctx context.Context, nbdURL string) (nbd.Device, error) {
+	u, err := url.Parse(nbdURL)
+	if err != nil || u.Scheme != "nbd+unix" || u.Query().Get("socket") != l.sock {
+		return nil, fmt.Errorf("%q is not an export of this server's launch socket", nbdURL)
+	}
+	return l.lookup(strings.TrimPrefix(u.Path, "/"))
+}
+
+// Launch implements jobs.Launcher.
+func (l *launcher) Launch(ctx context.Context, srv *ferry.SourceServer, snaps map[string]string, kind ferry.JobInitiator, jobID string, logf jobs.LogFunc) (*ferry.LaunchedInstance, error) {
+	tg, err := l.target(srv.LaunchSetup.Target)
+	if err != nil {
+		return nil, err
+	}
+	_, files := tg.(*export.Target)
 	what := "test"
 	if kind == ferry.InitiatedByStartCutover {
 		what = "cutover"
@@ -113,13 +151,17 @@ func (l *launcher) Launch(ctx context.Context, srv *ferry.SourceServer, snaps ma
 	// and socket paths are limited to 107 bytes.
 	short := strings.TrimPrefix(srv.ID, "s-")
 	short = short[:min(8, len(short))]
-	spec := launch.Spec{Name: what + "-" + short}
+	spec := launch.Spec{Name: what + "-" + short, Source: launch.Source{
+		ServerID: srv.ID, Hostname: srv.Hostname, OS: srv.OS, Kernel: srv.Kernel, CPUs: srv.CPUs, RAMBytes: srv.RAMBytes,
+	}}
 	spec.CPUs, spec.MemoryMiB = size(srv)
 	if srv.LaunchSetup.BootMode == ferry.BootUEFI {
 		spec.BootMode = launch.UEFI
 	}
-	for _, p := range guestPorts(srv.LaunchSetup.PostLaunchActions) {
-		spec.Forwards = append(spec.Forwards, launch.Forward{GuestPort: p})
+	if !files { // exported images do not run here: nothing to forward to
+		for _, p := range guestPorts(srv.LaunchSetup.PostLaunchActions) {
+			spec.Forwards = append(spec.Forwards, launch.Forward{GuestPort: p})
+		}
 	}
 	for _, d := range srv.Disks {
 		snap, ok := snaps[d.Name]
@@ -131,9 +173,12 @@ func (l *launcher) Launch(ctx context.Context, srv *ferry.SourceServer, snaps ma
 			return nil, err
 		}
 		u := url.URL{Scheme: "nbd+unix", Path: "/" + name, RawQuery: "socket=" + l.sock}
-		spec.Disks = append(spec.Disks, launch.DiskSource{NBDURL: u.String()})
+		spec.Disks = append(spec.Disks, launch.DiskSource{NBDURL: u.String(), Name: d.Name, Snapshot: snap})
 	}
-	inst, err := l.target.Launch(ctx, spec)
+	if srv.LaunchSetup.Convert {
+		spec.Prepare = l.convert(logf)
+	}
+	inst, err := tg.Launch(ctx, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -146,6 +191,33 @@ func (l *launcher) Launch(ctx context.Context, srv *ferry.SourceServer, snaps ma
 	}
 	l.log.Info("instance launched", "server", srv.ID, "instance", inst.ID, "kind", what, "accel", inst.Accel)
 	return li, nil
+}
+
+// convert returns the Prepare step of a launch with conversion: libguestfs
+// on the instance's own disks, each change a line of the job log.
+func (l *launcher) convert(logf jobs.LogFunc) launch.PrepareFunc {
+	return func(ctx context.Context, disks, formats []string) error {
+		if err := l.converter.Available(); err != nil {
+			logf(ferry.EventConversionFail, "conversion is on but cannot run: %v (install libguestfs-tools, or turn conversion off in the launch settings)", err)
+			return err
+		}
+		logf(ferry.EventConversionStart, "converting the guest with libguestfs on the instance's own disks (%d)", len(disks))
+		start := time.Now()
+		changes, err := l.converter.Convert(ctx, disks, formats, libguestfs.Options{})
+		applied := 0
+		for _, ch := range changes {
+			if ch.Applied {
+				applied++
+			}
+			logf(ferry.EventConversionEnd, "%s", ch)
+		}
+		if err != nil {
+			logf(ferry.EventConversionFail, "conversion failed after %v: %v", time.Since(start).Round(time.Second), err)
+			return fmt.Errorf("conversion: %w", err)
+		}
+		logf(ferry.EventConversionEnd, "conversion done in %v: %d change(s), %d step(s) with nothing to do", time.Since(start).Round(time.Second), applied, len(changes)-applied)
+		return nil
+	}
 }
 
 // hostAddr finds where a guest port is forwarded on the host.
@@ -168,6 +240,13 @@ func hostAddr(inst *ferry.LaunchedInstance, guest string) (string, error) {
 // status and contains.
 func (l *launcher) PostLaunch(ctx context.Context, inst *ferry.LaunchedInstance, a ferry.PostLaunchAction) ferry.PostLaunchResult {
 	res := ferry.PostLaunchResult{ActionID: a.ID, Name: a.Name, StartedAt: time.Now().UTC()}
+	if tg, err := l.target(inst.Target); err == nil {
+		if _, files := tg.(*export.Target); files {
+			res.Status, res.FinishedAt = ferry.PostLaunchSuccess, time.Now().UTC()
+			res.Output = "skipped: the export target writes image files; nothing runs here to check"
+			return res
+		}
+	}
 	var r postlaunch.Result
 	p := a.Parameters
 	switch p["type"] {
@@ -213,7 +292,11 @@ func (l *launcher) PostLaunch(ctx context.Context, inst *ferry.LaunchedInstance,
 
 // Terminate implements jobs.Launcher.
 func (l *launcher) Terminate(ctx context.Context, inst *ferry.LaunchedInstance) error {
-	if err := l.target.Terminate(ctx, inst.ID); err != nil && !errors.Is(err, launch.ErrNotFound) {
+	tg, err := l.target(inst.Target)
+	if err != nil {
+		return fmt.Errorf("terminate %s: %w", inst.ID, err)
+	}
+	if err := tg.Terminate(ctx, inst.ID); err != nil && !errors.Is(err, launch.ErrNotFound) {
 		return err
 	}
 	return nil
@@ -227,6 +310,18 @@ func (l *launcher) close() {
 		r.Close()
 		delete(l.readers, n)
 	}
+}
+
+// newLauncher returns a launcher with the qemu target (instances in
+// DATA/instances) and the export target (images in DATA/exports).
+func newLauncher(rs *replica.Store, dataDir, sock string, log *slog.Logger) *launcher {
+	l := &launcher{replica: rs, sock: sock, log: log, converter: &libguestfs.Converter{Logger: log}}
+	q := qemu.New(filepath.Join(dataDir, "instances"))
+	q.Logger = log
+	e := export.New(filepath.Join(dataDir, "exports"), l.openExport)
+	e.Logger = log
+	l.targets = map[string]launch.Target{q.Name(): q, e.Name(): e}
+	return l
 }
 
 // startLaunches sets up test launches and cutovers: the NBD socket that
@@ -244,9 +339,7 @@ func (s *Server) startLaunches(ctx context.Context, cfg config.Server, log *slog
 		return fmt.Errorf("listen for launch NBD exports on %s: %w", sock, err)
 	}
 	s.nbdLn = ln
-	target := qemu.New(filepath.Join(cfg.DataDir, "instances"))
-	target.Logger = log
-	s.launcher = &launcher{replica: s.replica, target: target, sock: sock, log: log}
+	s.launcher = newLauncher(s.replica, cfg.DataDir, sock, log)
 	s.jobs = &jobs.Runner{Store: s.store, Snapshots: s.data, Launcher: s.launcher, Logger: log}
 	n, err := s.jobs.Recover(ctx)
 	if err != nil {

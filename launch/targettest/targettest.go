@@ -37,6 +37,17 @@ type Options struct {
 	BootTimeout time.Duration
 	// MemoryMiB for the test instance. Default 256.
 	MemoryMiB int
+	// Files says the target's instances are image files to import
+	// elsewhere (the export target), not machines that run here. The
+	// suite then launches without port forwards and expects a forward to
+	// be refused with launch.ErrNotSupported, skips (saying so) the
+	// memory check, and instead of booting checks that Launch returns an
+	// instance in state launch.Exported whose files exist, are its own and
+	// are removed by Terminate; CheckFiles, when set, checks their content.
+	Files bool
+	// CheckFiles checks an instance of a Files target against the image
+	// it was launched from.
+	CheckFiles func(t *testing.T, inst *launch.Instance, img Image)
 }
 
 // NewTarget returns the target under test, keeping all its state under dir.
@@ -45,10 +56,11 @@ type Options struct {
 type NewTarget func(t *testing.T, dir string) launch.Target
 
 // Run runs the conformance suite: launch failures that must leave nothing
-// behind, then a real boot of img (marker on the console, HTTP through a
-// port forward), a second instance of the same snapshot beside the first,
-// status from a fresh target, and termination that leaves nothing behind.
-// It logs the time of each phase.
+// behind (including a failing Spec.Prepare), then a real boot of img
+// (marker on the console, HTTP through a port forward), a second instance
+// of the same snapshot beside the first, status from a fresh target, and
+// termination that leaves nothing behind. It logs the time of each phase.
+// With Options.Files, the boot is replaced by checks of the files.
 func Run(t *testing.T, newTarget NewTarget, img Image, opts Options) {
 	if opts.BootTimeout == 0 {
 		opts.BootTimeout = 90 * time.Second
@@ -58,13 +70,17 @@ func Run(t *testing.T, newTarget NewTarget, img Image, opts Options) {
 	}
 	url := ServeImage(t, img.Path)
 	spec := func(name string) launch.Spec {
-		return launch.Spec{
+		s := launch.Spec{
 			Name:      name,
 			Disks:     []launch.DiskSource{{NBDURL: url}},
 			CPUs:      1,
 			MemoryMiB: opts.MemoryMiB,
 			Forwards:  []launch.Forward{{GuestPort: img.HTTPPort}},
 		}
+		if opts.Files {
+			s.Forwards = nil
+		}
+		return s
 	}
 	t.Run("Failures", func(t *testing.T) {
 		dir := t.TempDir()
@@ -76,23 +92,39 @@ func Run(t *testing.T, newTarget NewTarget, img Image, opts Options) {
 		}
 		defer taken.Close()
 		takenPort := taken.Addr().(*net.TCPAddr).Port
+		errPrepare := errors.New("prepare refused by the test")
+		// A target of files refuses forwards and needs no memory.
+		portErr, memSkip := launch.ErrPortInUse, ""
+		if opts.Files {
+			portErr = launch.ErrNotSupported
+			memSkip = "Options.Files: the target runs nothing, so it needs no memory for the instance"
+		}
 		cases := []struct {
 			name string
 			edit func(*launch.Spec)
 			want error // nil: any error
+			skip string
 		}{
-			{"bad name", func(s *launch.Spec) { s.Name = "../escape" }, launch.ErrInvalidSpec},
-			{"no disks", func(s *launch.Spec) { s.Disks = nil }, launch.ErrInvalidSpec},
-			{"local file as disk", func(s *launch.Spec) { s.Disks[0].NBDURL = img.Path }, launch.ErrInvalidSpec},
-			{"zero CPUs", func(s *launch.Spec) { s.CPUs = 0 }, launch.ErrInvalidSpec},
-			{"port taken", func(s *launch.Spec) { s.Forwards[0].HostPort = takenPort }, launch.ErrPortInUse},
-			{"absurd memory", func(s *launch.Spec) { s.MemoryMiB = 1 << 30 }, launch.ErrInsufficientMemory},
+			{"bad name", func(s *launch.Spec) { s.Name = "../escape" }, launch.ErrInvalidSpec, ""},
+			{"no disks", func(s *launch.Spec) { s.Disks = nil }, launch.ErrInvalidSpec, ""},
+			{"local file as disk", func(s *launch.Spec) { s.Disks[0].NBDURL = img.Path }, launch.ErrInvalidSpec, ""},
+			{"zero CPUs", func(s *launch.Spec) { s.CPUs = 0 }, launch.ErrInvalidSpec, ""},
+			{"port taken", func(s *launch.Spec) {
+				s.Forwards = []launch.Forward{{GuestPort: img.HTTPPort, HostPort: takenPort}}
+			}, portErr, ""},
+			{"absurd memory", func(s *launch.Spec) { s.MemoryMiB = 1 << 30 }, launch.ErrInsufficientMemory, memSkip},
 			{"unreachable export", func(s *launch.Spec) {
 				s.Disks[0].NBDURL = "nbd+unix:///missing?socket=" + filepath.Join(dir, "no.sock")
-			}, nil},
+			}, nil, ""},
+			{"prepare fails", func(s *launch.Spec) {
+				s.Prepare = func(ctx context.Context, disks, formats []string) error { return errPrepare }
+			}, errPrepare, ""},
 		}
 		for _, c := range cases {
 			t.Run(c.name, func(t *testing.T) {
+				if c.skip != "" {
+					t.Skip("not applicable: " + c.skip)
+				}
 				s := spec("fail")
 				c.edit(&s)
 				inst, err := tg.Launch(ctx, s)
@@ -123,6 +155,10 @@ func Run(t *testing.T, newTarget NewTarget, img Image, opts Options) {
 		}
 	})
 
+	if opts.Files {
+		t.Run("FilesTerminate", func(t *testing.T) { runFiles(t, newTarget, img, spec, opts) })
+		return
+	}
 	t.Run("BootServeTerminate", func(t *testing.T) {
 		if testing.Short() {
 			t.Skip("boots a guest; skipped with -short")
@@ -133,11 +169,15 @@ func Run(t *testing.T, newTarget NewTarget, img Image, opts Options) {
 		before := fileHash(t, img.Path)
 
 		start := time.Now()
-		inst, err := tg.Launch(ctx, spec("conformance"))
+		bootSpec := spec("conformance")
+		prep := &prepared{}
+		bootSpec.Prepare = prep.record
+		inst, err := tg.Launch(ctx, bootSpec)
 		if err != nil {
 			t.Fatalf("Launch: %v", err)
 		}
 		launched := time.Since(start)
+		prep.check(t, inst)
 		terminated := false
 		t.Cleanup(func() {
 			if !terminated {
@@ -335,4 +375,106 @@ func fileHash(t testing.TB, path string) string {
 		t.Fatal(err)
 	}
 	return fmt.Sprintf("%x", h.Sum(nil))
+}
+
+// prepared records the calls of a Spec.Prepare.
+type prepared struct {
+	calls   int
+	disks   []string
+	formats []string
+	missing []string // disks that did not exist when Prepare ran
+}
+
+func (p *prepared) record(ctx context.Context, disks, formats []string) error {
+	p.calls++
+	p.disks, p.formats = disks, formats
+	for _, d := range disks {
+		if fi, err := os.Stat(d); err != nil || !fi.Mode().IsRegular() {
+			p.missing = append(p.missing, d)
+		}
+	}
+	return nil
+}
+
+// check fails t unless Prepare ran once with the instance's own disks.
+func (p *prepared) check(t *testing.T, inst *launch.Instance) {
+	t.Helper()
+	if p.calls != 1 {
+		t.Errorf("Spec.Prepare called %d times, want once", p.calls)
+	}
+	if len(p.missing) > 0 {
+		t.Errorf("Spec.Prepare got disks that are not regular files: %v", p.missing)
+	}
+	if fmt.Sprint(p.disks) != fmt.Sprint(inst.Overlays) || len(p.formats) != len(p.disks) {
+		t.Errorf("Spec.Prepare got disks %v (formats %v), want the instance's own %v", p.disks, p.formats, inst.Overlays)
+	}
+}
+
+// runFiles is the second half of the suite for targets whose instances are
+// files (Options.Files).
+func runFiles(t *testing.T, newTarget NewTarget, img Image, spec func(string) launch.Spec, opts Options) {
+	dir := t.TempDir()
+	tg := newTarget(t, dir)
+	ctx := context.Background()
+	before := fileHash(t, img.Path)
+
+	start := time.Now()
+	s := spec("conformance")
+	prep := &prepared{}
+	s.Prepare = prep.record
+	inst, err := tg.Launch(ctx, s)
+	if err != nil {
+		t.Fatalf("Launch: %v", err)
+	}
+	t.Cleanup(func() { tg.Terminate(context.Background(), inst.ID) })
+	t.Logf("launch returned after %v: id %s files %v", time.Since(start).Round(time.Millisecond), inst.ID, inst.Overlays)
+	if inst.Target != tg.Name() || inst.State != launch.Exported || len(inst.Overlays) != len(s.Disks) || len(inst.Addresses) != 0 {
+		t.Fatalf("Launch returned %+v, want state %s, one file per disk, no addresses", inst, launch.Exported)
+	}
+	prep.check(t, inst)
+	for _, f := range inst.Overlays {
+		if fi, err := os.Stat(f); err != nil || !fi.Mode().IsRegular() || fi.Size() == 0 {
+			t.Fatalf("instance file %s: %v", f, err)
+		}
+	}
+	if opts.CheckFiles != nil {
+		opts.CheckFiles(t, inst, img)
+	}
+
+	second, err := tg.Launch(ctx, spec("conformance"))
+	if err != nil {
+		t.Fatalf("second Launch: %v", err)
+	}
+	defer tg.Terminate(context.Background(), second.ID)
+	if second.ID == inst.ID || second.Overlays[0] == inst.Overlays[0] {
+		t.Fatalf("second instance shares files with the first: %+v vs %+v", second, inst)
+	}
+	if err := tg.Terminate(ctx, second.ID); err != nil {
+		t.Fatalf("Terminate second: %v", err)
+	}
+	if _, err := os.Stat(inst.Overlays[0]); err != nil {
+		t.Fatalf("first instance's file gone after the second was terminated: %v", err)
+	}
+
+	again := newTarget(t, dir)
+	st, err := again.Status(ctx, inst.ID)
+	if err != nil {
+		t.Fatalf("Status from a new target: %v", err)
+	}
+	if st.State != launch.Exported || fmt.Sprint(st.Overlays) != fmt.Sprint(inst.Overlays) {
+		t.Errorf("Status = %+v, want %+v", st, inst)
+	}
+	if err := again.Terminate(ctx, inst.ID); err != nil {
+		t.Fatalf("Terminate: %v", err)
+	}
+	if _, err := tg.Status(ctx, inst.ID); !errors.Is(err, launch.ErrNotFound) {
+		t.Errorf("Status after Terminate = %v, want ErrNotFound", err)
+	}
+	if err := tg.Terminate(ctx, inst.ID); err != nil {
+		t.Errorf("second Terminate = %v, want nil", err)
+	}
+	CheckNothingLeft(t, dir)
+	if after := fileHash(t, img.Path); after != before {
+		t.Errorf("the source image changed during the launch")
+	}
 }
