@@ -12,7 +12,9 @@ import (
 	"github.com/ferrymigrate/ferry/jobs"
 )
 
-// fakeLaunch is a snapshotter and launcher that succeed at once.
+// fakeLaunch is a snapshotter and launcher that succeed at once: the bulk
+// routes are about fanning out one job per member and reporting who could
+// not start; real launches are tested in e2e/launch_test.go.
 type fakeLaunch struct{}
 
 func (fakeLaunch) Snapshot(context.Context, string, bool) (map[string]string, error) {
@@ -23,7 +25,7 @@ func (fakeLaunch) Latest(context.Context, string) (map[string]string, error) {
 	return map[string]string{"vda": "snap-1"}, nil
 }
 
-func (fakeLaunch) Launch(_ context.Context, srv *ferry.SourceServer, snaps map[string]string, kind ferry.JobInitiator, jobID string) (*ferry.LaunchedInstance, error) {
+func (fakeLaunch) Launch(_ context.Context, srv *ferry.SourceServer, snaps map[string]string, kind ferry.JobInitiator, jobID string, _ jobs.LogFunc) (*ferry.LaunchedInstance, error) {
 	return &ferry.LaunchedInstance{ID: "i-" + srv.ID, JobID: jobID, Kind: kind, Target: "fake", FirstBoot: ferry.FirstBootWaiting, Snapshots: snaps, LaunchedAt: time.Now()}, nil
 }
 
