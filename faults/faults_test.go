@@ -307,7 +307,7 @@ var faultKinds = []fault{
 		if err := c.lab.link(false); err != nil {
 			return err
 		}
-		sleepRand(rng, 2*time.Second, 6*time.Second)
+		sleepRand(rng, 2*time.Second, 5*time.Second)
 		return c.lab.link(true)
 	}},
 	{"link-flap", func(c *cluster, rng *rand.Rand) error {
@@ -327,14 +327,14 @@ var faultKinds = []fault{
 		if err := c.lab.loss(30); err != nil {
 			return err
 		}
-		sleepRand(rng, 5*time.Second, 9*time.Second)
+		sleepRand(rng, 3*time.Second, 6*time.Second)
 		return c.lab.loss(0)
 	}},
 	{"latency500", func(c *cluster, rng *rand.Rand) error {
 		if err := c.tp.toxic("lat", "latency", map[string]any{"latency": 500, "jitter": 50}); err != nil {
 			return err
 		}
-		sleepRand(rng, 4*time.Second, 8*time.Second)
+		sleepRand(rng, 3*time.Second, 6*time.Second)
 		return c.tp.untoxic("lat")
 	}},
 	{"reset", func(c *cluster, rng *rand.Rand) error {
@@ -345,7 +345,7 @@ var faultKinds = []fault{
 		return c.tp.untoxic("rst")
 	}},
 	{"stall", func(c *cluster, rng *rand.Rand) error {
-		ms := 3000 + rng.IntN(6000)
+		ms := 2000 + rng.IntN(4000)
 		if err := c.tp.toxic("stall", "timeout", map[string]any{"timeout": ms}); err != nil {
 			return err
 		}
@@ -356,7 +356,7 @@ var faultKinds = []fault{
 		if err := c.lab.slow("2mbit"); err != nil {
 			return err
 		}
-		sleepRand(rng, 4*time.Second, 8*time.Second)
+		sleepRand(rng, 3*time.Second, 6*time.Second)
 		return c.lab.slow("")
 	}},
 	{"staging-disk-full", func(c *cluster, rng *rand.Rand) error {
@@ -369,7 +369,7 @@ var faultKinds = []fault{
 		if err := sh("fallocate", "-l", strconv.FormatInt(free, 10), filler); err != nil {
 			return err
 		}
-		sleepRand(rng, 4*time.Second, 8*time.Second)
+		sleepRand(rng, 3*time.Second, 6*time.Second)
 		return os.Remove(filler)
 	}},
 	{"source-grown", func(c *cluster, rng *rand.Rand) error {
@@ -412,7 +412,7 @@ func (c *cluster) waitDiskSize(size int64, within time.Duration) bool {
 	return false
 }
 
-// budget is how long the rounds run: 5 minutes in CI, an hour with
+// budget is how long the rounds run: 6 minutes in CI, an hour with
 // FERRY_SOAK=1, or FERRY_FAULTS_DURATION.
 func budget(t *testing.T) time.Duration {
 	if v := os.Getenv("FERRY_FAULTS_DURATION"); v != "" {
@@ -425,7 +425,7 @@ func budget(t *testing.T) time.Duration {
 	if os.Getenv("FERRY_SOAK") == "1" {
 		return time.Hour
 	}
-	return 5 * time.Minute
+	return 6 * time.Minute
 }
 
 // TestFaultInjection replicates a loop device under fio writes while
@@ -479,6 +479,9 @@ func TestFaultInjection(t *testing.T) {
 	if err := c.throttle(syncThrottle); err != nil {
 		t.Fatal(err)
 	}
+	if c.waitServer(30*time.Second, func(s *ferry.SourceServer) bool { return s.Replication.State == ferry.ReplicationInitialSync }) == nil {
+		t.Fatal("the initial sync never started")
+	}
 
 	stats := newStats()
 	limit := budget(t)
@@ -489,15 +492,12 @@ func TestFaultInjection(t *testing.T) {
 		if round > 0 && time.Since(began) > limit {
 			break
 		}
-		fioTime := 6 * time.Second
+		fioTime := 8 * time.Second
 		fio := c.fio(fioTime, rng)
 		if err := fio.Start(); err != nil {
 			t.Fatal(err)
 		}
-		perRound := 2
-		if round == 0 {
-			perRound = 4
-		}
+		perRound := 4
 		for range perRound {
 			if next%len(order) == 0 {
 				rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
@@ -524,7 +524,9 @@ func TestFaultInjection(t *testing.T) {
 		if err != nil {
 			t.Fatalf("round %d: did not converge: %v", round, err)
 		}
-		stats.converged(time.Since(healed))
+		conv := time.Since(healed)
+		stats.converged(conv)
+		checked := time.Now()
 		lost, err := c.check(snap)
 		stats.lost += lost
 		if lost != 0 {
@@ -533,9 +535,14 @@ func TestFaultInjection(t *testing.T) {
 		if err != nil {
 			t.Fatalf("round %d: %v", round, err)
 		}
-		t.Logf("round %d: converged in %.1fs, snapshot %s equals the source (%d MiB)", round, time.Since(healed).Seconds(), snap, c.size>>20)
+		t.Logf("round %d: converged in %.1fs; snapshot %s equals the source (%d MiB); checked in %.1fs",
+			round, conv.Seconds(), snap, c.size>>20, time.Since(checked).Seconds())
 		if t.Failed() {
 			break
+		}
+		// The next round starts once the agent is back in session.
+		if c.waitServer(90*time.Second, func(s *ferry.SourceServer) bool { return s.Replication.State == ferry.ReplicationContinuous }) == nil {
+			t.Fatalf("round %d: the agent did not return to CONTINUOUS after the check", round)
 		}
 	}
 	t.Logf("source grown %d times: %d picked up live, %d after an agent restart", c.growLive+c.growRestart, c.growLive, c.growRestart)
