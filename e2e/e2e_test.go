@@ -56,6 +56,7 @@ func freePort(t *testing.T) string {
 type server struct {
 	cmd         *exec.Cmd
 	addr        string
+	dataAddr    string // the data plane's listening address
 	token       string
 	fingerprint string
 	log         *bytes.Buffer
@@ -65,7 +66,7 @@ type server struct {
 func startServer(t *testing.T, data string) *server {
 	t.Helper()
 	api, dp := freePort(t), freePort(t)
-	s := &server{addr: "https://" + api, log: &bytes.Buffer{}, done: make(chan error, 1)}
+	s := &server{addr: "https://" + api, dataAddr: dp, log: &bytes.Buffer{}, done: make(chan error, 1)}
 	s.cmd = exec.Command(bin, "server", "--dev", "--data", data, "--listen", api, "--data-listen", dp, "--advertise", "127.0.0.1")
 	s.cmd.Stderr = s.log
 	stdout, err := s.cmd.StdoutPipe()

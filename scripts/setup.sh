@@ -11,6 +11,9 @@ want qemu-img qemu-utils
 want qemu-system-x86_64 qemu-system-x86
 want nbdinfo libnbd-bin
 want fio fio
+# The fault-injection suite (faults/): packet loss with nftables, slow links with tc.
+want nft nftables
+want tc iproute2
 want rsync rsync
 want psql postgresql
 want pg_ctlcluster postgresql
@@ -76,6 +79,15 @@ GOBIN_DIR="$(go env GOPATH)/bin"
 mkdir -p "$GOBIN_DIR"
 [ -x "$GOBIN_DIR/staticcheck" ] || go install honnef.co/go/tools/cmd/staticcheck@v0.7.0
 [ -x "$GOBIN_DIR/versitygw" ] || go install github.com/versity/versitygw/cmd/versitygw@latest
+[ -x "$GOBIN_DIR/govulncheck" ] || go install golang.org/x/vuln/cmd/govulncheck@v1.9.0
+# Toxiproxy (latency, resets and stalls for the fault-injection suite); its
+# command is named "server", so it is installed as toxiproxy-server.
+if [ ! -x "$GOBIN_DIR/toxiproxy-server" ]; then
+  tp="$(mktemp -d)"
+  GOBIN="$tp" go install github.com/Shopify/toxiproxy/v2/cmd/server@latest
+  mv "$tp/server" "$GOBIN_DIR/toxiproxy-server"
+  rmdir "$tp"
+fi
 # playwright-core for the dashboard test, at the version package-lock.json pins.
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 [ -d "$ROOT/dashboard/e2e/node_modules/playwright-core" ] || npm ci --prefix "$ROOT/dashboard/e2e" --no-audit --no-fund >/dev/null

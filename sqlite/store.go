@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"strings"
 
 	"github.com/ferrymigrate/ferry"
@@ -42,12 +43,48 @@ func dsn(path string, readOnly bool) string {
 	return "file:" + path + "?" + q.Encode()
 }
 
+// createPrivate creates the file at path with mode 0600 if it does not
+// exist, and removes group and other permissions from it and its -wal and
+// -shm files if it does. ":memory:" and other non-files are left alone.
+func createPrivate(path string) error {
+	if path == ":memory:" || strings.HasPrefix(path, "file:") {
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		fi, err := os.Stat(p)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		} else if err != nil {
+			return err
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			if err := os.Chmod(p, fi.Mode().Perm()&0o700); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // Open opens the SQLite database at path, creating it if needed, and
 // brings its schema up to date. It fails if the database was written by a
 // newer Ferry.
 func Open(path string) (*Store, error) {
 	if path == "" || strings.ContainsAny(path, "?#") {
 		return nil, fmt.Errorf("sqlite: open %q: path must be a file name without ? or #: %w", path, ferry.ErrInvalid)
+	}
+	// The database holds token hashes and agent certificate serials:
+	// create it 0600 (SQLite gives its -wal and -shm files the database's
+	// mode), and tighten one an older Ferry created.
+	if err := createPrivate(path); err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
 	}
 	db, err := sql.Open("sqlite", dsn(path, false))
 	if err != nil {
