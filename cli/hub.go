@@ -143,6 +143,10 @@ func RunGroupsCreate(ctx context.Context, kind string, o GroupCreateOptions, out
 		return err
 	}
 	if o.Output != FormatTable {
+		// The create answer is the bare object; the summary comes with GET.
+		if err := cl.Do(ctx, http.MethodGet, "/"+kind+"/"+url.PathEscape(g.ID), nil, nil, &g); err != nil {
+			return err
+		}
 		return writeData(out, o.Output, g)
 	}
 	fmt.Fprintf(out, "Created %s %s (%s)\n", strings.TrimSuffix(kind, "s"), g.ID, g.Name)
