@@ -99,7 +99,15 @@ type rdisk struct {
 	// when none is wanted. The barrier that answers it goes once the
 	// dirty and rescan maps are empty.
 	flushAt time.Time
-	sweep   int64 // dirty-map elevator position
+	// flushApp is set while the answer to flushAt should be an
+	// app-consistent barrier (the file systems were frozen for it).
+	flushApp bool
+	// flushID is the ID of the FLUSH that flushAt answers.
+	flushID uint32
+	// appSeq is the seq of the app-consistent barrier whose durable
+	// acknowledgement thaws the file systems; 0 when none.
+	appSeq uint64
+	sweep  int64 // dirty-map elevator position
 	// replicaSize is the replica's size from HELLO_ACK; the agent sends
 	// RESIZE when the device is larger.
 	replicaSize int64
@@ -132,6 +140,12 @@ type engine struct {
 	credit    int64             // guarded by mu
 	inflightB int64             // guarded by mu
 	dirtySave bool              // progress changed since saved; guarded by mu
+	// fz holds the file systems frozen for an app-consistent point until
+	// every disk's barrier is decided; guarded by mu.
+	fz *freezer
+	// thawing holds the file systems frozen once every barrier is decided,
+	// until the server acknowledges them durable; guarded by mu.
+	thawing *freezer
 }
 
 // Replicate replicates Devices to the server the agent paired with until
@@ -469,6 +483,8 @@ func (e *engine) disconnected() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.dirtySave = true
+	// Nothing more will be acknowledged on this connection.
+	e.maybeThawLocked(true)
 	e.cond.Broadcast()
 }
 
@@ -495,6 +511,7 @@ func (e *engine) ackLocked(d *rdisk, seq uint64) {
 		d.prog.SyncCursor = d.size
 		e.log.Info("initial sync complete", "disk", d.dev.name)
 	}
+	e.maybeThawLocked(false)
 	e.cond.Broadcast()
 }
 
@@ -535,7 +552,11 @@ func (e *engine) readLoop(ctx context.Context, r *protocol.Reader, nc net.Conn, 
 			e.cond.Broadcast()
 			e.mu.Unlock()
 		case *protocol.Flush:
-			e.flush()
+			if m.App() {
+				go e.appFlush(m.ID)
+			} else {
+				e.flush(m.ID, false)
+			}
 		case *protocol.HashReply:
 			r := *m
 			r.Hashes = append([]byte(nil), m.Hashes...)
@@ -607,10 +628,15 @@ const flushGrace = 250 * time.Millisecond
 // flush answers the server's FLUSH: a tracker that only sees changes when
 // it scans cannot vouch for the present, so each disk is compared with the
 // replica by hashes; then every disk sends a barrier once nothing is left
-// to send.
-func (e *engine) flush() {
+// to send. With app set, that barrier is app-consistent if the file
+// systems (frozen by appFlush) are still frozen when it is decided.
+func (e *engine) flush(id uint32, app bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.flushLocked(id, app)
+}
+
+func (e *engine) flushLocked(id uint32, app bool) {
 	now := time.Now()
 	precise := e.o.Tracker != nil && e.o.Tracker.Kind() == "ebpf"
 	for _, d := range e.disks {
@@ -618,7 +644,116 @@ func (e *engine) flush() {
 			d.rescan.Add(0, d.size, now)
 		}
 		d.flushAt = now
+		d.flushApp = app
+		d.flushID = id
 	}
-	e.log.Info("flush requested: sending a drained consistency point", "hash_compare", !precise)
+	e.log.Info("flush requested: sending a drained consistency point", "hash_compare", !precise, "app_consistent", app)
 	e.cond.Broadcast()
+}
+
+// appFlush answers a FLUSH that asks for an app-consistent point: it
+// freezes every file system mounted from the replicated disks (at most
+// MaxFreeze), then drains as flush does; the send loop sends each disk's
+// barrier as app-consistent while they are frozen and thaws them after
+// the last one. When nothing can be frozen the point is crash-consistent
+// and the server reports that it could not get an app-consistent one.
+func (e *engine) appFlush(id uint32) {
+	var mounts []string
+	for _, d := range e.disks {
+		nums, err := devNums(d.dev.path)
+		if err == nil {
+			var m []string
+			m, err = mountsOn("/proc/self/mountinfo", nums)
+			mounts = append(mounts, m...)
+		}
+		if err != nil {
+			e.log.Warn("app-consistent point: cannot find the file systems on a disk; sending a crash-consistent one", "disk", d.dev.name, "err", err)
+			e.flush(id, false)
+			return
+		}
+	}
+	fz, err := freezeMounts(mounts, MaxFreeze)
+	if err != nil {
+		e.log.Warn("app-consistent point: freeze failed; sending a crash-consistent one", "err", err)
+		e.flush(id, false)
+		return
+	}
+	e.log.Info("file systems frozen for an app-consistent point", "mounts", mounts, "max", MaxFreeze)
+	e.mu.Lock()
+	old := e.fz
+	e.fz = fz
+	e.flushLocked(id, true)
+	e.mu.Unlock()
+	if old != nil {
+		_ = old.Thaw()
+	}
+}
+
+// barrierConsistencyLocked decides the consistency of the barrier at seq
+// about to be sent for d. The send loop is the only sender, so with d's
+// maps empty every write completed so far is in a record before this
+// barrier; if the file systems are still frozen now, they were frozen from
+// before those writes' last change until now. Once every disk's barrier is
+// decided, the file systems stay frozen until the server acknowledges the
+// barriers durable (so the point is safe before applications go on), or
+// until MaxFreeze has passed.
+func (e *engine) barrierConsistencyLocked(d *rdisk, seq uint64) uint8 {
+	if !d.flushApp {
+		return protocol.CrashConsistent
+	}
+	d.flushApp = false
+	cons := protocol.CrashConsistent
+	if fz := e.fz; fz != nil {
+		fz.Lock()
+		if fz.FrozenLocked() {
+			cons = protocol.AppConsistent
+			d.appSeq = seq
+		}
+		fz.Unlock()
+	}
+	if cons != protocol.AppConsistent {
+		e.log.Warn("app-consistent point: the freeze ended before the disk drained; sending a crash-consistent barrier", "disk", d.dev.name, "max", MaxFreeze)
+	}
+	for _, o := range e.disks {
+		if o.flushApp {
+			return cons
+		}
+	}
+	e.thawing, e.fz = e.fz, nil
+	e.maybeThawLocked(false)
+	return cons
+}
+
+// maybeThawLocked thaws the file systems held for app-consistent barriers
+// once they are all acknowledged durable, or now when force is set.
+func (e *engine) maybeThawLocked(force bool) {
+	if e.fz != nil && force {
+		e.thawLocked(e.fz)
+		e.fz = nil
+		for _, d := range e.disks {
+			d.flushApp = false
+		}
+	}
+	if e.thawing == nil {
+		return
+	}
+	if !force {
+		for _, d := range e.disks {
+			if d.appSeq != 0 && d.prog.AckedSeq < d.appSeq {
+				return
+			}
+		}
+	}
+	e.thawLocked(e.thawing)
+	e.thawing = nil
+	for _, d := range e.disks {
+		d.appSeq = 0
+	}
+}
+
+func (e *engine) thawLocked(fz *freezer) {
+	if err := fz.Thaw(); err != nil {
+		e.log.Warn("thaw file systems", "err", err)
+	}
+	e.log.Info("file systems thawed", "frozen_for", fz.Took().Round(time.Millisecond))
 }

@@ -256,9 +256,16 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 			d.nextSeq++
 			d.inflight = append(d.inflight, flight{seq: seq, kind: kindControl})
 			d.barrierSeq, d.barrierAt = seq, time.Now()
-			d.flushAt = time.Time{}
+			b := &protocol.Barrier{Disk: uint16(d.idx), Seq: seq, Consistency: protocol.CrashConsistent}
+			// A periodic barrier due within a FLUSH's grace does not
+			// answer it.
+			if !d.flushAt.IsZero() && time.Since(d.flushAt) >= flushGrace {
+				b.Consistency = e.barrierConsistencyLocked(d, seq)
+				b.FlushID = d.flushID
+				d.flushAt = time.Time{}
+			}
 			e.mu.Unlock()
-			if err := c.send(&protocol.Barrier{Disk: uint16(d.idx), Seq: seq, Consistency: protocol.CrashConsistent}); err != nil {
+			if err := c.send(b); err != nil {
 				return err
 			}
 		}

@@ -68,6 +68,7 @@ type session struct {
 	tracker      string          // guarded by mu
 	lastRecv     []uint64        // per-disk highest seq received; guarded by mu
 	lastBarrier  []uint64        // per-disk seq of the newest durable barrier; guarded by mu
+	flushPoints  []flushPoint    // per-disk barrier answering the newest FLUSH; guarded by mu
 	flushes      uint32          // FLUSH requests sent; guarded by mu
 	settings     protocol.Settings
 }
@@ -128,6 +129,7 @@ func (s *Server) replicate(ctx context.Context, c net.Conn, id string) error {
 	s.setStep(ctx, id, ferry.StepCreateStagingDisks, ferry.StepSucceeded, nil)
 	ss.lastRecv = make([]uint64, len(ss.disks))
 	ss.lastBarrier = make([]uint64, len(ss.disks))
+	ss.flushPoints = make([]flushPoint, len(ss.disks))
 	s.publish(id, ss)
 	now := s.now()
 	ss.lastHeard, ss.lastProgress, ss.tracker = now, now, hello.Tracker
@@ -316,11 +318,11 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 				return err
 			}
 		case *protocol.Barrier:
-			if err := ss.barrier(ctx, m.Disk, m.Seq, m.Consistency); err != nil {
+			if err := ss.barrier(ctx, m.Disk, m.Seq, m.Consistency, m.FlushID); err != nil {
 				return err
 			}
 		case *protocol.Snapshot:
-			if err := ss.barrier(ctx, m.Disk, m.Seq, m.Consistency); err != nil {
+			if err := ss.barrier(ctx, m.Disk, m.Seq, m.Consistency, 0); err != nil {
 				return err
 			}
 			ss.snapshot(ctx, ss.disks[m.Disk], m.Seq)
@@ -368,7 +370,7 @@ func (ss *session) queue(ctx context.Context, p pending) error {
 	}
 }
 
-func (ss *session) barrier(ctx context.Context, disk uint16, seq uint64, c uint8) error {
+func (ss *session) barrier(ctx context.Context, disk uint16, seq uint64, c uint8, flushID uint32) error {
 	sd, err := ss.disk(disk, "BARRIER")
 	if err != nil {
 		return ss.fail(protocol.ErrCodeProtocol, err)
@@ -380,6 +382,9 @@ func (ss *session) barrier(ctx context.Context, disk uint16, seq uint64, c uint8
 	ss.received(disk, seq)
 	ss.mu.Lock()
 	ss.lastBarrier[disk] = seq
+	if flushID != 0 {
+		ss.flushPoints[disk] = flushPoint{id: flushID, seq: seq, cons: c}
+	}
 	ss.mu.Unlock()
 	return ss.queue(ctx, pending{int(disk), seq, replica.Commit{}})
 }
