@@ -41,6 +41,9 @@ type Options struct {
 	// ServerID is the source server id for HELLO; "" reads it from the
 	// state directory.
 	ServerID string
+	// GrowPoll is how often the agent checks whether a device grew; 0
+	// means 3 s.
+	GrowPoll time.Duration
 	// MaxDirtyRanges bounds the dirty-extent map of each device; 0 means
 	// 65536 ranges.
 	MaxDirtyRanges int
@@ -56,6 +59,7 @@ const (
 	statsEvery       = time.Second
 	barrierEvery     = time.Second
 	maxBackoff       = 30 * time.Second
+	growPoll         = 3 * time.Second
 	rescanRange      = 16 << 20
 	rescanBlock      = 32 << 10
 )
@@ -168,6 +172,9 @@ func Replicate(ctx context.Context, o Options) error {
 	if o.MaxDirtyRanges <= 0 {
 		o.MaxDirtyRanges = 65536
 	}
+	if o.GrowPoll <= 0 {
+		o.GrowPoll = growPoll
+	}
 	if o.BacklogBytes <= 0 {
 		o.BacklogBytes = 64 << 20
 	}
@@ -223,6 +230,7 @@ func Replicate(ctx context.Context, o Options) error {
 	} else {
 		e.log.Warn("no change tracker: writes after the initial sync are found only by rescans")
 	}
+	go e.watchSizes(ctx)
 	defer e.save()
 	// Progress is saved often: what the server acknowledged but we did not
 	// save is sent again after a crash.
@@ -265,6 +273,44 @@ func Replicate(ctx context.Context, o Options) error {
 		backoff = min(backoff*2, maxBackoff)
 	}
 	return nil
+}
+
+// watchSizes notices devices that grew (every GrowPoll) and replicates
+// them at their new size: the send loop sends RESIZE, and the new tail is
+// dirty. A disk still in its initial sync is grown once the sync is done.
+func (e *engine) watchSizes(ctx context.Context) {
+	t := time.NewTicker(e.o.GrowPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, d := range e.disks {
+			n, err := d.dev.size()
+			if err != nil {
+				e.log.Warn("check device size", "disk", d.dev.name, "err", err)
+				continue
+			}
+			e.mu.Lock()
+			e.growLocked(d, n)
+			e.mu.Unlock()
+		}
+	}
+}
+
+// growLocked records that d is now n bytes long if that is larger.
+func (e *engine) growLocked(d *rdisk, n int64) {
+	n -= n % d.bs
+	if n <= d.size || !d.prog.SyncDone {
+		return
+	}
+	e.log.Info("disk grew; replicating it at its new size", "disk", d.dev.name, "from", d.size, "to", n)
+	d.dirty.Add(d.size, n-d.size, time.Now())
+	d.size, d.prog.Size = n, n
+	e.dirtySave = true
+	e.cond.Broadcast()
 }
 
 // consume moves the tracker's batches into the dirty maps.
@@ -410,15 +456,6 @@ func (e *engine) session(ctx context.Context) error {
 		e.mu.Unlock()
 	}()
 	go e.statsLoop(ctx, c)
-	for _, d := range e.disks {
-		if d.replicaSize < d.size {
-			seq := e.record(d, 0, 0, kindControl, 0)
-			if err := c.send(&protocol.Resize{Disk: uint16(d.idx), Seq: seq, Size: d.size}); err != nil {
-				return err
-			}
-			e.log.Info("disk grew; resizing its replica", "disk", d.dev.name, "from", d.replicaSize, "to", d.size)
-		}
-	}
 	err = e.sendLoop(ctx, c, hashReplies)
 	cancel(err)
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {

@@ -74,7 +74,7 @@ func startTracked(t *testing.T, h *harness, dev string) {
 	var log syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- agent.Replicate(ctx, agent.Options{StateDir: t.TempDir(), Devices: []string{dev}, Tracker: tr, ServerID: "s-1",
+		done <- agent.Replicate(ctx, agent.Options{StateDir: t.TempDir(), Devices: []string{dev}, Tracker: tr, ServerID: "s-1", GrowPoll: time.Second,
 			Logger: slog.New(slog.NewTextHandler(&log, nil)),
 			Dial: func(ctx context.Context) (net.Conn, error) {
 				d := tls.Dialer{Config: h.tlsConf}
@@ -255,3 +255,53 @@ func TestAppConsistentSnapshot(t *testing.T) {
 // agentMaxFreezeSlack is the longest a write may wait for the agent's
 // 2 s freeze on a loaded test machine.
 const agentMaxFreezeSlack = 2500 * time.Millisecond
+
+// A device that grows while replicating (the backing file of a loop
+// device extended, then losetup -c): the agent notices, the replica grows
+// with RESIZE, the new tail is replicated, the control plane shows the
+// new size, and a drained snapshot of the new size equals the device.
+func TestDiskGrowsWhileReplicating(t *testing.T) {
+	dev, img, mnt := loopExt4(t, "128M")
+	// Unmounted, so that ext4's background work leaves the device as the
+	// drained point saw it.
+	sh(t, "umount", mnt)
+	h := newHarness(t)
+	startTracked(t, h, dev)
+	id := dataplane.DiskID("s-1", filepath.Base(dev))
+
+	sh(t, "truncate", "-s", "+64M", img)
+	sh(t, "losetup", "-c", dev)
+	// Data in the new tail, written after the agent may have noticed.
+	sh(t, "dd", "if=/dev/urandom", "of="+dev, "bs=1M", "seek=160", "count=8", "oflag=direct", "status=none")
+	const grown = 192 << 20
+	eventually(t, 30*time.Second, "control plane shows the new size", func() bool {
+		s, err := h.st.Server(t.Context(), "s-1")
+		return err == nil && len(s.Disks) == 1 && s.Disks[0].SizeBytes == grown
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	snaps, err := h.dp.Snapshot(ctx, "s-1", true)
+	if err != nil {
+		t.Fatalf("drained snapshot: %v", err)
+	}
+	d, err := h.rs.Disk(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := d.OpenSnapshot(t.Context(), snaps[filepath.Base(dev)])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if r.Size() != grown {
+		t.Fatalf("snapshot size %d, want %d", r.Size(), grown)
+	}
+	f, err := os.Open(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if got, want := fileSHA(t, r, grown), fileSHA(t, f, grown); got != want {
+		t.Fatalf("snapshot of the grown disk differs from the device")
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferrymigrate/ferry"
@@ -31,7 +32,8 @@ const (
 type sessDisk struct {
 	name string
 	d    *replica.Disk
-	size int64
+	// size is the disk's size in bytes; it grows with RESIZE.
+	size atomic.Int64
 	// last is the Commit of the last record appended; the reader goroutine
 	// owns it.
 	last replica.Commit
@@ -244,7 +246,9 @@ func (ss *session) openDisks(ctx context.Context, h *protocol.Hello) (*protocol.
 				"server", ss.id, "disk", hd.Name, "durable", durable, "agent_acked", hd.AckedSeq)
 		}
 		ack.Disks = append(ack.Disks, ad)
-		ss.disks = append(ss.disks, &sessDisk{name: hd.Name, d: d, size: hd.Size})
+		sd := &sessDisk{name: hd.Name, d: d}
+		sd.size.Store(hd.Size)
+		ss.disks = append(ss.disks, sd)
 		ss.acked = append(ss.acked, durable)
 	}
 	return ack, nil
@@ -333,6 +337,10 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 			}
 			if err := sd.d.Resize(ctx, m.Seq, m.Size); err != nil {
 				return ss.fail(protocol.ErrCodeStorage, fmt.Errorf("resize seq %d: %w", m.Seq, err))
+			}
+			if m.Size > sd.size.Load() {
+				sd.size.Store(m.Size)
+				ss.s.log().Info("disk grew", "server", ss.id, "disk", sd.name, "size", m.Size)
 			}
 			sd.last = replica.Commit{}
 			if err := ss.queue(ctx, pending{int(m.Disk), m.Seq, replica.Commit{}}); err != nil {
