@@ -42,8 +42,12 @@ func openDevice(path string) (*device, error) {
 	return d, nil
 }
 
-// size returns the device's current size in bytes.
+// size returns the device's current size in bytes: BLKGETSIZE64 for a
+// block device (which sees a grown device at once), else the file's end.
 func (d *device) size() (int64, error) {
+	if n, err := unix.IoctlGetUint64(int(d.f.Fd()), unix.BLKGETSIZE64); err == nil {
+		return int64(n), nil
+	}
 	n, err := d.f.Seek(0, io.SeekEnd)
 	if err != nil {
 		return 0, fmt.Errorf("size of %s: %w", d.path, err)

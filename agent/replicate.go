@@ -41,6 +41,9 @@ type Options struct {
 	// ServerID is the source server id for HELLO; "" reads it from the
 	// state directory.
 	ServerID string
+	// GrowPoll is how often the agent checks whether a device grew; 0
+	// means 3 s.
+	GrowPoll time.Duration
 	// MaxDirtyRanges bounds the dirty-extent map of each device; 0 means
 	// 65536 ranges.
 	MaxDirtyRanges int
@@ -56,6 +59,7 @@ const (
 	statsEvery       = time.Second
 	barrierEvery     = time.Second
 	maxBackoff       = 30 * time.Second
+	growPoll         = 3 * time.Second
 	rescanRange      = 16 << 20
 	rescanBlock      = 32 << 10
 )
@@ -99,7 +103,15 @@ type rdisk struct {
 	// when none is wanted. The barrier that answers it goes once the
 	// dirty and rescan maps are empty.
 	flushAt time.Time
-	sweep   int64 // dirty-map elevator position
+	// flushApp is set while the answer to flushAt should be an
+	// app-consistent barrier (the file systems were frozen for it).
+	flushApp bool
+	// flushID is the ID of the FLUSH that flushAt answers.
+	flushID uint32
+	// appSeq is the seq of the app-consistent barrier whose durable
+	// acknowledgement thaws the file systems; 0 when none.
+	appSeq uint64
+	sweep  int64 // dirty-map elevator position
 	// replicaSize is the replica's size from HELLO_ACK; the agent sends
 	// RESIZE when the device is larger.
 	replicaSize int64
@@ -132,6 +144,12 @@ type engine struct {
 	credit    int64             // guarded by mu
 	inflightB int64             // guarded by mu
 	dirtySave bool              // progress changed since saved; guarded by mu
+	// fz holds the file systems frozen for an app-consistent point until
+	// every disk's barrier is decided; guarded by mu.
+	fz *freezer
+	// thawing holds the file systems frozen once every barrier is decided,
+	// until the server acknowledges them durable; guarded by mu.
+	thawing *freezer
 }
 
 // Replicate replicates Devices to the server the agent paired with until
@@ -153,6 +171,9 @@ func Replicate(ctx context.Context, o Options) error {
 	}
 	if o.MaxDirtyRanges <= 0 {
 		o.MaxDirtyRanges = 65536
+	}
+	if o.GrowPoll <= 0 {
+		o.GrowPoll = growPoll
 	}
 	if o.BacklogBytes <= 0 {
 		o.BacklogBytes = 64 << 20
@@ -209,6 +230,7 @@ func Replicate(ctx context.Context, o Options) error {
 	} else {
 		e.log.Warn("no change tracker: writes after the initial sync are found only by rescans")
 	}
+	go e.watchSizes(ctx)
 	defer e.save()
 	// Progress is saved often: what the server acknowledged but we did not
 	// save is sent again after a crash.
@@ -251,6 +273,44 @@ func Replicate(ctx context.Context, o Options) error {
 		backoff = min(backoff*2, maxBackoff)
 	}
 	return nil
+}
+
+// watchSizes notices devices that grew (every GrowPoll) and replicates
+// them at their new size: the send loop sends RESIZE, and the new tail is
+// dirty. A disk still in its initial sync is grown once the sync is done.
+func (e *engine) watchSizes(ctx context.Context) {
+	t := time.NewTicker(e.o.GrowPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, d := range e.disks {
+			n, err := d.dev.size()
+			if err != nil {
+				e.log.Warn("check device size", "disk", d.dev.name, "err", err)
+				continue
+			}
+			e.mu.Lock()
+			e.growLocked(d, n)
+			e.mu.Unlock()
+		}
+	}
+}
+
+// growLocked records that d is now n bytes long if that is larger.
+func (e *engine) growLocked(d *rdisk, n int64) {
+	n -= n % d.bs
+	if n <= d.size || !d.prog.SyncDone {
+		return
+	}
+	e.log.Info("disk grew; replicating it at its new size", "disk", d.dev.name, "from", d.size, "to", n)
+	d.dirty.Add(d.size, n-d.size, time.Now())
+	d.size, d.prog.Size = n, n
+	e.dirtySave = true
+	e.cond.Broadcast()
 }
 
 // consume moves the tracker's batches into the dirty maps.
@@ -396,15 +456,6 @@ func (e *engine) session(ctx context.Context) error {
 		e.mu.Unlock()
 	}()
 	go e.statsLoop(ctx, c)
-	for _, d := range e.disks {
-		if d.replicaSize < d.size {
-			seq := e.record(d, 0, 0, kindControl, 0)
-			if err := c.send(&protocol.Resize{Disk: uint16(d.idx), Seq: seq, Size: d.size}); err != nil {
-				return err
-			}
-			e.log.Info("disk grew; resizing its replica", "disk", d.dev.name, "from", d.replicaSize, "to", d.size)
-		}
-	}
 	err = e.sendLoop(ctx, c, hashReplies)
 	cancel(err)
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
@@ -478,6 +529,8 @@ func (e *engine) disconnected() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.dirtySave = true
+	// Nothing more will be acknowledged on this connection.
+	e.maybeThawLocked(true)
 	e.cond.Broadcast()
 }
 
@@ -504,6 +557,7 @@ func (e *engine) ackLocked(d *rdisk, seq uint64) {
 		d.prog.SyncCursor = d.size
 		e.log.Info("initial sync complete", "disk", d.dev.name)
 	}
+	e.maybeThawLocked(false)
 	e.cond.Broadcast()
 }
 
@@ -544,7 +598,11 @@ func (e *engine) readLoop(ctx context.Context, r *protocol.Reader, nc net.Conn, 
 			e.cond.Broadcast()
 			e.mu.Unlock()
 		case *protocol.Flush:
-			e.flush()
+			if m.App() {
+				go e.appFlush(m.ID)
+			} else {
+				e.flush(m.ID, false)
+			}
 		case *protocol.HashReply:
 			r := *m
 			r.Hashes = append([]byte(nil), m.Hashes...)
@@ -616,10 +674,15 @@ const flushGrace = 250 * time.Millisecond
 // flush answers the server's FLUSH: a tracker that only sees changes when
 // it scans cannot vouch for the present, so each disk is compared with the
 // replica by hashes; then every disk sends a barrier once nothing is left
-// to send.
-func (e *engine) flush() {
+// to send. With app set, that barrier is app-consistent if the file
+// systems (frozen by appFlush) are still frozen when it is decided.
+func (e *engine) flush(id uint32, app bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.flushLocked(id, app)
+}
+
+func (e *engine) flushLocked(id uint32, app bool) {
 	now := time.Now()
 	precise := e.o.Tracker != nil && e.o.Tracker.Kind() == "ebpf"
 	for _, d := range e.disks {
@@ -627,7 +690,116 @@ func (e *engine) flush() {
 			d.rescan.Add(0, d.size, now)
 		}
 		d.flushAt = now
+		d.flushApp = app
+		d.flushID = id
 	}
-	e.log.Info("flush requested: sending a drained consistency point", "hash_compare", !precise)
+	e.log.Info("flush requested: sending a drained consistency point", "hash_compare", !precise, "app_consistent", app)
 	e.cond.Broadcast()
+}
+
+// appFlush answers a FLUSH that asks for an app-consistent point: it
+// freezes every file system mounted from the replicated disks (at most
+// MaxFreeze), then drains as flush does; the send loop sends each disk's
+// barrier as app-consistent while they are frozen and thaws them after
+// the last one. When nothing can be frozen the point is crash-consistent
+// and the server reports that it could not get an app-consistent one.
+func (e *engine) appFlush(id uint32) {
+	var mounts []string
+	for _, d := range e.disks {
+		nums, err := devNums(d.dev.path)
+		if err == nil {
+			var m []string
+			m, err = mountsOn("/proc/self/mountinfo", nums)
+			mounts = append(mounts, m...)
+		}
+		if err != nil {
+			e.log.Warn("app-consistent point: cannot find the file systems on a disk; sending a crash-consistent one", "disk", d.dev.name, "err", err)
+			e.flush(id, false)
+			return
+		}
+	}
+	fz, err := freezeMounts(mounts, MaxFreeze)
+	if err != nil {
+		e.log.Warn("app-consistent point: freeze failed; sending a crash-consistent one", "err", err)
+		e.flush(id, false)
+		return
+	}
+	e.log.Info("file systems frozen for an app-consistent point", "mounts", mounts, "max", MaxFreeze)
+	e.mu.Lock()
+	old := e.fz
+	e.fz = fz
+	e.flushLocked(id, true)
+	e.mu.Unlock()
+	if old != nil {
+		_ = old.Thaw()
+	}
+}
+
+// barrierConsistencyLocked decides the consistency of the barrier at seq
+// about to be sent for d. The send loop is the only sender, so with d's
+// maps empty every write completed so far is in a record before this
+// barrier; if the file systems are still frozen now, they were frozen from
+// before those writes' last change until now. Once every disk's barrier is
+// decided, the file systems stay frozen until the server acknowledges the
+// barriers durable (so the point is safe before applications go on), or
+// until MaxFreeze has passed.
+func (e *engine) barrierConsistencyLocked(d *rdisk, seq uint64) uint8 {
+	if !d.flushApp {
+		return protocol.CrashConsistent
+	}
+	d.flushApp = false
+	cons := protocol.CrashConsistent
+	if fz := e.fz; fz != nil {
+		fz.Lock()
+		if fz.FrozenLocked() {
+			cons = protocol.AppConsistent
+			d.appSeq = seq
+		}
+		fz.Unlock()
+	}
+	if cons != protocol.AppConsistent {
+		e.log.Warn("app-consistent point: the freeze ended before the disk drained; sending a crash-consistent barrier", "disk", d.dev.name, "max", MaxFreeze)
+	}
+	for _, o := range e.disks {
+		if o.flushApp {
+			return cons
+		}
+	}
+	e.thawing, e.fz = e.fz, nil
+	e.maybeThawLocked(false)
+	return cons
+}
+
+// maybeThawLocked thaws the file systems held for app-consistent barriers
+// once they are all acknowledged durable, or now when force is set.
+func (e *engine) maybeThawLocked(force bool) {
+	if e.fz != nil && force {
+		e.thawLocked(e.fz)
+		e.fz = nil
+		for _, d := range e.disks {
+			d.flushApp = false
+		}
+	}
+	if e.thawing == nil {
+		return
+	}
+	if !force {
+		for _, d := range e.disks {
+			if d.appSeq != 0 && d.prog.AckedSeq < d.appSeq {
+				return
+			}
+		}
+	}
+	e.thawLocked(e.thawing)
+	e.thawing = nil
+	for _, d := range e.disks {
+		d.appSeq = 0
+	}
+}
+
+func (e *engine) thawLocked(fz *freezer) {
+	if err := fz.Thaw(); err != nil {
+		e.log.Warn("thaw file systems", "err", err)
+	}
+	e.log.Info("file systems thawed", "frozen_for", fz.Took().Round(time.Millisecond))
 }

@@ -117,6 +117,7 @@ const (
 	workSync
 	workSnapshot
 	workBarrier
+	workResize
 )
 
 // nextWorkLocked picks what to send next: tracked writes first (they set
@@ -124,6 +125,12 @@ const (
 func (e *engine) nextWorkLocked() (work, *rdisk) {
 	if e.settings.Desired != protocol.DesiredRun {
 		return workNone, nil
+	}
+	// A grown disk's replica grows before its new tail is written.
+	for _, d := range e.disks {
+		if d.size > d.replicaSize {
+			return workResize, d
+		}
 	}
 	for _, d := range e.disks {
 		if d.dirty.Bytes() > 0 {
@@ -251,14 +258,33 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 			if err := c.send(&protocol.Snapshot{Disk: uint16(d.idx), Seq: seq, Consistency: protocol.CrashConsistent}); err != nil {
 				return err
 			}
+		case workResize:
+			seq := d.nextSeq
+			d.nextSeq++
+			d.inflight = append(d.inflight, flight{seq: seq, kind: kindControl})
+			from, to := d.replicaSize, d.size
+			d.replicaSize = to
+			d.lastSent = seq
+			e.mu.Unlock()
+			if err := c.send(&protocol.Resize{Disk: uint16(d.idx), Seq: seq, Size: to}); err != nil {
+				return err
+			}
+			e.log.Info("resized the replica", "disk", d.dev.name, "from", from, "to", to)
 		case workBarrier:
 			seq := d.nextSeq
 			d.nextSeq++
 			d.inflight = append(d.inflight, flight{seq: seq, kind: kindControl})
 			d.barrierSeq, d.barrierAt = seq, time.Now()
-			d.flushAt = time.Time{}
+			b := &protocol.Barrier{Disk: uint16(d.idx), Seq: seq, Consistency: protocol.CrashConsistent}
+			// A periodic barrier due within a FLUSH's grace does not
+			// answer it.
+			if !d.flushAt.IsZero() && time.Since(d.flushAt) >= flushGrace {
+				b.Consistency = e.barrierConsistencyLocked(d, seq)
+				b.FlushID = d.flushID
+				d.flushAt = time.Time{}
+			}
 			e.mu.Unlock()
-			if err := c.send(&protocol.Barrier{Disk: uint16(d.idx), Seq: seq, Consistency: protocol.CrashConsistent}); err != nil {
+			if err := c.send(b); err != nil {
 				return err
 			}
 		}

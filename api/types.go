@@ -226,7 +226,17 @@ type TakeSnapshotRequest struct {
 	Drain bool `json:"drain,omitempty"`
 	// TimeoutSeconds bounds the drain (default 300).
 	TimeoutSeconds int `json:"timeout_seconds,omitempty"`
+	// Consistency is ConsistencyCrash (the default) or ConsistencyApp: the
+	// agent freezes the file systems on the disks (at most 2 s), drains
+	// and marks the point app-consistent; APP implies Drain.
+	Consistency string `json:"consistency,omitempty"`
 }
+
+// Snapshot consistency levels a TakeSnapshotRequest may ask for.
+const (
+	ConsistencyCrash = "CRASH"
+	ConsistencyApp   = "APP"
+)
 
 // TakenSnapshots names the snapshot taken of each disk.
 type TakenSnapshots struct {

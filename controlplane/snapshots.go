@@ -15,6 +15,13 @@ type Snapshots interface {
 	List(ctx context.Context, serverID string) ([]api.Snapshot, error)
 }
 
+// AppSnapshots is implemented by a Snapshots that can take app-consistent
+// snapshots: the agent freezes the file systems on the disks, drains, and
+// marks the point app-consistent.
+type AppSnapshots interface {
+	SnapshotApp(ctx context.Context, serverID string) (map[string]string, error)
+}
+
 func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request, _ *caller) error {
 	if s.Snapshots == nil {
 		return apiErr(http.StatusServiceUnavailable, api.CodeUnavailable, "this server has no replica store")
@@ -49,7 +56,20 @@ func (s *Server) takeSnapshot(w http.ResponseWriter, r *http.Request, _ *caller)
 	if _, err := s.Store.Server(ctx, r.PathValue("id")); err != nil {
 		return err
 	}
-	snaps, err := s.Snapshots.Snapshot(ctx, r.PathValue("id"), req.Drain)
+	var snaps map[string]string
+	var err error
+	switch req.Consistency {
+	case "", api.ConsistencyCrash:
+		snaps, err = s.Snapshots.Snapshot(ctx, r.PathValue("id"), req.Drain)
+	case api.ConsistencyApp:
+		as, ok := s.Snapshots.(AppSnapshots)
+		if !ok {
+			return apiErr(http.StatusServiceUnavailable, api.CodeUnavailable, "this server cannot take app-consistent snapshots")
+		}
+		snaps, err = as.SnapshotApp(ctx, r.PathValue("id"))
+	default:
+		return badRequest("consistency %q: want %s or %s", req.Consistency, api.ConsistencyCrash, api.ConsistencyApp)
+	}
 	if err != nil {
 		return apiErr(http.StatusConflict, api.CodeConflict, "snapshot: %v", err)
 	}

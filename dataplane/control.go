@@ -127,13 +127,13 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 				}
 				sd := ss.disks[i]
 				if !d.SyncDone {
-					remaining += max(sd.size-d.ReplicatedBytes, 0)
+					remaining += max(sd.size.Load()-d.ReplicatedBytes, 0)
 				}
 				remaining += d.BackloggedBytes
 				if !d.SyncDone || acked[i] < d.SyncSeq {
 					allSynced = false
 				}
-				setDisk(srv, sd.name, sd.size, d)
+				setDisk(srv, sd.name, sd.size.Load(), d)
 			}
 		}
 		in.Pending = remaining > 0

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferrymigrate/ferry"
@@ -31,7 +32,8 @@ const (
 type sessDisk struct {
 	name string
 	d    *replica.Disk
-	size int64
+	// size is the disk's size in bytes; it grows with RESIZE.
+	size atomic.Int64
 	// last is the Commit of the last record appended; the reader goroutine
 	// owns it.
 	last replica.Commit
@@ -68,6 +70,7 @@ type session struct {
 	tracker      string          // guarded by mu
 	lastRecv     []uint64        // per-disk highest seq received; guarded by mu
 	lastBarrier  []uint64        // per-disk seq of the newest durable barrier; guarded by mu
+	flushPoints  []flushPoint    // per-disk barrier answering the newest FLUSH; guarded by mu
 	flushes      uint32          // FLUSH requests sent; guarded by mu
 	settings     protocol.Settings
 	traffic      *serverTraffic // this server's counters
@@ -129,6 +132,7 @@ func (s *Server) replicate(ctx context.Context, c net.Conn, id string) error {
 	s.setStep(ctx, id, ferry.StepCreateStagingDisks, ferry.StepSucceeded, nil)
 	ss.lastRecv = make([]uint64, len(ss.disks))
 	ss.lastBarrier = make([]uint64, len(ss.disks))
+	ss.flushPoints = make([]flushPoint, len(ss.disks))
 	s.publish(id, ss)
 	now := s.now()
 	ss.lastHeard, ss.lastProgress, ss.tracker = now, now, hello.Tracker
@@ -250,7 +254,9 @@ func (ss *session) openDisks(ctx context.Context, h *protocol.Hello) (*protocol.
 				"server", ss.id, "disk", hd.Name, "durable", durable, "agent_acked", hd.AckedSeq)
 		}
 		ack.Disks = append(ack.Disks, ad)
-		ss.disks = append(ss.disks, &sessDisk{name: hd.Name, d: d, size: hd.Size})
+		sd := &sessDisk{name: hd.Name, d: d}
+		sd.size.Store(hd.Size)
+		ss.disks = append(ss.disks, sd)
 		ss.acked = append(ss.acked, durable)
 	}
 	return ack, nil
@@ -327,11 +333,11 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 				return err
 			}
 		case *protocol.Barrier:
-			if err := ss.barrier(ctx, m.Disk, m.Seq, m.Consistency); err != nil {
+			if err := ss.barrier(ctx, m.Disk, m.Seq, m.Consistency, m.FlushID); err != nil {
 				return err
 			}
 		case *protocol.Snapshot:
-			if err := ss.barrier(ctx, m.Disk, m.Seq, m.Consistency); err != nil {
+			if err := ss.barrier(ctx, m.Disk, m.Seq, m.Consistency, 0); err != nil {
 				return err
 			}
 			ss.snapshot(ctx, ss.disks[m.Disk], m.Seq)
@@ -342,6 +348,10 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 			}
 			if err := sd.d.Resize(ctx, m.Seq, m.Size); err != nil {
 				return ss.fail(protocol.ErrCodeStorage, fmt.Errorf("resize seq %d: %w", m.Seq, err))
+			}
+			if m.Size > sd.size.Load() {
+				sd.size.Store(m.Size)
+				ss.s.log().Info("disk grew", "server", ss.id, "disk", sd.name, "size", m.Size)
 			}
 			sd.last = replica.Commit{}
 			if err := ss.queue(ctx, pending{int(m.Disk), m.Seq, replica.Commit{}}); err != nil {
@@ -379,7 +389,7 @@ func (ss *session) queue(ctx context.Context, p pending) error {
 	}
 }
 
-func (ss *session) barrier(ctx context.Context, disk uint16, seq uint64, c uint8) error {
+func (ss *session) barrier(ctx context.Context, disk uint16, seq uint64, c uint8, flushID uint32) error {
 	sd, err := ss.disk(disk, "BARRIER")
 	if err != nil {
 		return ss.fail(protocol.ErrCodeProtocol, err)
@@ -391,6 +401,9 @@ func (ss *session) barrier(ctx context.Context, disk uint16, seq uint64, c uint8
 	ss.received(disk, seq)
 	ss.mu.Lock()
 	ss.lastBarrier[disk] = seq
+	if flushID != 0 {
+		ss.flushPoints[disk] = flushPoint{id: flushID, seq: seq, cons: c}
+	}
 	ss.mu.Unlock()
 	return ss.queue(ctx, pending{int(disk), seq, replica.Commit{}})
 }

@@ -44,31 +44,56 @@ func (ss *session) received(disk uint16, seq uint64) {
 // connected, and it is not.
 var ErrNotConnected = errors.New("the agent is not connected")
 
+// flushPoint is the barrier that answered a FLUSH.
+type flushPoint struct {
+	id   uint32
+	seq  uint64
+	cons uint8
+}
+
+// ErrNotAppConsistent means the agent could not give an app-consistent
+// point: nothing could be frozen, or a disk did not drain within the
+// agent's 2 s freeze limit.
+var ErrNotAppConsistent = errors.New("the agent could not reach an app-consistent point")
+
 // drainPoint asks the agent for a drained consistency point (FLUSH) and
-// waits until every disk has a barrier sent after it: the agent sends that
-// barrier only once it has sent every write completed before the FLUSH.
-func (ss *session) drainPoint(ctx context.Context) (map[string]uint64, error) {
+// waits until every disk has the barrier that answers it (BARRIER with the
+// FLUSH's ID): the agent sends that barrier only once it has sent every
+// write completed before the FLUSH.
+// With app, the FLUSH asks for an app-consistent point, and a disk whose
+// barrier came back crash-consistent fails it with ErrNotAppConsistent.
+func (ss *session) drainPoint(ctx context.Context, app bool) (map[string]uint64, error) {
 	ss.mu.Lock()
-	target := append([]uint64(nil), ss.lastRecv...)
 	ss.flushes++
 	id := ss.flushes
 	ss.mu.Unlock()
-	if err := ss.send(&protocol.Flush{ID: id}); err != nil {
+	flush := &protocol.Flush{ID: id}
+	if app {
+		flush.Consistency = protocol.AppConsistent
+	}
+	if err := ss.send(flush); err != nil {
 		return nil, fmt.Errorf("ask the agent for a drained point: %w", err)
 	}
-	tick := time.NewTicker(50 * time.Millisecond)
+	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		ss.mu.Lock()
 		points := map[string]uint64{}
+		var crash []string
 		for i, d := range ss.disks {
-			if b := ss.lastBarrier[i]; b > target[i] {
-				points[d.name] = b
+			if p := ss.flushPoints[i]; p.id >= id {
+				points[d.name] = p.seq
+				if p.cons != protocol.AppConsistent {
+					crash = append(crash, d.name)
+				}
 			}
 		}
 		done := len(points) == len(ss.disks)
 		ss.mu.Unlock()
 		if done {
+			if app && len(crash) > 0 {
+				return nil, fmt.Errorf("disks %v: %w (see the agent's log; the crash-consistent point is in the replica)", crash, ErrNotAppConsistent)
+			}
 			return points, nil
 		}
 		select {
@@ -79,12 +104,38 @@ func (ss *session) drainPoint(ctx context.Context) (map[string]uint64, error) {
 	}
 }
 
+// SnapshotRequest says what kind of snapshot SnapshotWith takes.
+type SnapshotRequest struct {
+	// Drain waits until the agent has sent everything it tracked (a
+	// cutover's final sync), which needs the agent connected.
+	Drain bool
+	// App asks the agent for an app-consistent point: it freezes the
+	// file systems on the disks (at most 2 s), drains and sends the
+	// barrier while they are frozen. It implies Drain.
+	App bool
+}
+
 // Snapshot takes a crash-consistent snapshot of every replicated disk of
 // a source server and returns disk name → snapshot id; replication goes
 // on. Without drain it takes the newest consistent point already in the
 // replica; with drain it first waits until the agent has sent everything
 // it tracked (a cutover's final sync), which needs the agent connected.
 func (s *Server) Snapshot(ctx context.Context, serverID string, drain bool) (map[string]string, error) {
+	return s.SnapshotWith(ctx, serverID, SnapshotRequest{Drain: drain})
+}
+
+// SnapshotApp takes an app-consistent snapshot of every disk of a server
+// (see SnapshotRequest.App).
+func (s *Server) SnapshotApp(ctx context.Context, serverID string) (map[string]string, error) {
+	return s.SnapshotWith(ctx, serverID, SnapshotRequest{App: true})
+}
+
+// SnapshotWith takes a snapshot of every replicated disk of a source
+// server as req says and returns disk name → snapshot id. An app-consistent
+// request fails with an error wrapping ErrNotConnected when the agent is
+// not connected, or ErrNotAppConsistent when it could not freeze and drain
+// in time.
+func (s *Server) SnapshotWith(ctx context.Context, serverID string, req SnapshotRequest) (map[string]string, error) {
 	if s.Replica == nil {
 		return nil, errors.New("this replication server has no replica store")
 	}
@@ -96,12 +147,15 @@ func (s *Server) Snapshot(ctx context.Context, serverID string, drain bool) (map
 		return nil, fmt.Errorf("server %s has no disks", serverID)
 	}
 	var points map[string]uint64
-	if drain {
+	if req.Drain || req.App {
 		ss := s.session(serverID)
 		if ss == nil {
+			if req.App {
+				return nil, fmt.Errorf("app-consistent snapshot of server %s: %w", serverID, ErrNotConnected)
+			}
 			return nil, fmt.Errorf("drain server %s: %w (skip the drain to use the newest consistent point)", serverID, ErrNotConnected)
 		}
-		if points, err = ss.drainPoint(ctx); err != nil {
+		if points, err = ss.drainPoint(ctx, req.App); err != nil {
 			return nil, err
 		}
 	}
@@ -118,6 +172,9 @@ func (s *Server) Snapshot(ctx context.Context, serverID string, drain bool) (map
 		info, err := d.Snapshot(ctx, opts)
 		if err != nil {
 			return nil, fmt.Errorf("snapshot disk %s: %w", sd.Name, err)
+		}
+		if req.App && info.Consistency != replica.AppConsistent {
+			return nil, fmt.Errorf("snapshot disk %s is %s: %w", sd.Name, info.Consistency, ErrNotAppConsistent)
 		}
 		out[sd.Name] = info.ID
 	}

@@ -75,6 +75,9 @@ type Tracker struct {
 
 	closeOnce sync.Once
 	closeErr  error
+	// mapsMu is held shared while Next reads the maps and exclusively
+	// while Close releases them.
+	mapsMu sync.RWMutex
 
 	mu      sync.Mutex
 	devices []*device // guarded by mu (their sets and lost flags)
@@ -351,6 +354,13 @@ func (t *Tracker) Next(ctx context.Context) ([]track.Batch, error) {
 
 // checkLost marks the devices of every disk whose overflow counter grew.
 func (t *Tracker) checkLost() error {
+	t.mapsMu.RLock()
+	defer t.mapsMu.RUnlock()
+	select {
+	case <-t.closing:
+		return fmt.Errorf("ebpf: next batch: %w", track.ErrClosed)
+	default:
+	}
 	for i, k := range t.disks {
 		var perCPU []uint64
 		if err := t.objs.Lost.Lookup(uint32(i), &perCPU); err != nil {
@@ -397,7 +407,9 @@ func (t *Tracker) Close() error {
 		close(t.closing)
 		errs := []error{t.link.Close(), t.ring.Close()}
 		<-t.done
+		t.mapsMu.Lock()
 		errs = append(errs, t.objs.Close())
+		t.mapsMu.Unlock()
 		if err := errors.Join(errs...); err != nil {
 			t.closeErr = fmt.Errorf("ebpf: close tracker: %w", err)
 		}

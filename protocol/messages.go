@@ -338,12 +338,22 @@ type Barrier struct {
 	Disk        uint16
 	Seq         uint64
 	Consistency uint8
+	// FlushID is the ID of the FLUSH this barrier answers; 0 (absent on
+	// the wire) for the agent's own periodic barriers.
+	FlushID uint32
 }
 
 // Type implements Message.
 func (*Barrier) Type() Type { return TypeBarrier }
 
-func (m *Barrier) appendBody(e *enc) { e.u16(m.Disk); e.u64(m.Seq); e.u8(m.Consistency) }
+func (m *Barrier) appendBody(e *enc) {
+	e.u16(m.Disk)
+	e.u64(m.Seq)
+	e.u8(m.Consistency)
+	if m.FlushID != 0 {
+		e.u32(m.FlushID)
+	}
+}
 
 func (m *Barrier) decodeBody(d *dec) {
 	m.Disk = d.u16("disk")
@@ -351,6 +361,13 @@ func (m *Barrier) decodeBody(d *dec) {
 	m.Consistency = d.u8("consistency")
 	if d.err == nil && m.Consistency != CrashConsistent && m.Consistency != AppConsistent {
 		d.fail("consistency", fmt.Sprintf("%d is neither crash (1) nor app (2)", m.Consistency))
+	}
+	if d.err != nil || len(d.b) == 0 {
+		return
+	}
+	m.FlushID = d.u32("flush id")
+	if d.err == nil && m.FlushID == 0 {
+		d.fail("flush id", "0 is sent as an absent field")
 	}
 }
 
@@ -553,16 +570,43 @@ func (m *Credit) decodeBody(d *dec) {
 // before it received the FLUSH (with a rescan tracker, by comparing the
 // whole disk's hashes with the replica), sends them, and then sends a
 // BARRIER for every disk even if nothing changed.
+//
+// With Consistency AppConsistent the agent first freezes the file systems
+// mounted from the replicated disks (FIFREEZE), drains, sends each BARRIER
+// as AppConsistent while they are frozen, and thaws; the freeze never lasts
+// longer than 2 s, and a disk it could not drain in time gets a
+// CrashConsistent barrier instead.
 type Flush struct {
 	ID uint32
+	// Consistency is 0 (absent on the wire: crash-consistent, as before
+	// the field existed), CrashConsistent or AppConsistent. It is encoded
+	// only when not 0, so agents that predate it read a crash FLUSH.
+	Consistency uint8
 }
 
 // Type implements Message.
 func (*Flush) Type() Type { return TypeFlush }
 
-func (m *Flush) appendBody(e *enc) { e.u32(m.ID) }
+func (m *Flush) appendBody(e *enc) {
+	e.u32(m.ID)
+	if m.Consistency != 0 {
+		e.u8(m.Consistency)
+	}
+}
 
-func (m *Flush) decodeBody(d *dec) { m.ID = d.u32("id") }
+func (m *Flush) decodeBody(d *dec) {
+	m.ID = d.u32("id")
+	if d.err != nil || len(d.b) == 0 {
+		return
+	}
+	m.Consistency = d.u8("consistency")
+	if d.err == nil && m.Consistency != CrashConsistent && m.Consistency != AppConsistent {
+		d.fail("consistency", fmt.Sprintf("%d is neither crash (1) nor app (2)", m.Consistency))
+	}
+}
+
+// App reports whether the FLUSH asks for an app-consistent point.
+func (m *Flush) App() bool { return m.Consistency == AppConsistent }
 
 // Desired replication as carried by SETTINGS.
 const (

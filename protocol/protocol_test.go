@@ -20,6 +20,7 @@ func samples() []Message {
 		&Write{Disk: 0, Seq: 43, Offset: 0, Flags: FlagZstd | FlagRescan, RawLen: 4096, Data: []byte{1, 2, 3}},
 		&Zero{Disk: 2, Seq: 44, Offset: 1 << 20, Length: 1 << 20, Flags: FlagSync},
 		&Barrier{Disk: 1, Seq: 45, Consistency: CrashConsistent},
+		&Barrier{Disk: 1, Seq: 45, Consistency: AppConsistent, FlushID: 3},
 		&Snapshot{Disk: 1, Seq: 46, Consistency: AppConsistent},
 		&Ack{Disk: 3, Seq: 1 << 40},
 		&HashRequest{ID: 9, Disk: 1, Offset: 4096, Length: 16 << 20, BlockSize: 4096, Algo: HashBLAKE3},
@@ -27,6 +28,7 @@ func samples() []Message {
 		&Resize{Disk: 1, Seq: 47, Size: 2 << 30},
 		&Credit{Bytes: 64 << 20},
 		&Flush{ID: 7},
+		&Flush{ID: 8, Consistency: AppConsistent},
 		&Settings{BandwidthBytesPerSec: 10 << 20, Desired: DesiredPause, Disconnect: true},
 		&Heartbeat{UnixNano: 1700000000000000000},
 		&Stats{SentAtUnixNano: 5, OldestUnsentUnixNano: 3, Disks: []DiskStats{{Phase: PhaseBacklog, ReplicatedBytes: 1, RescannedBytes: 2, BackloggedBytes: 3, SyncDone: true, SyncSeq: 4}}},
@@ -55,6 +57,13 @@ func TestRoundTrip(t *testing.T) {
 			if _, ok := m.(*HashReply); ok {
 				open = true
 			}
+			// FLUSH's consistency and BARRIER's flush id are optional.
+			if f, ok := m.(*Flush); ok && f.Consistency != 0 {
+				open = true
+			}
+			if b, ok := m.(*Barrier); ok && b.FlushID != 0 {
+				open = true
+			}
 			for n := 1; n < len(frame)-headerLen; n++ {
 				if _, err := Decode(frame[headerLen : headerLen+n]); err == nil && !open {
 					t.Fatalf("body truncated to %d bytes decoded", n)
@@ -74,6 +83,8 @@ func TestDecodeErrorsNameTheProblem(t *testing.T) {
 		{"unknown type", []byte{200}, "unknown message type 200"},
 		{"short ack", []byte{byte(TypeAck), 1}, "ACK: disk"},
 		{"trailing", append(Append(nil, &Ack{})[headerLen:], 0), "ACK: end: 1 trailing bytes"},
+		{"bad flush consistency", append(Append(nil, &Flush{ID: 1})[headerLen:], 0), "FLUSH: consistency"},
+		{"barrier flush id 0", append(Append(nil, &Barrier{Consistency: 1})[headerLen:], 0, 0, 0, 0), "BARRIER: flush id"},
 		{"bad barrier", Append(nil, &Barrier{Consistency: 9})[headerLen:], "BARRIER: consistency"},
 		{"write raw length", Append(nil, &Write{RawLen: 5, Data: []byte("abcd")})[headerLen:], "WRITE: raw length"},
 		{"lying disk count", []byte{byte(TypeHelloAck), 1, 0, 0xff, 0xff}, "HELLO_ACK: disks: count 65535"},

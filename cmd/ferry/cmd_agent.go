@@ -51,6 +51,12 @@ state directory (0600). Later runs reuse them and need no token.`,
 				fmt.Fprintf(cmd.OutOrStdout(), "Data plane %s accepted this agent\n", st.DataPlaneAddress)
 				return nil
 			}
+			if !agent.UnderSystemd() {
+				// The systemd unit sets these itself.
+				if err := agent.LowerPriority(); err != nil {
+					log.Warn("lower the agent's CPU and IO priority", "err", err)
+				}
+			}
 			devices, err := agentDevices(o.Devices)
 			if err != nil {
 				return err

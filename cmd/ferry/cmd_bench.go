@@ -45,5 +45,6 @@ func newBenchCmd() *cobra.Command {
 	f.IntVar(&o.Copies, "copies", 0, "copies of the image (default 20)")
 	f.StringVar(&jsonOut, "json", "", "also write the results as JSON to this file")
 	cmd.AddCommand(store)
+	cmd.AddCommand(newBenchReplicationCmd())
 	return cmd
 }
