@@ -50,6 +50,7 @@ type vm struct {
 	dir, disk, qmpSock string
 	cmd                *exec.Cmd
 	c                  *qmp.Client
+	done               chan struct{} // closed when QEMU has exited
 }
 
 func startVM(t *testing.T, dir, disk string) *vm {
@@ -69,9 +70,9 @@ func startVM(t *testing.T, dir, disk string) *vm {
 	if err := v.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() { v.cmd.Wait(); close(done) }()
-	t.Cleanup(func() { v.stop(t); <-done })
+	v.done = make(chan struct{})
+	go func() { v.cmd.Wait(); close(v.done) }()
+	t.Cleanup(func() { v.stop(t); <-v.done })
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		c, err := qmp.Dial(t.Context(), filepath.Join(dir, "test-qmp.sock"))
@@ -94,8 +95,9 @@ func (v *vm) stop(t *testing.T) {
 	_ = v.c.Execute(context.Background(), "quit", nil, nil)
 	v.c.Close()
 	v.c = nil
-	for i := 0; i < 100 && v.cmd.ProcessState == nil; i++ {
-		time.Sleep(50 * time.Millisecond)
+	select {
+	case <-v.done:
+	case <-time.After(5 * time.Second):
 	}
 }
 
