@@ -518,6 +518,9 @@ func (e *engine) resume(ack *protocol.HelloAck) {
 		}
 		d.prog.Size = d.size
 		d.barrierSeq = 0
+		// A FLUSH belongs to the session that sent it: answering it on a
+		// new connection could be taken for the answer to a newer one.
+		d.flushAt, d.flushApp, d.flushID = time.Time{}, false, 0
 	}
 	e.inflightB = 0
 	e.credit = protocol.MaxFrame

@@ -71,7 +71,6 @@ type session struct {
 	lastRecv     []uint64        // per-disk highest seq received; guarded by mu
 	lastBarrier  []uint64        // per-disk seq of the newest durable barrier; guarded by mu
 	flushPoints  []flushPoint    // per-disk barrier answering the newest FLUSH; guarded by mu
-	flushes      uint32          // FLUSH requests sent; guarded by mu
 	settings     protocol.Settings
 	traffic      *serverTraffic // this server's counters
 }

@@ -2,9 +2,12 @@ package dataplane
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferrymigrate/ferry"
@@ -64,8 +67,10 @@ var ErrNotAppConsistent = errors.New("the agent could not reach an app-consisten
 // barrier came back crash-consistent fails it with ErrNotAppConsistent.
 func (ss *session) drainPoint(ctx context.Context, app bool) (map[string]uint64, error) {
 	ss.mu.Lock()
-	ss.flushes++
-	id := ss.flushes
+	// FLUSH ids are unique across sessions and server restarts, so a
+	// barrier answering a FLUSH of an earlier session (the agent may still
+	// send it after reconnecting) is never taken for this one's answer.
+	id := newFlushID()
 	ss.mu.Unlock()
 	flush := &protocol.Flush{ID: id}
 	if app {
@@ -81,7 +86,7 @@ func (ss *session) drainPoint(ctx context.Context, app bool) (map[string]uint64,
 		points := map[string]uint64{}
 		var crash []string
 		for i, d := range ss.disks {
-			if p := ss.flushPoints[i]; p.id >= id {
+			if p := ss.flushPoints[i]; p.id == id {
 				points[d.name] = p.seq
 				if p.cons != protocol.AppConsistent {
 					crash = append(crash, d.name)
@@ -244,4 +249,23 @@ func (s *Server) List(ctx context.Context, serverID string) ([]api.Snapshot, err
 		}
 	}
 	return out, nil
+}
+
+var flushSeq atomic.Uint32
+
+func init() {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	flushSeq.Store(binary.LittleEndian.Uint32(b[:]))
+}
+
+// newFlushID returns a FLUSH id no other FLUSH of this process has, and
+// that a FLUSH of an earlier process is unlikely to have had (random
+// start); never 0, which means "no FLUSH".
+func newFlushID() uint32 {
+	for {
+		if id := flushSeq.Add(1); id != 0 {
+			return id
+		}
+	}
 }

@@ -241,7 +241,13 @@ func compare(a, b string) (int64, error) {
 	}
 	defer fb.Close()
 	ba, bb := make([]byte, 1<<20), make([]byte, 1<<20)
-	var lost int64
+	var lost, pos int64
+	var where []string
+	defer func() {
+		if len(where) > 0 {
+			fmt.Fprintf(os.Stderr, "compare %s %s: differing 4 KiB blocks at %s\n", a, b, strings.Join(where, " "))
+		}
+	}()
 	for {
 		na, ea := io.ReadFull(fa, ba)
 		nb, eb := io.ReadFull(fb, bb)
@@ -249,8 +255,12 @@ func compare(a, b string) (int64, error) {
 		for i := 0; i < n; i += blockSize {
 			if !bytes.Equal(ba[i:min(i+blockSize, n)], bb[i:min(i+blockSize, n)]) {
 				lost += int64(min(blockSize, n-i))
+				if len(where) < 16 {
+					where = append(where, fmt.Sprintf("%d", pos+int64(i)))
+				}
 			}
 		}
+		pos += int64(n)
 		lost += int64(max(na, nb) - n)
 		if ea != nil || eb != nil {
 			if ea != nil && ea != io.EOF && ea != io.ErrUnexpectedEOF {
@@ -291,12 +301,13 @@ var faultKinds = []fault{
 	}},
 	{"server-kill9-in-snapshot", func(c *cluster, rng *rand.Rand) error {
 		done := make(chan struct{})
+		drain := rng.IntN(2) == 0 // drawn here: rng is not safe for concurrent use
 		go func() {
 			defer close(done)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			_ = c.client.Do(ctx, "POST", "/servers/"+url.PathEscape(c.id)+"/snapshots", nil,
-				api.TakeSnapshotRequest{Drain: rng.IntN(2) == 0, TimeoutSeconds: 20}, nil)
+				api.TakeSnapshotRequest{Drain: drain, TimeoutSeconds: 20}, nil)
 		}()
 		sleepRand(rng, 0, 700*time.Millisecond)
 		c.server.kill()
