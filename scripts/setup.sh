@@ -41,6 +41,11 @@ want mkfs.vfat dosfstools
 # appliance from a host kernel in /boot, which containers often lack.
 want guestfish libguestfs-tools
 ls /boot/vmlinuz-* >/dev/null 2>&1 || need_apt+=(linux-image-amd64)
+# The libvirt launch target (package libvirt) talks to libvirtd over its
+# socket; its tests start libvirtd and virtlogd when they are not running.
+want libvirtd libvirt-daemon-system
+want virtlogd libvirt-daemon-system
+want virsh libvirt-clients
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

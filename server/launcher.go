@@ -24,6 +24,7 @@ import (
 	"github.com/ferrymigrate/ferry/jobs"
 	"github.com/ferrymigrate/ferry/launch"
 	"github.com/ferrymigrate/ferry/libguestfs"
+	"github.com/ferrymigrate/ferry/libvirt"
 	"github.com/ferrymigrate/ferry/nbd"
 	"github.com/ferrymigrate/ferry/postlaunch"
 	"github.com/ferrymigrate/ferry/qemu"
@@ -39,6 +40,9 @@ import (
 type launcher struct {
 	replica *replica.Store
 	targets map[string]launch.Target // by name; read-only after start
+	// missing says why a known target is not in targets (libvirt without
+	// a reachable libvirtd), by name; read-only after start.
+	missing map[string]string
 	// converter converts guests on launches with conversion on.
 	converter *libguestfs.Converter
 	sock      string
@@ -117,6 +121,9 @@ func (l *launcher) target(name string) (launch.Target, error) {
 	}
 	if tg, ok := l.targets[name]; ok {
 		return tg, nil
+	}
+	if why, ok := l.missing[name]; ok {
+		return nil, fmt.Errorf("launch target %q is not available on this server: %s", name, why)
 	}
 	have := make([]string, 0, len(l.targets))
 	for n := range l.targets {
@@ -313,14 +320,25 @@ func (l *launcher) close() {
 }
 
 // newLauncher returns a launcher with the qemu target (instances in
-// DATA/instances) and the export target (images in DATA/exports).
-func newLauncher(rs *replica.Store, dataDir, sock string, log *slog.Logger) *launcher {
+// DATA/instances), the export target (images in DATA/exports) and, when
+// libvirtd answers at start, the libvirt target (DATA/libvirt).
+func newLauncher(ctx context.Context, rs *replica.Store, dataDir, sock string, log *slog.Logger) *launcher {
 	l := &launcher{replica: rs, sock: sock, log: log, converter: &libguestfs.Converter{Logger: log}}
 	q := qemu.New(filepath.Join(dataDir, "instances"))
 	q.Logger = log
 	e := export.New(filepath.Join(dataDir, "exports"), l.openExport)
 	e.Logger = log
 	l.targets = map[string]launch.Target{q.Name(): q, e.Name(): e}
+	l.missing = map[string]string{}
+	lv := libvirt.New(filepath.Join(dataDir, "libvirt"))
+	lv.Logger = log
+	if v, err := lv.Available(ctx); err != nil {
+		l.missing[lv.Name()] = fmt.Sprintf("%v (checked when the server started; restart it once libvirtd runs)", err)
+		log.Info("launch target libvirt not available", "reason", err)
+	} else {
+		l.targets[lv.Name()] = lv
+		log.Info("launch target libvirt available", "version", v)
+	}
 	return l
 }
 
@@ -339,7 +357,7 @@ func (s *Server) startLaunches(ctx context.Context, cfg config.Server, log *slog
 		return fmt.Errorf("listen for launch NBD exports on %s: %w", sock, err)
 	}
 	s.nbdLn = ln
-	s.launcher = newLauncher(s.replica, cfg.DataDir, sock, log)
+	s.launcher = newLauncher(ctx, s.replica, cfg.DataDir, sock, log)
 	s.jobs = &jobs.Runner{Store: s.store, Snapshots: s.data, Launcher: s.launcher, Logger: log}
 	n, err := s.jobs.Recover(ctx)
 	if err != nil {
