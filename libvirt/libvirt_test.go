@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/ferrymigrate/ferry/launch"
 	"github.com/ferrymigrate/ferry/launch/targettest"
 	"github.com/ferrymigrate/ferry/libvirt"
+	"github.com/ferrymigrate/ferry/postlaunch"
 )
 
 // skipOrFail skips loudly, or fails with FERRY_TEST_REQUIRE_ALL=1.
@@ -130,4 +132,35 @@ func TestLibvirtdUnreachable(t *testing.T) {
 	}
 	t.Logf("error (as wanted): %v", err)
 	targettest.CheckNothingLeft(t, dir)
+}
+
+// TestGuestAgentScript runs a script in the test image's guest through
+// qemu-ga on the domain's virtio-serial channel.
+func TestGuestAgentScript(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a guest; skipped with -short")
+	}
+	requireLibvirt(t)
+	img := testimage.ForTest(t)
+	url := targettest.ServeImage(t, img.Path)
+	tg := newTarget(t, t.TempDir()).(*libvirt.Target)
+	tg.GuestAgent = true
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	start := time.Now()
+	inst, err := tg.Launch(ctx, launch.Spec{Name: "agent", Disks: []launch.DiskSource{{NBDURL: url}}, CPUs: 1, MemoryMiB: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tg.Terminate(context.Background(), inst.ID) })
+	sock, err := tg.AgentSocket(inst.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := postlaunch.RunScript(ctx, sock, "echo hello from $(cat /etc/hostname)")
+	t.Logf("script after %v: %s: %s", time.Since(start).Round(time.Millisecond), r.Status, r.Output)
+	if r.Status != postlaunch.Success || !strings.Contains(r.Output, "hello from ferry-test") {
+		b, _ := os.ReadFile(inst.ConsoleLog)
+		t.Fatalf("RunScript = %+v, want success; console:\n%s", r, b)
+	}
 }
