@@ -76,6 +76,8 @@ func TestLaunchTestAndCutover(t *testing.T) {
 			Parameters: map[string]string{"type": "http", "guest_port": "80", "path": "/", "contains": strings.TrimSpace(testimage.HTTPBody)}},
 		{ID: "new-data", Name: "cutover serves the new data", Active: true, Order: 2, TimeoutSeconds: 60, Deployment: "CUTOVER_ONLY", Category: "VALIDATION",
 			Parameters: map[string]string{"type": "http", "guest_port": "80", "path": "/", "contains": "cutover data v2"}},
+		{ID: "script", Name: "script in the guest", Active: true, Order: 3, TimeoutSeconds: 60, Deployment: "TEST_ONLY", Category: "VALIDATION",
+			Parameters: map[string]string{"type": "script", "script": "cat /www/index.html; hostname"}},
 	}
 	if err := admin.Do(ctx, "PATCH", "/servers/"+url.PathEscape(srv.ID), nil, api.UpdateServerRequest{Launch: &ls}, nil); err != nil {
 		t.Fatal(err)
@@ -95,8 +97,13 @@ func TestLaunchTestAndCutover(t *testing.T) {
 		}
 	}
 	srv = waitServer(t, admin, 5*time.Second, func(s *ferry.SourceServer) bool { return s.Lifecycle == ferry.LifecycleTesting })
-	if srv.Launched == nil || srv.Launched.FirstBoot != ferry.FirstBootSucceeded || len(srv.Launched.PostLaunch) != 2 {
+	if srv.Launched == nil || srv.Launched.FirstBoot != ferry.FirstBootSucceeded || len(srv.Launched.PostLaunch) != 3 {
 		t.Fatalf("launched instance after test: %+v", srv.Launched)
+	}
+	for _, r := range srv.Launched.PostLaunch {
+		if r.ActionID == "script" && (!strings.Contains(r.Output, strings.TrimSpace(testimage.HTTPBody)) || !strings.Contains(r.Output, "ferry-test")) {
+			t.Fatalf("script action output %q, want the guest's index.html and hostname", r.Output)
+		}
 	}
 	console, err := os.ReadFile(srv.Launched.ConsoleLog)
 	if err != nil || !bytes.Contains(console, []byte(testimage.BootMarker)) {

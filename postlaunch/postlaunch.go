@@ -10,7 +10,10 @@ import (
 	"net/http"
 	"os"
 	"regexp"
+	"strings"
 	"time"
+
+	"github.com/ferrymigrate/ferry/guestagent"
 )
 
 // Status is the outcome of a check.
@@ -190,4 +193,46 @@ func Run(ctx context.Context, checks []Check) ([]Result, bool) {
 		}
 	}
 	return out, true
+}
+
+// maxScriptOutput bounds the output RunScript keeps, per stream.
+const maxScriptOutput = 64 << 10
+
+// RunScript runs script with /bin/sh -c in the guest through the QEMU
+// guest agent listening on the host socket agentSock (package guestagent),
+// waiting for the agent to answer first. It succeeds when the script exits
+// 0. Output is the exit code then the script's stdout and stderr (each cut
+// to 64 KiB), or why it could not run.
+func RunScript(ctx context.Context, agentSock, script string) Result {
+	r := Result{Check: "script via guest agent " + agentSock, Started: time.Now()}
+	res, err := guestagent.Exec(ctx, agentSock, "/bin/sh", []string{"-c", script}, nil)
+	if err != nil {
+		return finish(r, false, err.Error())
+	}
+	var b strings.Builder
+	if res.Signal != 0 {
+		fmt.Fprintf(&b, "killed by signal %d\n", res.Signal)
+	} else {
+		fmt.Fprintf(&b, "exit code %d\n", res.ExitCode)
+	}
+	for _, s := range []struct {
+		name string
+		data []byte
+	}{{"stdout", res.Stdout}, {"stderr", res.Stderr}} {
+		if len(s.data) == 0 {
+			continue
+		}
+		cut := ""
+		if len(s.data) > maxScriptOutput {
+			s.data, cut = s.data[:maxScriptOutput], " (cut)"
+		}
+		fmt.Fprintf(&b, "%s%s:\n%s", s.name, cut, s.data)
+		if !bytes.HasSuffix(s.data, []byte("\n")) {
+			b.WriteByte('\n')
+		}
+	}
+	if res.Truncated {
+		b.WriteString("(the guest agent truncated the output)\n")
+	}
+	return finish(r, res.Signal == 0 && res.ExitCode == 0, strings.TrimRight(b.String(), "\n"))
 }

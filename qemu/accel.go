@@ -40,6 +40,12 @@ var accelCache struct {
 	m map[string]string // binary → "kvm" or "tcg"
 }
 
+// DetectAccel returns "kvm" if binary (a qemu-system-x86_64, looked up on
+// PATH when not absolute) runs the KVM probe guest to completion under KVM,
+// else "tcg". The answer is cached per binary for the process. Other
+// targets that run QEMU (libvirt) use it to pick the domain type.
+func DetectAccel(ctx context.Context, binary string) string { return detectAccel(ctx, binary) }
+
 // detectAccel returns "kvm" if binary runs the probe guest to completion
 // under KVM, else "tcg". The answer is cached per binary for the process.
 func detectAccel(ctx context.Context, binary string) string {

@@ -2,9 +2,6 @@ package qemu
 
 import "context"
 
-// DetectAccel is detectAccel, for tests.
-var DetectAccel = detectAccel
-
 // PowerDown presses the instance's ACPI power button.
 func PowerDown(ctx context.Context, t *Target, id string) error {
 	st, err := t.readState(id)

@@ -64,6 +64,11 @@ type Target struct {
 	// OVMFCode and OVMFVars are the UEFI firmware and its variable store
 	// template. Defaults: DefaultOVMFCode, DefaultOVMFVars.
 	OVMFCode, OVMFVars string
+	// GuestAgent gives each instance a virtio-serial channel
+	// org.qemu.guest_agent.0 whose host end is the unix socket agent.sock
+	// in the instance's directory (see AgentSocket), for package
+	// guestagent to run commands in a guest that runs qemu-ga.
+	GuestAgent bool
 	// Logger receives one line per launch and termination; nil discards.
 	Logger *slog.Logger
 
@@ -100,6 +105,7 @@ type state struct {
 	Accel      string           `json:"accel"`
 	QMP        string           `json:"qmp"`
 	ConsoleLog string           `json:"console_log"`
+	AgentSock  string           `json:"agent_sock,omitempty"`
 	Overlays   []string         `json:"overlays"`
 	Forwards   []launch.Forward `json:"forwards"`
 	Addresses  []string         `json:"addresses"`
@@ -170,6 +176,9 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 		Dir:        dir,
 		QMP:        filepath.Join(dir, "qmp.sock"),
 		ConsoleLog: filepath.Join(dir, "console.log"),
+	}
+	if t.GuestAgent {
+		st.AgentSock = filepath.Join(dir, "agent.sock")
 	}
 	defer func() {
 		if err != nil {
@@ -286,6 +295,12 @@ func (t *Target) argv(st *state, spec launch.Spec, fwdAddr string) []string {
 	}
 	for i, ov := range st.Overlays {
 		a = append(a, "-drive", fmt.Sprintf("file=%s,format=qcow2,if=virtio,index=%d,discard=unmap", escapeOpt(ov), i))
+	}
+	if st.AgentSock != "" {
+		a = append(a,
+			"-chardev", "socket,id=agent,server=on,wait=off,path="+escapeOpt(st.AgentSock),
+			"-device", "virtio-serial-pci,id=agentbus",
+			"-device", "virtserialport,bus=agentbus.0,chardev=agent,name=org.qemu.guest_agent.0")
 	}
 	net := "user,id=net0"
 	for _, f := range st.Forwards {
@@ -446,6 +461,20 @@ func (st *state) instance(s launch.State) *launch.Instance {
 		Overlays:   append([]string(nil), st.Overlays...),
 		StartedAt:  st.StartedAt,
 	}
+}
+
+// AgentSocket returns the host end of the instance's guest agent channel,
+// or an error wrapping launch.ErrNotSupported when it has none
+// (Target.GuestAgent was off when it launched).
+func (t *Target) AgentSocket(id string) (string, error) {
+	st, err := t.readState(id)
+	if err != nil {
+		return "", err
+	}
+	if st.AgentSock == "" {
+		return "", fmt.Errorf("qemu: instance %s: %w: launched without a guest agent channel", id, launch.ErrNotSupported)
+	}
+	return st.AgentSock, nil
 }
 
 // alive reports whether st's QEMU process runs: the pid exists, is not a

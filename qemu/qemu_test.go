@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -179,5 +180,49 @@ func TestBootOverhead(t *testing.T) {
 	}
 	if _, err := os.Stat(inst.ConsoleLog); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("console log left after Terminate of a stopped instance: %v", err)
+	}
+}
+
+// TestGuestAgentScript runs a script in the test image's guest through
+// Debian's qemu-ga on the instance's virtio-serial channel.
+func TestGuestAgentScript(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a guest; skipped with -short")
+	}
+	requireQEMU(t)
+	img := testimage.ForTest(t)
+	url := targettest.ServeImage(t, img.Path)
+	tg := newTarget(t, t.TempDir()).(*qemu.Target)
+	tg.GuestAgent = true
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	start := time.Now()
+	inst, err := tg.Launch(ctx, launch.Spec{Name: "agent", Disks: []launch.DiskSource{{NBDURL: url}}, CPUs: 1, MemoryMiB: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tg.Terminate(context.Background(), inst.ID) })
+	sock, err := tg.AgentSocket(inst.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(inst.ConsoleLog)
+			t.Logf("console:\n%s", b)
+		}
+	})
+	r := postlaunch.RunScript(ctx, sock, "echo hello from $(cat /etc/hostname); echo to-stderr >&2; exit 3")
+	t.Logf("script after %v: %s: %s", time.Since(start).Round(time.Millisecond), r.Status, r.Output)
+	if r.Status != postlaunch.Failed || !strings.Contains(r.Output, "exit code 3") || !strings.Contains(r.Output, "hello from ferry-test") || !strings.Contains(r.Output, "to-stderr") {
+		t.Fatalf("RunScript = %+v, want a failure with exit code 3 and both outputs", r)
+	}
+	r = postlaunch.RunScript(ctx, sock, "ip addr show eth0 | grep -q "+testimage.GuestAddr)
+	if r.Status != postlaunch.Success {
+		t.Fatalf("RunScript = %+v, want success", r)
+	}
+	t.Logf("second script: %s", r.Output)
+	if _, err := newTarget(t, t.TempDir()).(*qemu.Target).AgentSocket(inst.ID); !errors.Is(err, launch.ErrNotFound) {
+		t.Errorf("AgentSocket on another target = %v, want ErrNotFound", err)
 	}
 }

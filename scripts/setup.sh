@@ -41,6 +41,11 @@ want mkfs.vfat dosfstools
 # appliance from a host kernel in /boot, which containers often lack.
 want guestfish libguestfs-tools
 ls /boot/vmlinuz-* >/dev/null 2>&1 || need_apt+=(linux-image-amd64)
+# The libvirt launch target (package libvirt) talks to libvirtd over its
+# socket; its tests start libvirtd and virtlogd when they are not running.
+want libvirtd libvirt-daemon-system
+want virtlogd libvirt-daemon-system
+want virsh libvirt-clients
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -64,6 +69,14 @@ if ! ls "$KDEB_DIR"/linux-image-*-amd64_*_amd64.deb >/dev/null 2>&1; then
   (cd "$KDEB_DIR" && $SUDO apt-get download -qq "$kpkg" 2>/dev/null) ||
     { $SUDO apt-get update -qq && (cd "$KDEB_DIR" && $SUDO apt-get download -qq "$kpkg" 2>/dev/null); } || {
       echo "setup: could not download $kpkg into $KDEB_DIR" >&2; exit 1; }
+fi
+# Debian's QEMU guest agent for the test image (run a script in the guest):
+# the builder copies qemu-ga and the host's copies of its libraries.
+if ! ls "$KDEB_DIR"/qemu-guest-agent_*_amd64.deb >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO mkdir -p "$KDEB_DIR"
+  (cd "$KDEB_DIR" && $SUDO apt-get download -qq qemu-guest-agent 2>/dev/null) || {
+    echo "setup: could not download qemu-guest-agent into $KDEB_DIR" >&2; exit 1; }
 fi
 
 if ! command -v go >/dev/null 2>&1; then

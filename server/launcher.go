@@ -24,6 +24,7 @@ import (
 	"github.com/ferrymigrate/ferry/jobs"
 	"github.com/ferrymigrate/ferry/launch"
 	"github.com/ferrymigrate/ferry/libguestfs"
+	"github.com/ferrymigrate/ferry/libvirt"
 	"github.com/ferrymigrate/ferry/nbd"
 	"github.com/ferrymigrate/ferry/postlaunch"
 	"github.com/ferrymigrate/ferry/qemu"
@@ -39,6 +40,9 @@ import (
 type launcher struct {
 	replica *replica.Store
 	targets map[string]launch.Target // by name; read-only after start
+	// missing says why a known target is not in targets (libvirt without
+	// a reachable libvirtd), by name; read-only after start.
+	missing map[string]string
 	// converter converts guests on launches with conversion on.
 	converter *libguestfs.Converter
 	sock      string
@@ -117,6 +121,9 @@ func (l *launcher) target(name string) (launch.Target, error) {
 	}
 	if tg, ok := l.targets[name]; ok {
 		return tg, nil
+	}
+	if why, ok := l.missing[name]; ok {
+		return nil, fmt.Errorf("launch target %q is not available on this server: %s", name, why)
 	}
 	have := make([]string, 0, len(l.targets))
 	for n := range l.targets {
@@ -234,10 +241,18 @@ func hostAddr(inst *ferry.LaunchedInstance, guest string) (string, error) {
 	return "", fmt.Errorf("guest port %d is not forwarded", p)
 }
 
+// agentTarget is a target whose instances have a QEMU guest agent
+// channel (qemu and libvirt, with GuestAgent on).
+type agentTarget interface {
+	AgentSocket(id string) (string, error)
+}
+
 // PostLaunch implements jobs.Launcher. An action's parameters say what it
 // checks: type=boot_marker with pattern (a regular expression on the serial
 // console); type=tcp with guest_port; type=http with guest_port, path,
-// status and contains.
+// status and contains; type=script with script (run with /bin/sh -c in the
+// guest through the QEMU guest agent, which the guest must run; success
+// is exit code 0, and the output keeps the exit code, stdout and stderr).
 func (l *launcher) PostLaunch(ctx context.Context, inst *ferry.LaunchedInstance, a ferry.PostLaunchAction) ferry.PostLaunchResult {
 	res := ferry.PostLaunchResult{ActionID: a.ID, Name: a.Name, StartedAt: time.Now().UTC()}
 	if tg, err := l.target(inst.Target); err == nil {
@@ -278,8 +293,19 @@ func (l *launcher) PostLaunch(ctx context.Context, inst *ferry.LaunchedInstance,
 			}
 		}
 		r = postlaunch.HTTPCheck(ctx, "http://"+addr+p["path"], status, p["contains"])
+	case "script":
+		sock, err := l.agentSocket(inst)
+		if err != nil {
+			r = postlaunch.Result{Status: postlaunch.Failed, Output: err.Error()}
+			break
+		}
+		if p["script"] == "" {
+			r = postlaunch.Result{Status: postlaunch.Failed, Output: "parameter script is empty"}
+			break
+		}
+		r = postlaunch.RunScript(ctx, sock, p["script"])
 	default:
-		r = postlaunch.Result{Status: postlaunch.Failed, Output: fmt.Sprintf("unknown action type %q (boot_marker, tcp or http)", p["type"])}
+		r = postlaunch.Result{Status: postlaunch.Failed, Output: fmt.Sprintf("unknown action type %q (boot_marker, tcp, http or script)", p["type"])}
 	}
 	res.Output = r.Output
 	res.Status = ferry.PostLaunchFailed
@@ -288,6 +314,19 @@ func (l *launcher) PostLaunch(ctx context.Context, inst *ferry.LaunchedInstance,
 	}
 	res.FinishedAt = time.Now().UTC()
 	return res
+}
+
+// agentSocket finds the guest agent channel of inst.
+func (l *launcher) agentSocket(inst *ferry.LaunchedInstance) (string, error) {
+	tg, err := l.target(inst.Target)
+	if err != nil {
+		return "", err
+	}
+	at, ok := tg.(agentTarget)
+	if !ok {
+		return "", fmt.Errorf("launch target %s cannot run scripts in the guest (no guest agent channel)", tg.Name())
+	}
+	return at.AgentSocket(inst.ID)
 }
 
 // Terminate implements jobs.Launcher.
@@ -313,14 +352,25 @@ func (l *launcher) close() {
 }
 
 // newLauncher returns a launcher with the qemu target (instances in
-// DATA/instances) and the export target (images in DATA/exports).
-func newLauncher(rs *replica.Store, dataDir, sock string, log *slog.Logger) *launcher {
+// DATA/instances), the export target (images in DATA/exports) and, when
+// libvirtd answers at start, the libvirt target (DATA/libvirt).
+func newLauncher(ctx context.Context, rs *replica.Store, dataDir, sock string, log *slog.Logger) *launcher {
 	l := &launcher{replica: rs, sock: sock, log: log, converter: &libguestfs.Converter{Logger: log}}
 	q := qemu.New(filepath.Join(dataDir, "instances"))
-	q.Logger = log
+	q.Logger, q.GuestAgent = log, true
 	e := export.New(filepath.Join(dataDir, "exports"), l.openExport)
 	e.Logger = log
 	l.targets = map[string]launch.Target{q.Name(): q, e.Name(): e}
+	l.missing = map[string]string{}
+	lv := libvirt.New(filepath.Join(dataDir, "libvirt"))
+	lv.Logger, lv.GuestAgent = log, true
+	if v, err := lv.Available(ctx); err != nil {
+		l.missing[lv.Name()] = fmt.Sprintf("%v (checked when the server started; restart it once libvirtd runs)", err)
+		log.Info("launch target libvirt not available", "reason", err)
+	} else {
+		l.targets[lv.Name()] = lv
+		log.Info("launch target libvirt available", "version", v)
+	}
 	return l
 }
 
@@ -339,7 +389,7 @@ func (s *Server) startLaunches(ctx context.Context, cfg config.Server, log *slog
 		return fmt.Errorf("listen for launch NBD exports on %s: %w", sock, err)
 	}
 	s.nbdLn = ln
-	s.launcher = newLauncher(s.replica, cfg.DataDir, sock, log)
+	s.launcher = newLauncher(ctx, s.replica, cfg.DataDir, sock, log)
 	s.jobs = &jobs.Runner{Store: s.store, Snapshots: s.data, Launcher: s.launcher, Logger: log}
 	n, err := s.jobs.Recover(ctx)
 	if err != nil {

@@ -28,11 +28,14 @@ const (
 	HTTPBody = "ferry test image\n"
 	// GuestAddr is the guest's static address on QEMU's user-mode network.
 	GuestAddr = "10.0.2.15"
+	// GuestAgentChannel is the virtio-serial port the image's QEMU guest
+	// agent (Debian's qemu-ga) listens on, when the machine has one.
+	GuestAgentChannel = "org.qemu.guest_agent.0"
 )
 
 // builderVersion changes whenever the image layout changes, so cached
 // images built by an older builder are not reused.
-const builderVersion = "4"
+const builderVersion = "6"
 
 // DefaultDebDir is where scripts/setup.sh downloads the kernel package.
 const DefaultDebDir = "/var/cache/ferry/testimage"
@@ -51,9 +54,10 @@ type Image struct {
 
 // Options configure [Build]. The zero value uses the defaults.
 type Options struct {
-	// DebDir holds linux-image-*-amd64_*.deb; default $FERRY_TESTIMAGE_DEBS
-	// or [DefaultDebDir]. When it holds none, Build downloads one there
-	// with apt-get download.
+	// DebDir holds linux-image-*-amd64_*.deb and
+	// qemu-guest-agent_*_amd64.deb; default $FERRY_TESTIMAGE_DEBS or
+	// [DefaultDebDir]. When it lacks one, Build downloads it there with
+	// apt-get download.
 	DebDir string
 	// CacheDir holds built images; default $TMPDIR/ferry-testimage.
 	CacheDir string
@@ -77,7 +81,8 @@ const (
 // initramfsModules are loaded by the initramfs, with their dependencies.
 // button and evdev let the guest see the ACPI power button (QMP
 // system_powerdown), which busybox acpid turns into a clean power-off.
-var initramfsModules = []string{"virtio_pci", "virtio_blk", "virtio_net", "crc32c_generic", "ext4", "button", "evdev"}
+// virtio_console gives the guest agent its virtio-serial port.
+var initramfsModules = []string{"virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "crc32c_generic", "ext4", "button", "evdev"}
 
 // Build returns the test image, building it unless the cache already holds
 // one built from the same inputs. Concurrent callers, in this process or
@@ -113,7 +118,16 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	key, err := cacheKey(deb, opts.Busybox, syslinuxMBR, filepath.Join(syslinuxModules, "ldlinux.c32"), "/usr/bin/syslinux")
+	qgaDeb, err := findDeb(ctx, opts.DebDir, "qemu-guest-agent_*_amd64.deb", "qemu-guest-agent")
+	if err != nil {
+		return nil, err
+	}
+	qga, err := unpackGuestAgent(ctx, qgaDeb)
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(qga.dir())
+	key, err := cacheKey(append([]string{deb, qgaDeb, opts.Busybox, syslinuxMBR, filepath.Join(syslinuxModules, "ldlinux.c32"), "/usr/bin/syslinux"}, qga.libs...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +158,7 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 		return nil, fmt.Errorf("testimage: %w", err)
 	}
 	defer os.RemoveAll(tmp)
-	if err := build(ctx, tmp, deb, opts.Busybox); err != nil {
+	if err := build(ctx, tmp, deb, opts.Busybox, qga); err != nil {
 		return nil, err
 	}
 	os.RemoveAll(dir)
@@ -256,7 +270,7 @@ const (
 )
 
 // build writes the image and its kernel and initrd into tmp/out.
-func build(ctx context.Context, tmp, deb, busybox string) error {
+func build(ctx context.Context, tmp, deb, busybox string, qga *guestAgent) error {
 	kx := filepath.Join(tmp, "kernel")
 	if err := os.MkdirAll(kx, 0o755); err != nil {
 		return fmt.Errorf("testimage: %w", err)
@@ -332,6 +346,9 @@ func build(ctx context.Context, tmp, deb, busybox string) error {
 		if err := os.WriteFile(filepath.Join(root, f.name), f.data, f.perm); err != nil {
 			return fmt.Errorf("testimage: %w", err)
 		}
+	}
+	if err := qga.install(root); err != nil {
+		return err
 	}
 	rootImg := filepath.Join(tmp, "root.img")
 	if err := run(ctx, "mkfs.ext4", "-q", "-F", "-L", "ferry-root", "-E", "root_owner=0:0", "-d", root, rootImg, fmt.Sprintf("%dM", rootMiB)); err != nil {
@@ -433,7 +450,8 @@ exec switch_root /newroot /sbin/init
 `
 
 // rootInit is the root file system's init: network up on QEMU's user-mode
-// network, HTTP server on /www, then the boot marker.
+// network, HTTP server on /www, the QEMU guest agent on its virtio-serial
+// port when the machine has one, then the boot marker.
 const rootInit = `#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -446,6 +464,10 @@ ip link set eth0 up
 ip route add default via 10.0.2.2
 httpd -p 80 -h /www
 acpid -c /etc/acpi -l /var/log/acpid.log
+for p in /sys/class/virtio-ports/*; do
+	[ "$(cat $p/name 2>/dev/null)" = ` + GuestAgentChannel + ` ] || continue
+	/sbin/qemu-ga -d -m virtio-serial -p /dev/${p##*/} -f /var/run/qemu-ga.pid -t /var/run || echo "ferry-test: qemu-ga failed"
+done
 echo "` + BootMarker + `"
 while true; do sleep 3600; done
 `

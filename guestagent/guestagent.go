@@ -1,0 +1,226 @@
+// Package guestagent runs commands in a guest through the QEMU guest agent
+// (qemu-ga), over the host end of the guest's virtio-serial channel
+// org.qemu.guest_agent.0: a unix socket QEMU (or libvirt for QEMU) listens
+// on.
+//
+// The protocol is QMP-like JSON, one command at a time: guest-sync-delimited
+// resynchronises the stream (the guest agent may hold a half-read command
+// of an earlier client), guest-exec starts a process with its output
+// captured, guest-exec-status polls it until it exits. See
+// https://qemu.readthedocs.io/en/latest/interop/qemu-ga-ref.html.
+//
+// Requires qemu-ga running in the guest (Debian: qemu-guest-agent).
+package guestagent
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+)
+
+// ErrNoAgent is wrapped by errors when no guest agent answered before the
+// context ended: the guest has not booted yet, or runs none.
+var ErrNoAgent = errors.New("guest agent not answering")
+
+// pollInterval is how often Exec asks whether the process has exited, and
+// how long one sync attempt waits for the agent.
+const (
+	pollInterval = 100 * time.Millisecond
+	syncTimeout  = 2 * time.Second
+)
+
+// ExecResult is the outcome of a process run in the guest.
+type ExecResult struct {
+	ExitCode int
+	Signal   int    // the signal that ended it, 0 if it exited
+	Stdout   []byte // as much as the agent captured (qemu-ga keeps up to 16 MiB)
+	Stderr   []byte
+	// Truncated says the agent dropped output beyond its limit.
+	Truncated bool
+}
+
+// conn is one connection to the agent.
+type conn struct {
+	c  net.Conn
+	rd *bufio.Reader
+}
+
+// Exec runs path with args in the guest, writing stdin to its standard
+// input, and waits until it exits or ctx ends. It first waits for the
+// agent to answer (retrying until ctx ends; the error then wraps
+// ErrNoAgent). A process still running when ctx ends is left to the guest.
+func Exec(ctx context.Context, sock, path string, args []string, stdin []byte) (*ExecResult, error) {
+	c, err := connect(ctx, sock)
+	if err != nil {
+		return nil, err
+	}
+	defer c.c.Close()
+	execArgs := map[string]any{"path": path, "arg": args, "capture-output": true}
+	if stdin != nil {
+		execArgs["input-data"] = base64.StdEncoding.EncodeToString(stdin)
+	}
+	var started struct {
+		PID int `json:"pid"`
+	}
+	if err := c.call(ctx, "guest-exec", execArgs, &started); err != nil {
+		return nil, fmt.Errorf("guest-exec %s: %w", path, err)
+	}
+	for {
+		var st struct {
+			Exited   bool   `json:"exited"`
+			ExitCode int    `json:"exitcode"`
+			Signal   int    `json:"signal"`
+			OutData  string `json:"out-data"`
+			ErrData  string `json:"err-data"`
+			OutTrunc bool   `json:"out-truncated"`
+			ErrTrunc bool   `json:"err-truncated"`
+		}
+		if err := c.call(ctx, "guest-exec-status", map[string]any{"pid": started.PID}, &st); err != nil {
+			return nil, fmt.Errorf("guest-exec-status of %s (pid %d): %w", path, started.PID, err)
+		}
+		if st.Exited {
+			r := &ExecResult{ExitCode: st.ExitCode, Signal: st.Signal, Truncated: st.OutTrunc || st.ErrTrunc}
+			if r.Stdout, err = base64.StdEncoding.DecodeString(st.OutData); err != nil {
+				return nil, fmt.Errorf("guest-exec-status: stdout: %w", err)
+			}
+			if r.Stderr, err = base64.StdEncoding.DecodeString(st.ErrData); err != nil {
+				return nil, fmt.Errorf("guest-exec-status: stderr: %w", err)
+			}
+			return r, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for %s (guest pid %d): %w", path, started.PID, ctx.Err())
+		case <-time.After(pollInterval):
+		}
+	}
+}
+
+// Ping waits until the agent answers a guest-sync, or ctx ends.
+func Ping(ctx context.Context, sock string) error {
+	c, err := connect(ctx, sock)
+	if err != nil {
+		return err
+	}
+	return c.c.Close()
+}
+
+// connect dials sock and synchronises with the agent, retrying until ctx
+// ends: the socket accepts connections as soon as QEMU runs, long before
+// the guest's agent reads from its end.
+func connect(ctx context.Context, sock string) (*conn, error) {
+	var last error
+	for {
+		c, err := dialSync(ctx, sock)
+		if err == nil {
+			return c, nil
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w on %s: %v (last attempt: %v)", ErrNoAgent, sock, ctx.Err(), last)
+		case <-time.After(pollInterval):
+		}
+	}
+}
+
+func dialSync(ctx context.Context, sock string) (*conn, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "unix", sock)
+	if err != nil {
+		return nil, err
+	}
+	c := &conn{c: nc, rd: bufio.NewReader(nc)}
+	sctx, cancel := context.WithTimeout(ctx, syncTimeout)
+	defer cancel()
+	if err := c.sync(sctx); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// sync sends 0xFF (which makes the agent drop a partial command) and
+// guest-sync-delimited with a random id, then skips everything up to the
+// agent's 0xFF and answers until the one carrying that id.
+func (c *conn) sync(ctx context.Context) error {
+	var b [4]byte
+	rand.Read(b[:])
+	id := int64(binary.BigEndian.Uint32(b[:]) >> 1)
+	req, _ := json.Marshal(map[string]any{"execute": "guest-sync-delimited", "arguments": map[string]any{"id": id}})
+	c.setDeadline(ctx)
+	if _, err := c.c.Write(append([]byte{0xff}, req...)); err != nil {
+		return fmt.Errorf("guest-sync-delimited: %w", err)
+	}
+	if _, err := c.rd.ReadBytes(0xff); err != nil {
+		return fmt.Errorf("guest-sync-delimited: %w", err)
+	}
+	for {
+		var got int64
+		if err := c.read(&got); err != nil {
+			return fmt.Errorf("guest-sync-delimited: %w", err)
+		}
+		if got == id {
+			return nil
+		}
+	}
+}
+
+func (c *conn) setDeadline(ctx context.Context) {
+	if d, ok := ctx.Deadline(); ok {
+		c.c.SetDeadline(d)
+	} else {
+		c.c.SetDeadline(time.Time{})
+	}
+}
+
+// call runs one command and decodes its "return" into out.
+func (c *conn) call(ctx context.Context, cmd string, args any, out any) error {
+	req, err := json.Marshal(map[string]any{"execute": cmd, "arguments": args})
+	if err != nil {
+		return err
+	}
+	c.setDeadline(ctx)
+	if _, err := c.c.Write(append(req, '\n')); err != nil {
+		return err
+	}
+	return c.read(out)
+}
+
+// read decodes one answer: its "return" into out, or its "error" as an
+// error.
+func (c *conn) read(out any) error {
+	line, err := c.rd.ReadBytes('\n')
+	if err != nil {
+		return err
+	}
+	line = bytes.TrimLeft(line, "\xff")
+	var resp struct {
+		Return json.RawMessage `json:"return"`
+		Error  *struct {
+			Class string `json:"class"`
+			Desc  string `json:"desc"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(line, &resp); err != nil {
+		return fmt.Errorf("decode agent answer %q: %w", bytes.TrimSpace(line), err)
+	}
+	if resp.Error != nil {
+		return fmt.Errorf("agent: %s: %s", resp.Error.Class, resp.Error.Desc)
+	}
+	if out == nil || len(resp.Return) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(resp.Return, out); err != nil {
+		return fmt.Errorf("decode agent answer %q: %w", bytes.TrimSpace(line), err)
+	}
+	return nil
+}

@@ -1,0 +1,601 @@
+package libvirt
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	golibvirt "github.com/digitalocean/go-libvirt"
+	"github.com/digitalocean/go-libvirt/socket/dialers"
+
+	"github.com/ferrymigrate/ferry/launch"
+	"github.com/ferrymigrate/ferry/qemu"
+)
+
+var _ launch.Target = (*Target)(nil)
+
+// Defaults for [Target]'s fields.
+const (
+	DefaultSocket          = "/var/run/libvirt/libvirt-sock"
+	DefaultURI             = "qemu:///system"
+	DefaultEmulator        = "qemu-system-x86_64"
+	DefaultImgBinary       = "qemu-img"
+	DefaultForwardAddr     = "127.0.0.1"
+	DefaultShutdownTimeout = 30 * time.Second
+	DefaultOVMFCode        = "/usr/share/OVMF/OVMF_CODE.fd"
+	DefaultOVMFVars        = "/usr/share/OVMF/OVMF_VARS.fd"
+	// DomainPrefix starts the name of every domain the target defines.
+	DomainPrefix = "ferry-"
+)
+
+// dialTimeout bounds a connection to libvirtd.
+const dialTimeout = 5 * time.Second
+
+// maxSocketPath is the size of sun_path in struct sockaddr_un on Linux.
+const maxSocketPath = 108
+
+// Target launches instances as transient libvirt domains. Dir must be set;
+// the other fields have defaults. A Target must not be copied after first
+// use.
+type Target struct {
+	// Dir holds one state file per instance (ID.json) and, unless a
+	// Spec's WorkDir says otherwise, each instance's directory (ID/).
+	Dir string
+	// Socket is libvirtd's unix socket and URI the driver to open on it.
+	// Defaults: DefaultSocket, DefaultURI. libvirtd must run on this host:
+	// the overlays and the console log are local files.
+	Socket, URI string
+	// Emulator is the QEMU binary the domains run, and ImgBinary the
+	// qemu-img that creates overlays; looked up on PATH when not
+	// absolute. Defaults: DefaultEmulator, DefaultImgBinary.
+	Emulator, ImgBinary string
+	// Accel is "kvm", "tcg" or empty to probe as the qemu target does
+	// (qemu.DetectAccel); TCG gives domain type "qemu".
+	Accel string
+	// ForwardAddr is the host address port forwards listen on. Default:
+	// DefaultForwardAddr (loopback only).
+	ForwardAddr string
+	// ShutdownTimeout is how long Terminate waits for the guest to power
+	// off after an ACPI shutdown request before it destroys the domain.
+	ShutdownTimeout time.Duration
+	// GuestAgent adds a virtio-serial channel org.qemu.guest_agent.0 to
+	// each domain (a unix socket agent.sock in the instance's directory),
+	// so that package guestagent can run commands in a guest that runs
+	// qemu-ga.
+	GuestAgent bool
+	// OVMFCode and OVMFVars are the UEFI firmware and its variable store
+	// template. Defaults: DefaultOVMFCode, DefaultOVMFVars.
+	OVMFCode, OVMFVars string
+	// Logger receives one line per launch and termination; nil discards.
+	Logger *slog.Logger
+
+	mu sync.Mutex // serialises host port selection and domain start
+}
+
+// New returns a Target keeping its state in dir.
+func New(dir string) *Target { return &Target{Dir: dir} }
+
+// Name implements [launch.Target].
+func (t *Target) Name() string { return "libvirt" }
+
+func or[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+func (t *Target) logger() *slog.Logger {
+	if t.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return t.Logger
+}
+
+// connect opens a connection to libvirtd. Errors wrap
+// launch.ErrUnavailable.
+func (t *Target) connect() (*golibvirt.Libvirt, error) {
+	sock := or(t.Socket, DefaultSocket)
+	l := golibvirt.NewWithDialer(dialers.NewLocal(dialers.WithSocket(sock), dialers.WithLocalTimeout(dialTimeout)))
+	if err := l.ConnectToURI(golibvirt.ConnectURI(or(t.URI, DefaultURI))); err != nil {
+		return nil, fmt.Errorf("libvirt: %w: connect to libvirtd on %s: %v (install libvirt-daemon-system and start libvirtd: scripts/setup.sh)", launch.ErrUnavailable, sock, err)
+	}
+	return l, nil
+}
+
+// Available reports whether libvirtd answers on the target's socket, with
+// its library and hypervisor versions. Errors wrap launch.ErrUnavailable.
+func (t *Target) Available(ctx context.Context) (string, error) {
+	l, err := t.connect()
+	if err != nil {
+		return "", err
+	}
+	defer l.Disconnect()
+	lib, err := l.ConnectGetLibVersion()
+	if err != nil {
+		return "", fmt.Errorf("libvirt: %w: version: %v", launch.ErrUnavailable, err)
+	}
+	hv, err := l.ConnectGetVersion()
+	if err != nil {
+		return "", fmt.Errorf("libvirt: %w: hypervisor version: %v", launch.ErrUnavailable, err)
+	}
+	return fmt.Sprintf("libvirt %s, hypervisor %s", version(lib), version(hv)), nil
+}
+
+// version formats libvirt's major*1e6+minor*1e3+micro.
+func version(v uint64) string {
+	return fmt.Sprintf("%d.%d.%d", v/1000000, v/1000%1000, v%1000)
+}
+
+// state is the JSON state file of an instance.
+type state struct {
+	ID         string           `json:"id"`
+	Name       string           `json:"name"`
+	Domain     string           `json:"domain"`
+	UUID       string           `json:"uuid"`
+	Dir        string           `json:"dir"`
+	PID        int              `json:"pid"`
+	Accel      string           `json:"accel"`
+	ConsoleLog string           `json:"console_log"`
+	AgentSock  string           `json:"agent_sock,omitempty"`
+	Overlays   []string         `json:"overlays"`
+	Forwards   []launch.Forward `json:"forwards"`
+	Addresses  []string         `json:"addresses"`
+	StartedAt  time.Time        `json:"started_at"`
+}
+
+func (t *Target) statePath(id string) string { return filepath.Join(t.Dir, id+".json") }
+
+// Launch implements [launch.Target]: qcow2 overlays over the NBD exports,
+// Spec.Prepare, then a transient domain. Errors wrap
+// launch.ErrInvalidSpec, launch.ErrUnavailable (libvirtd unreachable,
+// QEMU missing), launch.ErrInsufficientMemory, launch.ErrPortInUse or
+// launch.ErrNotSupported (UEFI without OVMF) where they apply.
+func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instance, err error) {
+	if t.Dir == "" {
+		return nil, errors.New("libvirt: Target.Dir is not set")
+	}
+	if err := spec.Validate(); err != nil {
+		return nil, fmt.Errorf("libvirt: %w", err)
+	}
+	emu, err := exec.LookPath(or(t.Emulator, DefaultEmulator))
+	if err != nil {
+		return nil, fmt.Errorf("libvirt: %w: %v (install qemu-system-x86: scripts/setup.sh)", launch.ErrUnavailable, err)
+	}
+	img, err := exec.LookPath(or(t.ImgBinary, DefaultImgBinary))
+	if err != nil {
+		return nil, fmt.Errorf("libvirt: %w: %v (install qemu-utils: scripts/setup.sh)", launch.ErrUnavailable, err)
+	}
+	if spec.BootMode == launch.UEFI {
+		for _, f := range []string{or(t.OVMFCode, DefaultOVMFCode), or(t.OVMFVars, DefaultOVMFVars)} {
+			if _, err := os.Stat(f); err != nil {
+				return nil, fmt.Errorf("libvirt: UEFI boot: %w: firmware %s missing (install ovmf)", launch.ErrNotSupported, f)
+			}
+		}
+	}
+	l, err := t.connect()
+	if err != nil {
+		return nil, err
+	}
+	defer l.Disconnect()
+	if avail, err := availableMiB(l); err == nil && int64(spec.MemoryMiB) > avail {
+		return nil, fmt.Errorf("libvirt: %w: the instance wants %d MiB, the host has %d MiB available", launch.ErrInsufficientMemory, spec.MemoryMiB, avail)
+	}
+
+	var rnd [4]byte
+	rand.Read(rnd[:])
+	id := spec.Name + "-" + hex.EncodeToString(rnd[:])
+	if len(id) > 63 {
+		id = spec.Name[:54] + "-" + hex.EncodeToString(rnd[:])
+	}
+	if err := os.MkdirAll(t.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("libvirt: create state dir: %w", err)
+	}
+	dir, err := filepath.Abs(filepath.Join(or(spec.WorkDir, t.Dir), id))
+	if err != nil {
+		return nil, fmt.Errorf("libvirt: %w", err)
+	}
+	if len(dir)+len("/agent.sock") >= maxSocketPath {
+		return nil, fmt.Errorf("libvirt: %w: instance directory %s too long for a unix socket path (%d bytes at most): use a shorter Dir or WorkDir", launch.ErrInvalidSpec, dir, maxSocketPath-1)
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+		return nil, fmt.Errorf("libvirt: create work dir: %w", err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("libvirt: create instance dir: %w", err)
+	}
+	st := &state{
+		ID:         id,
+		Name:       spec.Name,
+		Domain:     DomainPrefix + id,
+		Dir:        dir,
+		ConsoleLog: filepath.Join(dir, "console.log"),
+	}
+	if t.GuestAgent {
+		st.AgentSock = filepath.Join(dir, "agent.sock")
+	}
+	defer func() {
+		if err != nil {
+			t.cleanup(l, st)
+		}
+	}()
+
+	for i, d := range spec.Disks {
+		ov := filepath.Join(dir, fmt.Sprintf("disk%d.qcow2", i))
+		args := []string{"create", "-q", "-f", "qcow2", "-F", "raw", "-b", d.NBDURL, ov}
+		if d.Size > 0 {
+			args = append(args, strconv.FormatInt(d.Size, 10))
+		}
+		if out, err := exec.CommandContext(ctx, img, args...).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("libvirt: create overlay for disk %d over %s: %w: %s", i, d.NBDURL, err, bytes.TrimSpace(out))
+		}
+		st.Overlays = append(st.Overlays, ov)
+	}
+	if spec.Prepare != nil {
+		formats := make([]string, len(st.Overlays))
+		for i := range formats {
+			formats[i] = "qcow2"
+		}
+		if err := spec.Prepare(ctx, append([]string(nil), st.Overlays...), formats); err != nil {
+			return nil, fmt.Errorf("libvirt: prepare disks: %w", err)
+		}
+	}
+	// The console log exists before the domain starts, owned by this
+	// process's user, which QEMU runs as (see secLabelXML).
+	if err := os.WriteFile(st.ConsoleLog, nil, 0o600); err != nil {
+		return nil, fmt.Errorf("libvirt: create console log: %w", err)
+	}
+	st.Accel = t.Accel
+	if st.Accel == "" {
+		st.Accel = qemu.DetectAccel(ctx, emu)
+	}
+	cfg := domainConfig{
+		Name: st.Domain, ID: id, Accel: st.Accel, Emulator: emu,
+		Overlays: st.Overlays, ConsoleLog: st.ConsoleLog, AgentSock: st.AgentSock,
+		ForwardAddr: or(t.ForwardAddr, DefaultForwardAddr),
+		UID:         os.Getuid(), GID: os.Getgid(),
+	}
+	if spec.BootMode == launch.UEFI {
+		cfg.OVMFCode, cfg.NVRAM = or(t.OVMFCode, DefaultOVMFCode), filepath.Join(dir, "OVMF_VARS.fd")
+		if err := copyFile(or(t.OVMFVars, DefaultOVMFVars), cfg.NVRAM); err != nil {
+			return nil, fmt.Errorf("libvirt: copy UEFI variables: %w", err)
+		}
+	}
+
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st.Forwards, err = pickPorts(cfg.ForwardAddr, spec.Forwards)
+	if err != nil {
+		return nil, fmt.Errorf("libvirt: %w", err)
+	}
+	cfg.Forwards = st.Forwards
+	for _, f := range st.Forwards {
+		st.Addresses = append(st.Addresses, net.JoinHostPort(cfg.ForwardAddr, strconv.Itoa(f.HostPort)))
+	}
+	doc, err := buildDomain(spec, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("libvirt: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "domain.xml"), doc, 0o600); err != nil {
+		return nil, fmt.Errorf("libvirt: %w", err)
+	}
+	start := time.Now()
+	// Autodestroy is not set: the domain outlives this connection and the
+	// Ferry server, like the qemu target's daemonized QEMU.
+	dom, err := l.DomainCreateXML(string(doc), 0)
+	if err != nil {
+		msg := err.Error()
+		switch {
+		case strings.Contains(msg, "host forwarding rule"):
+			return nil, fmt.Errorf("libvirt: %w: %s", launch.ErrPortInUse, msg)
+		case strings.Contains(msg, "cannot set up guest memory"):
+			return nil, fmt.Errorf("libvirt: %w: %s", launch.ErrInsufficientMemory, msg)
+		}
+		return nil, fmt.Errorf("libvirt: create domain %s: %w", st.Domain, err)
+	}
+	st.UUID = uuidString(dom.UUID)
+	st.PID = domainPID(st.Domain)
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("libvirt: launch: %w", ctx.Err())
+	}
+	st.StartedAt = time.Now().UTC()
+	if err := writeState(t.statePath(id), st); err != nil {
+		return nil, err
+	}
+	t.logger().Info("libvirt: launched", "id", id, "domain", st.Domain, "pid", st.PID, "accel", st.Accel, "addresses", st.Addresses, "start", time.Since(start))
+	return st.instance(launch.Running), nil
+}
+
+// pickPorts fills in free host ports and checks that the fixed ones are
+// free. QEMU binds them right after; a port taken in between makes the
+// domain fail to start, which Launch reports as ErrPortInUse.
+func pickPorts(addr string, fwds []launch.Forward) ([]launch.Forward, error) {
+	out := make([]launch.Forward, len(fwds))
+	var held []net.Listener
+	defer func() {
+		for _, l := range held {
+			l.Close()
+		}
+	}()
+	for i, f := range fwds {
+		l, err := net.Listen("tcp", net.JoinHostPort(addr, strconv.Itoa(f.HostPort)))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s:%d (forward to guest port %d): %v", launch.ErrPortInUse, addr, f.HostPort, f.GuestPort, err)
+		}
+		held = append(held, l)
+		out[i] = launch.Forward{GuestPort: f.GuestPort, HostPort: l.Addr().(*net.TCPAddr).Port}
+	}
+	return out, nil
+}
+
+// lookup finds st's domain; ok is false when it no longer exists (a
+// transient domain disappears when it stops) or is another domain of the
+// same name.
+func lookup(l *golibvirt.Libvirt, st *state) (dom golibvirt.Domain, ok bool, err error) {
+	dom, err = l.DomainLookupByName(st.Domain)
+	if golibvirt.IsNotFound(err) {
+		return dom, false, nil
+	}
+	if err != nil {
+		return dom, false, fmt.Errorf("libvirt: look up domain %s: %w", st.Domain, err)
+	}
+	return dom, st.UUID == "" || uuidString(dom.UUID) == st.UUID, nil
+}
+
+// running reports whether dom's state is one with a live QEMU process.
+func running(l *golibvirt.Libvirt, dom golibvirt.Domain) (bool, error) {
+	s, _, err := l.DomainGetState(dom, 0)
+	if golibvirt.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("libvirt: domain state: %w", err)
+	}
+	switch golibvirt.DomainState(s) {
+	case golibvirt.DomainShutoff, golibvirt.DomainCrashed, golibvirt.DomainNostate:
+		return false, nil
+	}
+	return true, nil
+}
+
+// Status implements [launch.Target].
+func (t *Target) Status(ctx context.Context, id string) (*launch.Instance, error) {
+	st, err := t.readState(id)
+	if err != nil {
+		return nil, err
+	}
+	l, err := t.connect()
+	if err != nil {
+		return nil, err
+	}
+	defer l.Disconnect()
+	dom, ok, err := lookup(l, st)
+	if err != nil {
+		return nil, err
+	}
+	s := launch.Stopped
+	if ok {
+		up, err := running(l, dom)
+		if err != nil {
+			return nil, err
+		}
+		if up {
+			s = launch.Running
+		}
+	}
+	return st.instance(s), nil
+}
+
+// Terminate implements [launch.Target]: an ACPI shutdown request, up to
+// ShutdownTimeout for the guest to power off, then the domain is
+// destroyed; then the instance's files are removed.
+func (t *Target) Terminate(ctx context.Context, id string) error {
+	st, err := t.readState(id)
+	if errors.Is(err, launch.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	l, err := t.connect()
+	if err != nil {
+		return fmt.Errorf("libvirt: terminate %s: %w", id, err)
+	}
+	defer l.Disconnect()
+	start := time.Now()
+	how, err := t.stop(ctx, l, st, or(t.ShutdownTimeout, DefaultShutdownTimeout))
+	if err != nil {
+		return fmt.Errorf("libvirt: terminate %s: %w", id, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("libvirt: terminate %s: %w", id, err)
+	}
+	if err := os.RemoveAll(st.Dir); err != nil {
+		return fmt.Errorf("libvirt: terminate %s: remove files: %w", id, err)
+	}
+	if err := os.Remove(t.statePath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("libvirt: terminate %s: remove state: %w", id, err)
+	}
+	t.logger().Info("libvirt: terminated", "id", id, "how", how, "took", time.Since(start))
+	return nil
+}
+
+// stop ends st's domain: shutdown, then destroy after grace. It says how.
+func (t *Target) stop(ctx context.Context, l *golibvirt.Libvirt, st *state, grace time.Duration) (string, error) {
+	dom, ok, err := lookup(l, st)
+	if err != nil {
+		return "", err
+	}
+	if !ok {
+		return "gone", nil
+	}
+	if up, err := running(l, dom); err != nil {
+		return "", err
+	} else if up && grace > 0 {
+		if err := l.DomainShutdown(dom); err == nil && waitGone(ctx, l, st, grace) {
+			return "shutdown", nil
+		}
+	}
+	if err := l.DomainDestroy(dom); err != nil && !golibvirt.IsNotFound(err) {
+		return "", fmt.Errorf("destroy domain %s: %w", st.Domain, err)
+	}
+	if !waitGone(ctx, l, st, 10*time.Second) {
+		return "", fmt.Errorf("domain %s still exists after destroy", st.Domain)
+	}
+	return "destroy", nil
+}
+
+// waitGone polls until st's domain no longer runs, for at most d.
+func waitGone(ctx context.Context, l *golibvirt.Libvirt, st *state, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for {
+		dom, ok, err := lookup(l, st)
+		if err == nil && !ok {
+			return true
+		}
+		if err == nil {
+			if up, err := running(l, dom); err == nil && !up {
+				return true
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// cleanup undoes a failed launch.
+func (t *Target) cleanup(l *golibvirt.Libvirt, st *state) {
+	t.stop(context.Background(), l, st, 0)
+	os.RemoveAll(st.Dir)
+	os.Remove(t.statePath(st.ID))
+}
+
+func (t *Target) readState(id string) (*state, error) {
+	if !launch.ValidName(id) {
+		return nil, fmt.Errorf("libvirt: instance %q: %w", id, launch.ErrNotFound)
+	}
+	b, err := os.ReadFile(t.statePath(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("libvirt: instance %s: %w", id, launch.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("libvirt: read state: %w", err)
+	}
+	var st state
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("libvirt: read state of %s: %w", id, err)
+	}
+	if st.ID != id {
+		return nil, fmt.Errorf("libvirt: state file of %s names instance %q", id, st.ID)
+	}
+	return &st, nil
+}
+
+func writeState(path string, st *state) error {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return fmt.Errorf("libvirt: encode state: %w", err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("libvirt: write state: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("libvirt: write state: %w", err)
+	}
+	return nil
+}
+
+func (st *state) instance(s launch.State) *launch.Instance {
+	return &launch.Instance{
+		ID:         st.ID,
+		Target:     "libvirt",
+		Name:       st.Name,
+		State:      s,
+		PID:        st.PID,
+		Accel:      st.Accel,
+		ConsoleLog: st.ConsoleLog,
+		Forwards:   append([]launch.Forward(nil), st.Forwards...),
+		Addresses:  append([]string(nil), st.Addresses...),
+		Overlays:   append([]string(nil), st.Overlays...),
+		StartedAt:  st.StartedAt,
+	}
+}
+
+// AgentSocket returns the unix socket of the instance's guest agent
+// channel, or an error when the instance has none (Target.GuestAgent was
+// off when it launched).
+func (t *Target) AgentSocket(id string) (string, error) {
+	st, err := t.readState(id)
+	if err != nil {
+		return "", err
+	}
+	if st.AgentSock == "" {
+		return "", fmt.Errorf("libvirt: instance %s: %w: launched without a guest agent channel", id, launch.ErrNotSupported)
+	}
+	return st.AgentSock, nil
+}
+
+// availableMiB is the host's free memory as libvirt reports it: free plus
+// buffers and page cache, which the kernel gives back on demand.
+func availableMiB(l *golibvirt.Libvirt) (int64, error) {
+	const allCells = -1
+	_, n, err := l.NodeGetMemoryStats(0, allCells, 0)
+	if err != nil {
+		return 0, err
+	}
+	stats, _, err := l.NodeGetMemoryStats(n, allCells, 0)
+	if err != nil {
+		return 0, err
+	}
+	var kib uint64
+	for _, s := range stats {
+		switch s.Field {
+		case "free", "buffers", "cached":
+			kib += s.Value
+		}
+	}
+	if kib == 0 {
+		return 0, errors.New("no memory statistics")
+	}
+	return int64(kib / 1024), nil
+}
+
+// domainPID reads the pid of a domain's QEMU from the pidfile libvirtd's
+// system instance keeps; 0 when it cannot (another run directory).
+func domainPID(domain string) int {
+	b, err := os.ReadFile(filepath.Join("/run/libvirt/qemu", domain+".pid"))
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
+}
+
+func uuidString(u golibvirt.UUID) string { return hex.EncodeToString(u[:]) }
+
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, 0o600)
+}
