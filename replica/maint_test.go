@@ -122,20 +122,25 @@ func mustRead(t *testing.T, d *Disk, off int64, n int) []byte {
 
 func TestCorruptionDetected(t *testing.T) {
 	ctx := context.Background()
+	// Each damages the chunk (in its pack) or the pack index.
 	tests := []struct {
 		name   string
-		damage func(t *testing.T, path string)
+		damage func(t *testing.T, root string, loc chunkLoc)
 	}{
-		{"flipped bit", func(t *testing.T, p string) {
+		{"flipped bit", func(t *testing.T, root string, loc chunkLoc) {
+			p := filepath.Join(root, packName(loc.pack.id))
 			b, _ := os.ReadFile(p)
-			b[len(b)/2] ^= 1
+			b[loc.off+loc.size/2] ^= 1
 			os.WriteFile(p, b, 0o600)
 		}},
-		{"truncated", func(t *testing.T, p string) {
-			os.Truncate(p, 20)
+		{"truncated", func(t *testing.T, root string, loc chunkLoc) {
+			os.Truncate(filepath.Join(root, packName(loc.pack.id)), loc.off+20)
 		}},
-		{"missing", func(t *testing.T, p string) {
-			os.Remove(p)
+		{"missing pack", func(t *testing.T, root string, loc chunkLoc) {
+			os.Remove(filepath.Join(root, packName(loc.pack.id)))
+		}},
+		{"missing index", func(t *testing.T, root string, loc chunkLoc) {
+			os.Remove(filepath.Join(root, indexName(loc.pack.id)))
 		}},
 	}
 	for _, tt := range tests {
@@ -156,7 +161,11 @@ func TestCorruptionDetected(t *testing.T) {
 			s.Close()
 			h := (&sealer{hashKey: s.sl.hashKey}).hash(data)
 			name := chunkName(h)
-			tt.damage(t, filepath.Join(e.be.Root(), name))
+			loc := s.known[h]
+			if loc.pack == nil {
+				t.Fatalf("chunk %s is not in a pack", name)
+			}
+			tt.damage(t, e.be.Root(), loc)
 			s = e.open(t)
 			defer s.Close()
 			d, _ = s.Disk("d")

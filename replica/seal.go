@@ -70,6 +70,7 @@ const (
 	kindMap      byte = 2
 	kindSnapshot byte = 3
 	kindDisk     byte = 4
+	kindIndex    byte = 5 // pack index (format 3)
 )
 
 const envelopeMagic = "FRO1"

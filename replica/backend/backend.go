@@ -17,6 +17,10 @@ import (
 // object does not exist. Callers test it with errors.Is.
 var ErrNotFound = errors.New("object not found")
 
+// ErrOutOfRange is returned (possibly wrapped) by GetRange when the range
+// is not entirely inside the object, e.g. a truncated object.
+var ErrOutOfRange = errors.New("range outside the object")
+
 // Backend stores immutable, named objects.
 //
 // Contract every implementation keeps (replica/backendtest checks it):
@@ -105,7 +109,8 @@ type Batcher interface {
 //
 // Contract (replica/backendtest checks it):
 //
-//   - Put stages an object. It is safe for concurrent use, but not
+//   - Put stages an object and does not keep data after it returns (the
+//     caller may reuse it). It is safe for concurrent use, but not
 //     concurrently with Commit or Abort. A staged object may stay
 //     invisible to Get and List until Commit returns.
 //   - Commit returns nil only when every staged object is stored and
@@ -150,7 +155,7 @@ func (putBatch) Abort() {}
 type RangeGetter interface {
 	// GetRange returns length bytes of the object starting at off, or an
 	// error wrapping ErrNotFound when it does not exist. A range that is
-	// not entirely inside the object is an error (not ErrNotFound). The
+	// not entirely inside the object is an error wrapping ErrOutOfRange. The
 	// caller owns the returned slice.
 	GetRange(ctx context.Context, name string, off, length int64) ([]byte, error)
 }
@@ -169,7 +174,7 @@ func GetRange(ctx context.Context, b Backend, name string, off, length int64) ([
 		return nil, err
 	}
 	if off > int64(len(data)) || length > int64(len(data))-off {
-		return nil, fmt.Errorf("get %s: range %d+%d outside the %d-byte object", name, off, length, len(data))
+		return nil, fmt.Errorf("get %s: %d+%d of a %d-byte object: %w", name, off, length, len(data), ErrOutOfRange)
 	}
 	return data[off : off+length : off+length], nil
 }

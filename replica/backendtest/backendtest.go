@@ -321,8 +321,8 @@ func testGetRange(t *testing.T, b backend.Backend) {
 		}
 	}
 	for _, r := range [][2]int64{{int64(len(data)) - 5, 6}, {int64(len(data)) + 10, 1}} {
-		if _, err := backend.GetRange(ctx, b, "range/obj", r[0], r[1]); err == nil || errors.Is(err, backend.ErrNotFound) {
-			t.Errorf("GetRange(%d, %d) past the end = %v, want an error other than ErrNotFound", r[0], r[1], err)
+		if _, err := backend.GetRange(ctx, b, "range/obj", r[0], r[1]); !errors.Is(err, backend.ErrOutOfRange) {
+			t.Errorf("GetRange(%d, %d) past the end = %v, want ErrOutOfRange", r[0], r[1], err)
 		}
 	}
 	if _, err := backend.GetRange(ctx, b, "range/absent", 0, 1); !errors.Is(err, backend.ErrNotFound) {

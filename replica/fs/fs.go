@@ -285,7 +285,7 @@ func (b *Backend) GetRange(ctx context.Context, name string, off, length int64) 
 		return data, nil
 	}
 	if err == nil || errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("get %s: range %d+%d outside the object (read %d bytes)", name, off, length, n)
+		return nil, fmt.Errorf("get %s: %d+%d, read %d bytes: %w", name, off, length, n, backend.ErrOutOfRange)
 	}
 	return nil, fmt.Errorf("get %s: %w", name, err)
 }

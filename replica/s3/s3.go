@@ -210,7 +210,7 @@ func (b *Backend) GetRange(ctx context.Context, name string, off, length int64) 
 			return nil, fmt.Errorf("get %s: %w", name, backend.ErrNotFound)
 		}
 		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || minio.ToErrorResponse(err).Code == "InvalidRange" {
-			return nil, fmt.Errorf("get %s: range %d+%d outside the object (read %d bytes)", name, off, length, n)
+			return nil, fmt.Errorf("get %s: %d+%d, read %d bytes: %w", name, off, length, n, backend.ErrOutOfRange)
 		}
 		return nil, fmt.Errorf("get %s: %w", name, err)
 	}
