@@ -32,6 +32,9 @@ const (
 	indexHeaderSize = 4 + 8 + 4
 	// indexEntrySize: hash, offset u64, length u32.
 	indexEntrySize = 32 + 8 + 4
+	// packBufCap is the capacity of a pack buffer: packTarget plus the
+	// largest sealed chunk (4 MiB of content, envelope and payload header).
+	packBufCap = packTarget + 4<<20 + 64
 	// maxPackSize bounds the pack size an index may claim.
 	maxPackSize = 1 << 32
 )
@@ -145,14 +148,19 @@ func decodeIndex(b []byte) (int64, []indexEntry, error) {
 
 // packBuf is a pack being filled in memory by a chunkBatch.
 type packBuf struct {
-	info *packInfo
-	bp   *[]byte // pooled buffer; *bp holds the pack so far
+	info    *packInfo
+	bp      *[]byte        // pooled buffer; *bp holds the pack so far
+	writers sync.WaitGroup // fills of reserved space in progress
 }
 
 var packPool = sync.Pool{New: func() any { return new([]byte) }}
 
 func newPackBuf() *packBuf {
 	bp := packPool.Get().(*[]byte)
+	if cap(*bp) < packBufCap {
+		// A pack closes at the first chunk that takes it to packTarget.
+		*bp = make([]byte, 0, packBufCap)
+	}
 	*bp = (*bp)[:0]
 	return &packBuf{info: &packInfo{id: newPackID()}, bp: bp}
 }
@@ -164,9 +172,19 @@ func (p *packBuf) release() {
 	}
 }
 
-// addObject appends the sealed chunk obj of h to the batch's current pack
-// and stages the pack in the backend batch once it is full.
+// addObject appends the sealed chunk obj of h to the batch's current pack.
 func (cb *chunkBatch) addObject(ctx context.Context, h Hash, obj []byte) error {
+	return cb.addSealed(ctx, h, len(obj), func(dst []byte) { copy(dst, obj) })
+}
+
+// addSealed reserves n bytes for the sealed chunk h in the batch's
+// current pack and calls fill to write them there, outside the batch's
+// lock, so chunks are sealed in parallel straight into the pack. The pack
+// is staged in the backend batch once it is full and every fill is done.
+func (cb *chunkBatch) addSealed(ctx context.Context, h Hash, n int, fill func(dst []byte)) error {
+	if n > packBufCap-packTarget {
+		return fmt.Errorf("sealed chunk of %d bytes is too large for a pack", n)
+	}
 	cb.mu.Lock()
 	if cb.cur == nil {
 		cb.cur = newPackBuf()
@@ -175,22 +193,26 @@ func (cb *chunkBatch) addObject(ctx context.Context, h Hash, obj []byte) error {
 		cb.s.chunkMu.Unlock()
 	}
 	p := cb.cur
-	off := int64(len(*p.bp))
-	*p.bp = append(*p.bp, obj...)
-	e := indexEntry{h: h, off: off, size: int64(len(obj))}
-	p.info.entries = append(p.info.entries, e)
-	cb.staged[h] = chunkLoc{pack: p.info, off: off, size: e.size}
-	var full *packBuf
-	if len(*p.bp) >= packTarget {
-		full, cb.cur = p, nil
+	off := len(*p.bp)
+	*p.bp = (*p.bp)[:off+n]
+	dst := (*p.bp)[off : off+n : off+n]
+	p.info.entries = append(p.info.entries, indexEntry{h: h, off: int64(off), size: int64(n)})
+	cb.staged[h] = chunkLoc{pack: p.info, off: int64(off), size: int64(n)}
+	p.writers.Add(1)
+	full := len(*p.bp) >= packTarget
+	if full {
+		cb.cur = nil
 		cb.flushing.Add(1)
 	}
 	cb.mu.Unlock()
-	if full == nil {
+	fill(dst)
+	p.writers.Done()
+	if !full {
 		return nil
 	}
 	defer cb.flushing.Done()
-	return cb.stagePack(ctx, full)
+	p.writers.Wait()
+	return cb.stagePack(ctx, p)
 }
 
 // stagePack puts a complete pack into the backend batch (on fs: written,
@@ -205,7 +227,10 @@ func (cb *chunkBatch) stagePack(ctx context.Context, p *packBuf) error {
 	return err
 }
 
-// commitPacks makes the batch's packs durable, then their indexes.
+// commitPacks makes the batch's packs and their indexes durable, in one
+// backend batch: the pack is staged before its index (backends without a
+// batch put them in that order), and an index whose pack a crash left
+// absent or short is dropped at Open (see loadIndexes).
 func (cb *chunkBatch) commitPacks(ctx context.Context) error {
 	cb.flushing.Wait()
 	cb.mu.Lock()
@@ -213,26 +238,20 @@ func (cb *chunkBatch) commitPacks(ctx context.Context) error {
 	cb.cur = nil
 	cb.mu.Unlock()
 	if last != nil {
+		last.writers.Wait()
 		if err := cb.stagePack(ctx, last); err != nil {
 			cb.b.Abort()
 			return err
 		}
 	}
-	if err := cb.b.Commit(ctx); err != nil {
-		return err
-	}
-	if len(cb.packs) == 0 {
-		return nil
-	}
-	ib := backend.NewBatch(cb.s.be)
 	for _, p := range cb.packs {
 		name := indexName(p.id)
-		if err := ib.Put(ctx, name, cb.s.sl.seal(name, kindIndex, encodeIndex(p.size, p.entries))); err != nil {
-			ib.Abort()
+		if err := cb.b.Put(ctx, name, cb.s.sl.seal(name, kindIndex, encodeIndex(p.size, p.entries))); err != nil {
+			cb.b.Abort()
 			return err
 		}
 	}
-	return ib.Commit(ctx)
+	return cb.b.Commit(ctx)
 }
 
 // readObject returns the sealed object of chunk h from wherever it is
@@ -276,8 +295,21 @@ func (s *Store) readObject(ctx context.Context, h Hash) ([]byte, error) {
 
 // loadIndexes reads every pack index into s.known and s.packs (at Open).
 // An index that cannot be read or decoded stops Open: its chunks would
-// otherwise look missing.
+// otherwise look missing. An index whose pack is absent or shorter than
+// it says is what a crash during a batch commit leaves (the index became
+// durable, the pack did not); nothing references its chunks (the journal
+// record or block map is written only after the commit), so it is
+// deleted.
 func (s *Store) loadIndexes(ctx context.Context) error {
+	packSizes := map[string]int64{}
+	if err := s.be.List(ctx, "packs/", func(name string, size int64) error {
+		if id, ok := parsePackName(name); ok {
+			packSizes[id] = size
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("list packs: %w", err)
+	}
 	var names []string
 	if err := s.be.List(ctx, "index/", func(name string, _ int64) error {
 		names = append(names, name)
@@ -295,6 +327,13 @@ func (s *Store) loadIndexes(ctx context.Context) error {
 		return err
 	}
 	for _, p := range packs {
+		if size, ok := packSizes[p.id]; !ok || size < p.size {
+			if err := s.be.Delete(ctx, indexName(p.id)); err != nil {
+				return fmt.Errorf("delete index of an incomplete pack: %w", err)
+			}
+			s.opts.Logf("replica: deleted %s: its pack is missing or short (a crash during a commit)", indexName(p.id))
+			continue
+		}
 		s.addPackLocked(p)
 	}
 	return nil

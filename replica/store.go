@@ -508,8 +508,6 @@ func (cb *chunkBatch) abort() {
 	s.chunkMu.Unlock()
 }
 
-var objPool = sync.Pool{New: func() any { return new([]byte) }}
-
 // putChunk stages content in cb unless an identical chunk is stored or
 // staged in cb already, and returns its hash; all-zero content is never
 // stored and has the zero Hash. A chunk another fold's batch is staging
@@ -517,14 +515,16 @@ var objPool = sync.Pool{New: func() any { return new([]byte) }}
 // other's commit would deadlock, and both write the same complete object.
 // Callers hold gcMu shared.
 func (s *Store) putChunk(ctx context.Context, cb *chunkBatch, content []byte) (Hash, error) {
-	return s.storeChunk(ctx, cb, content, false)
+	return s.storeChunk(ctx, cb, content, nil, false)
 }
 
 // storeChunk is putChunk; with journalRef it also takes a journal
 // reference on the chunk (see jrefs) in the same critical section as the
 // dedup check, so GC cannot delete a stored chunk the journal is about to
-// reference. Callers hold gcMu shared unless journalRef is set.
-func (s *Store) storeChunk(ctx context.Context, cb *chunkBatch, content []byte, journalRef bool) (Hash, error) {
+// reference. Callers hold gcMu shared unless journalRef is set. room, when
+// not nil, is content's buffer with chunkRoom bytes of header space in
+// front of content, which saves a copy (see chunkPayload).
+func (s *Store) storeChunk(ctx context.Context, cb *chunkBatch, content, room []byte, journalRef bool) (Hash, error) {
 	if isZero(content) {
 		return Hash{}, nil
 	}
@@ -546,11 +546,12 @@ func (s *Store) storeChunk(ctx context.Context, cb *chunkBatch, content []byte, 
 		s.inflight[h] = cb
 	}
 	s.chunkMu.Unlock()
-	bp := objPool.Get().(*[]byte)
-	obj := s.sl.encodeChunk(h, content, (*bp)[:0])
-	err := cb.addObject(ctx, h, obj)
-	*bp = obj
-	objPool.Put(bp)
+	plain, release := s.sl.chunkPayload(content, room)
+	name := chunkName(h)
+	err := cb.addSealed(ctx, h, s.sl.sealedSize(len(plain)), func(dst []byte) {
+		s.sl.sealTo(dst[:0], name, kindChunk, plain)
+	})
+	release()
 	if err != nil {
 		s.chunkMu.Lock()
 		if s.inflight[h] == cb {
