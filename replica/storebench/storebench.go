@@ -117,7 +117,7 @@ type Result struct {
 	RawReadMBps         float64 `json:"raw_read_mbps"`
 	NBDReadParallelMBps float64 `json:"nbd_read_parallel_mbps"`
 	RawReadParallelMBps float64 `json:"raw_read_parallel_mbps"`
-	NBDSkipped  string  `json:"nbd_skipped,omitempty"`
+	NBDSkipped          string  `json:"nbd_skipped,omitempty"`
 	// DedupRatio is the stored bytes of Copies copies of one image over
 	// the stored bytes of one copy.
 	DedupRatio float64 `json:"dedup_ratio"`
