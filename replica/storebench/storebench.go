@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
@@ -62,6 +63,10 @@ type Options struct {
 	// it takes the median of; default 3.
 	BaselineBytes int64
 	BaselineRuns  int
+	// InFlightBytes bounds the bytes appended but not yet durable during
+	// ingest, like the replication server's credit to an agent; default
+	// 16 MiB, the server's default (dataplane.Server.CreditBytes).
+	InFlightBytes int64
 	// Logf reports progress; default silent.
 	Logf func(format string, args ...any)
 }
@@ -137,6 +142,9 @@ func (o *Options) setDefaults() {
 		o.BaselineBytes = 1 << 30
 	}
 	o.BaselineBytes = max(o.BaselineBytes>>20, 1) << 20
+	if o.InFlightBytes <= 0 {
+		o.InFlightBytes = defaultInFlightBytes
+	}
 	if o.BaselineRuns <= 0 {
 		o.BaselineRuns = 3
 	}
@@ -359,23 +367,44 @@ func (b *bench) openStore(ctx context.Context) (*replica.Store, func(), error) {
 	}, nil
 }
 
-// ingest appends n extents from next with up to 64 in flight, as the
-// replication server does with an agent's stream, and returns when all
-// are durable.
-func ingest(ctx context.Context, d *replica.Disk, n int64, next func(i int64) (int64, []byte)) error {
-	window := make(chan replica.Commit, 64)
+// Ingest window, as the replication server (package dataplane) keeps it
+// with an agent's stream: the agent may have Options.InFlightBytes sent
+// but not acknowledged as durable (the server's credit, by default
+// defaultInFlightBytes), and the server queues at most inFlightWrites
+// commits for its acker.
+const (
+	defaultInFlightBytes = 16 << 20
+	inFlightWrites       = 4096
+)
+
+// ingest appends n extents from next with up to inFlightBytes and
+// inFlightWrites in flight (Append, then Commit.Wait in order on another
+// goroutine), as the replication server does with an agent's stream, and
+// returns when all are durable.
+func ingest(ctx context.Context, d *replica.Disk, inFlightBytes, n int64, next func(i int64) (int64, []byte)) error {
+	type flight struct {
+		c    replica.Commit
+		size int64
+	}
+	window := make(chan flight, inFlightWrites)
 	done := make(chan error, 1)
 	var failed atomic.Bool
+	var mu sync.Mutex
+	cond := sync.NewCond(&mu)
+	var out int64 // bytes appended and not yet durable
 	go func() {
 		var first error
-		for c := range window {
-			if first != nil {
-				continue
+		for f := range window {
+			if first == nil {
+				if err := f.c.Wait(ctx); err != nil {
+					first = err
+					failed.Store(true)
+				}
 			}
-			if err := c.Wait(ctx); err != nil {
-				first = err
-				failed.Store(true)
-			}
+			mu.Lock()
+			out -= f.size
+			cond.Broadcast()
+			mu.Unlock()
 		}
 		done <- first
 	}()
@@ -383,12 +412,19 @@ func ingest(ctx context.Context, d *replica.Disk, n int64, next func(i int64) (i
 	var err error
 	for i := int64(0); i < n && !failed.Load(); i++ {
 		off, buf := next(i)
+		size := int64(len(buf))
+		mu.Lock()
+		for out > 0 && out+size > inFlightBytes && !failed.Load() {
+			cond.Wait()
+		}
+		out += size
+		mu.Unlock()
 		seq++
 		var c replica.Commit
 		if c, err = d.Append(seq, off, buf); err != nil {
 			break
 		}
-		window <- c
+		window <- flight{c, size}
 	}
 	close(window)
 	if werr := <-done; err == nil {
@@ -412,7 +448,7 @@ func (b *bench) seqIngest(ctx context.Context, res *Result) error {
 		return err
 	}
 	start := time.Now()
-	err = ingest(ctx, d, size/mib, func(i int64) (int64, []byte) { return i * mib, b.data.block(i) })
+	err = ingest(ctx, d, b.opts.InFlightBytes, size/mib, func(i int64) (int64, []byte) { return i * mib, b.data.block(i) })
 	if err != nil {
 		return err
 	}
@@ -440,7 +476,7 @@ func (b *bench) zeros(ctx context.Context, res *Result) error {
 	}
 	zero := make([]byte, mib)
 	start := time.Now()
-	if err := ingest(ctx, d, size/mib, func(i int64) (int64, []byte) { return i * mib, zero }); err != nil {
+	if err := ingest(ctx, d, b.opts.InFlightBytes, size/mib, func(i int64) (int64, []byte) { return i * mib, zero }); err != nil {
 		return err
 	}
 	if err := d.Fold(ctx); err != nil {
@@ -464,7 +500,7 @@ func (b *bench) random(ctx context.Context, res *Result) error {
 	blocks := b.opts.RandomDiskSize / 4096
 	n := int64(b.opts.RandomWrites)
 	start := time.Now()
-	err = ingest(ctx, d, n, func(i int64) (int64, []byte) {
+	err = ingest(ctx, d, b.opts.InFlightBytes, n, func(i int64) (int64, []byte) {
 		return rng.Int64N(blocks) * 4096, b.data.small(i)
 	})
 	if err != nil {
@@ -611,7 +647,7 @@ func (b *bench) dedup(ctx context.Context, res *Result) error {
 		if err != nil {
 			return err
 		}
-		if err := ingest(ctx, d, size/mib, func(i int64) (int64, []byte) { return i * mib, block(i) }); err != nil {
+		if err := ingest(ctx, d, b.opts.InFlightBytes, size/mib, func(i int64) (int64, []byte) { return i * mib, block(i) }); err != nil {
 			return err
 		}
 		if err := d.Fold(ctx); err != nil {
