@@ -457,7 +457,7 @@ func (s *Store) newChunkBatch() *chunkBatch {
 	return &chunkBatch{s: s, b: backend.NewBatch(s.be), staged: map[Hash]chunkLoc{}}
 }
 
-// commit makes the batch's packs durable, then their indexes, and records
+// commit makes the batch's packs and their indexes durable and records
 // the chunks as stored.
 func (cb *chunkBatch) commit(ctx context.Context) error {
 	err := cb.commitPacks(ctx)
