@@ -121,12 +121,21 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 			return st, fmt.Errorf("gc: %w", err)
 		}
 	}
-	// Packs without an index (a crash or failure between writing a pack
-	// and its index) hold nothing anyone references.
+	// Packs without an index object (a crash or failure between writing a
+	// pack and its index) hold nothing anyone references. A pack whose
+	// index exists but could not be read at Open is kept (Verify names
+	// the index).
+	indexes := map[string]bool{}
+	if err := s.be.List(ctx, "index/", func(name string, _ int64) error {
+		indexes[strings.TrimPrefix(name, "index/")] = true
+		return nil
+	}); err != nil {
+		return st, fmt.Errorf("gc: list pack indexes: %w", err)
+	}
 	var orphans []string
 	if err := s.be.List(ctx, "packs/", func(name string, _ int64) error {
 		id, ok := parsePackName(name)
-		if !ok {
+		if !ok || indexes[id] {
 			return nil
 		}
 		s.chunkMu.Lock()

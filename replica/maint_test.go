@@ -139,6 +139,12 @@ func TestCorruptionDetected(t *testing.T) {
 		{"missing pack", func(t *testing.T, root string, loc chunkLoc) {
 			os.Remove(filepath.Join(root, packName(loc.pack.id)))
 		}},
+		{"damaged index", func(t *testing.T, root string, loc chunkLoc) {
+			p := filepath.Join(root, indexName(loc.pack.id))
+			b, _ := os.ReadFile(p)
+			b[len(b)/2] ^= 1
+			os.WriteFile(p, b, 0o600)
+		}},
 		{"missing index", func(t *testing.T, root string, loc chunkLoc) {
 			os.Remove(filepath.Join(root, indexName(loc.pack.id)))
 		}},
@@ -190,6 +196,15 @@ func TestCorruptionDetected(t *testing.T) {
 			}
 			if !found {
 				t.Errorf("Verify problems %v do not name %s", rep.Problems, name)
+			}
+			// GC keeps a pack whose index is damaged.
+			if _, err := s.GC(ctx); err != nil && !errors.Is(err, ErrCorrupt) {
+				t.Fatal(err)
+			}
+			if tt.name == "damaged index" {
+				if _, err := os.Stat(filepath.Join(e.be.Root(), packName(loc.pack.id))); err != nil {
+					t.Errorf("GC deleted the pack of a damaged index: %v", err)
+				}
 			}
 		})
 	}

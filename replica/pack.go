@@ -294,8 +294,10 @@ func (s *Store) readObject(ctx context.Context, h Hash) ([]byte, error) {
 }
 
 // loadIndexes reads every pack index into s.known and s.packs (at Open).
-// An index that cannot be read or decoded stops Open: its chunks would
-// otherwise look missing. An index whose pack is absent or shorter than
+// An index that fails to read for another reason than damage stops Open.
+// A damaged index is logged and skipped: its chunks read as missing
+// (CorruptError naming them) and Verify names the index, but the rest of
+// the store stays usable. An index whose pack is absent or shorter than
 // it says is what a crash during a batch commit leaves (the index became
 // durable, the pack did not); nothing references its chunks (the journal
 // record or block map is written only after the commit), so it is
@@ -320,6 +322,10 @@ func (s *Store) loadIndexes(ctx context.Context) error {
 	packs := make([]*packInfo, len(names))
 	err := parallelDo(ctx, len(names), 8, func(i int) error {
 		p, err := s.readIndex(ctx, names[i])
+		if errors.Is(err, ErrCorrupt) {
+			s.opts.Logf("replica: skipping pack index: %v", err)
+			return nil
+		}
 		packs[i] = p
 		return err
 	})
@@ -327,6 +333,9 @@ func (s *Store) loadIndexes(ctx context.Context) error {
 		return err
 	}
 	for _, p := range packs {
+		if p == nil {
+			continue
+		}
 		if size, ok := packSizes[p.id]; !ok || size < p.size {
 			if err := s.be.Delete(ctx, indexName(p.id)); err != nil {
 				return fmt.Errorf("delete index of an incomplete pack: %w", err)
