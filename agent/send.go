@@ -206,10 +206,18 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 			d.sweep = x.Offset + x.Length
 			e.mu.Unlock()
 			b := buf[:x.Length]
-			if err := d.dev.readAt(b, x.Offset); err != nil {
-				return err
+			err := d.dev.readAt(b, x.Offset)
+			if err == nil {
+				err = e.sendData(ctx, c, d, x.Offset, b, 0, kindDirty, comp, &zbuf)
 			}
-			if err := e.sendData(ctx, c, d, x.Offset, b, 0, kindDirty, comp, &zbuf); err != nil {
+			if err != nil {
+				// The extent left the dirty map but may not have been
+				// recorded as in flight (the credit wait or the read
+				// failed first): put it back, or its writes are lost.
+				// Re-adding one that is in flight too is harmless.
+				e.mu.Lock()
+				d.dirty.Add(x.Offset, x.Length, time.Now())
+				e.mu.Unlock()
 				return err
 			}
 		case workRescan:
