@@ -122,20 +122,31 @@ func mustRead(t *testing.T, d *Disk, off int64, n int) []byte {
 
 func TestCorruptionDetected(t *testing.T) {
 	ctx := context.Background()
+	// Each damages the chunk (in its pack) or the pack index.
 	tests := []struct {
 		name   string
-		damage func(t *testing.T, path string)
+		damage func(t *testing.T, root string, loc chunkLoc)
 	}{
-		{"flipped bit", func(t *testing.T, p string) {
+		{"flipped bit", func(t *testing.T, root string, loc chunkLoc) {
+			p := filepath.Join(root, packName(loc.pack.id))
+			b, _ := os.ReadFile(p)
+			b[loc.off+loc.size/2] ^= 1
+			os.WriteFile(p, b, 0o600)
+		}},
+		{"truncated", func(t *testing.T, root string, loc chunkLoc) {
+			os.Truncate(filepath.Join(root, packName(loc.pack.id)), loc.off+20)
+		}},
+		{"missing pack", func(t *testing.T, root string, loc chunkLoc) {
+			os.Remove(filepath.Join(root, packName(loc.pack.id)))
+		}},
+		{"damaged index", func(t *testing.T, root string, loc chunkLoc) {
+			p := filepath.Join(root, indexName(loc.pack.id))
 			b, _ := os.ReadFile(p)
 			b[len(b)/2] ^= 1
 			os.WriteFile(p, b, 0o600)
 		}},
-		{"truncated", func(t *testing.T, p string) {
-			os.Truncate(p, 20)
-		}},
-		{"missing", func(t *testing.T, p string) {
-			os.Remove(p)
+		{"missing index", func(t *testing.T, root string, loc chunkLoc) {
+			os.Remove(filepath.Join(root, indexName(loc.pack.id)))
 		}},
 	}
 	for _, tt := range tests {
@@ -156,7 +167,11 @@ func TestCorruptionDetected(t *testing.T) {
 			s.Close()
 			h := (&sealer{hashKey: s.sl.hashKey}).hash(data)
 			name := chunkName(h)
-			tt.damage(t, filepath.Join(e.be.Root(), name))
+			loc := s.known[h]
+			if loc.pack == nil {
+				t.Fatalf("chunk %s is not in a pack", name)
+			}
+			tt.damage(t, e.be.Root(), loc)
 			s = e.open(t)
 			defer s.Close()
 			d, _ = s.Disk("d")
@@ -181,6 +196,15 @@ func TestCorruptionDetected(t *testing.T) {
 			}
 			if !found {
 				t.Errorf("Verify problems %v do not name %s", rep.Problems, name)
+			}
+			// GC keeps a pack whose index is damaged.
+			if _, err := s.GC(ctx); err != nil && !errors.Is(err, ErrCorrupt) {
+				t.Fatal(err)
+			}
+			if tt.name == "damaged index" {
+				if _, err := os.Stat(filepath.Join(e.be.Root(), packName(loc.pack.id))); err != nil {
+					t.Errorf("GC deleted the pack of a damaged index: %v", err)
+				}
 			}
 		})
 	}

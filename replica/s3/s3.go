@@ -170,3 +170,49 @@ func (b *Backend) List(ctx context.Context, prefix string, fn func(name string, 
 func (b *Backend) Close() error {
 	return nil
 }
+
+var _ backend.RangeGetter = (*Backend)(nil)
+
+// GetRange reads length bytes of the object at off with one ranged GET.
+func (b *Backend) GetRange(ctx context.Context, name string, off, length int64) ([]byte, error) {
+	key, err := b.key(name)
+	if err != nil {
+		return nil, err
+	}
+	if off < 0 || length < 0 {
+		return nil, fmt.Errorf("get %s: invalid range %d+%d", name, off, length)
+	}
+	if length == 0 {
+		if _, err := b.c.StatObject(ctx, b.bucket, key, minio.StatObjectOptions{}); err != nil {
+			if notFound(err) {
+				return nil, fmt.Errorf("get %s: %w", name, backend.ErrNotFound)
+			}
+			return nil, fmt.Errorf("get %s: %w", name, err)
+		}
+		return []byte{}, nil
+	}
+	opts := minio.GetObjectOptions{}
+	if err := opts.SetRange(off, off+length-1); err != nil {
+		return nil, fmt.Errorf("get %s: %w", name, err)
+	}
+	obj, err := b.c.GetObject(ctx, b.bucket, key, opts)
+	if err != nil {
+		if notFound(err) {
+			return nil, fmt.Errorf("get %s: %w", name, backend.ErrNotFound)
+		}
+		return nil, fmt.Errorf("get %s: %w", name, err)
+	}
+	defer obj.Close()
+	data := make([]byte, length)
+	n, err := io.ReadFull(obj, data)
+	if err != nil {
+		if notFound(err) {
+			return nil, fmt.Errorf("get %s: %w", name, backend.ErrNotFound)
+		}
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || minio.ToErrorResponse(err).Code == "InvalidRange" {
+			return nil, fmt.Errorf("get %s: %d+%d, read %d bytes: %w", name, off, length, n, backend.ErrOutOfRange)
+		}
+		return nil, fmt.Errorf("get %s: %w", name, err)
+	}
+	return data, nil
+}
