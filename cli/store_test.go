@@ -98,16 +98,16 @@ func TestStoreVerbs(t *testing.T) {
 		t.Fatal("export to an unknown format succeeded")
 	}
 
-	// Corrupt a chunk in a pack: verify names the pack and fails.
+	// Corrupt one chunk: verify names it and fails.
 	var victim string
 	filepath.WalkDir(filepath.Join(data, "replica/objects"), func(p string, de os.DirEntry, err error) error {
-		if err == nil && !de.IsDir() && strings.Contains(p, "packs") && victim == "" {
+		if err == nil && !de.IsDir() && strings.Contains(p, "chunks") && victim == "" {
 			victim = p
 		}
 		return nil
 	})
 	if victim == "" {
-		t.Fatal("no pack found to corrupt")
+		t.Fatal("no chunk object found to corrupt")
 	}
 	b, _ := os.ReadFile(victim)
 	b[len(b)/2] ^= 0xff

@@ -448,19 +448,18 @@ func (d *Disk) appendChunks(r record, data []byte) (Commit, error) {
 			continue
 		}
 		bp, _ := chunkBufs.Get().(*[]byte)
-		if bp == nil || cap(*bp) < chunkRoom+int(cs) {
-			b := make([]byte, chunkRoom+cs)
+		if bp == nil || cap(*bp) < int(cs) {
+			b := make([]byte, cs)
 			bp = &b
 		}
-		room := (*bp)[:chunkRoom+cs]
-		buf := room[chunkRoom:]
+		buf := (*bp)[:cs]
 		copy(buf, part)
 		d.s.sealSlots <- struct{}{}
 		go func() {
 			defer job.wg.Done()
 			defer func() { <-d.s.sealSlots }()
 			defer chunkBufs.Put(bp)
-			h, err := d.s.storeChunk(context.Background(), cb, buf, room, true)
+			h, err := d.s.storeChunk(context.Background(), cb, buf, true)
 			if err != nil {
 				job.fail(fmt.Errorf("disk %s: %w", d.id, err))
 				return

@@ -25,10 +25,7 @@
 // hash keyed per store, zstd-compressed when that saves an eighth, and
 // sealed with XChaCha20-Poly1305 (or AES-256-GCM) under a data key that a
 // KeyProvider wraps. All-zero chunks are never stored and identical chunks
-// of all disks are stored once. Chunks are appended to pack files, one or
-// more per fold or group commit, each with a sealed index object listing
-// its chunks (loose chunk objects of older stores stay readable). Every
-// fold publishes an immutable block
+// of all disks are stored once. Every fold publishes an immutable block
 // map (a root listing pages of chunk hashes; pages are chunks too, so maps
 // share unchanged pages). A snapshot names a block map. The on-disk format
 // is described in docs/storage.md.
@@ -46,17 +43,13 @@
 //
 // Disk.ApplyRetention deletes snapshots a RetentionPolicy drops (the
 // newest is always kept); Store.GC deletes chunks no block map references
-// while writes go on, deleting empty packs and repacking those mostly
-// unreferenced; Store.Verify checks every object and pack index entry;
-// Store.Usage
+// while writes go on; Store.Verify checks every object; Store.Usage
 // reports logical and stored bytes.
 //
 // # Crash safety
 //
 // Every backend object is written atomically (backend contract) and only
-// referenced after it is durable: packs (and their indexes) before the
-// journal records or maps that reference their chunks, chunks before
-// pages, pages before the map
+// referenced after it is durable: chunks before pages, pages before the map
 // root, the map root before the snapshot metadata; the journal is trimmed
 // only after a durable trim mark. A crash at any instant leaves every
 // acknowledged write and every snapshot readable, and Verify clean.

@@ -68,37 +68,6 @@ func FuzzDecodePage(f *testing.F) {
 	})
 }
 
-func FuzzDecodeIndex(f *testing.F) {
-	for _, in := range indexSeeds() {
-		f.Add(in)
-	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		size, entries, err := decodeIndex(b)
-		if err != nil {
-			return
-		}
-		end := int64(0)
-		for _, e := range entries {
-			if e.h.IsZero() || e.off < end || e.size <= 0 || e.off+e.size > size {
-				t.Fatalf("decodeIndex accepted entry %+v in a %d-byte pack after offset %d", e, size, end)
-			}
-			end = e.off + e.size
-		}
-		if !bytes.Equal(encodeIndex(size, entries), b) {
-			t.Fatalf("re-encoding differs")
-		}
-	})
-}
-
-func indexSeeds() [][]byte {
-	return [][]byte{
-		encodeIndex(3000, []indexEntry{{h: Hash{1}, off: 0, size: 1000}, {h: Hash{2}, off: 1000, size: 2000}}),
-		encodeIndex(0, nil),
-		encodeIndex(10, []indexEntry{{h: Hash{3}, off: 4, size: 6}}),
-		encodeIndex(10, []indexEntry{{h: Hash{3}, off: 4, size: 6}})[:30],
-	}
-}
-
 // FuzzOpenChunk feeds arbitrary bytes to the chunk envelope and payload
 // decoder: it must return an error, never panic or return wrong data.
 func FuzzOpenChunk(f *testing.F) {
@@ -147,7 +116,6 @@ func TestWriteFuzzCorpus(t *testing.T) {
 			encodeMap(&blockMap{seq: 7, size: 3 << 20, chunkSize: 1 << 20, pages: []Hash{{1, 2, 3}}}),
 			encodeMap(&blockMap{seq: 1, chunkSize: 64 << 10}),
 		},
-		"FuzzDecodeIndex": indexSeeds(),
 		"FuzzDecodePage": {
 			encodePage([]Hash{{1}, {}, {2}}),
 			encodePage([]Hash{{9}})[:20],

@@ -113,23 +113,6 @@ func (b *batch) discard(h chunkHooks) {
 
 func newBatch() *batch { return &batch{done: make(chan struct{})} }
 
-// batchBufs recycles group commit buffers: grown by append to tens of MiB
-// under a stream of small writes, they would otherwise be reallocated and
-// copied (and zeroed) over and over.
-var batchBufs sync.Pool
-
-// maxPooledBuf is the largest batch buffer kept for reuse.
-const maxPooledBuf = maxPending + recHeaderSize + maxExtent
-
-// release returns b's buffer to batchBufs once b is written.
-func (b *batch) release() {
-	if cap(b.buf) > 0 && cap(b.buf) <= maxPooledBuf {
-		buf := b.buf[:0]
-		batchBufs.Put(&buf)
-	}
-	b.buf = nil
-}
-
 // Commit reports when a queued write is durable.
 type Commit struct{ b *batch }
 
@@ -350,11 +333,6 @@ func (j *journal) append(r record, payload []byte, check func(size int64) error,
 	}
 	r.time = j.now().UnixNano()
 	b := j.cur
-	if b.buf == nil {
-		if bp, ok := batchBufs.Get().(*[]byte); ok {
-			b.buf = *bp
-		}
-	}
 	pos := len(b.buf)
 	var cb *chunkBatch
 	if job != nil {
@@ -437,7 +415,6 @@ func (j *journal) flusher() {
 			j.durSize = b.size
 			close(b.done)
 		}
-		b.release()
 		j.flushing = nil
 		j.cond.Broadcast()
 	}

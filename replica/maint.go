@@ -16,12 +16,9 @@ import (
 // GCStats reports what a garbage collection did.
 type GCStats struct {
 	Maps       int   // block maps marked from
-	Chunks     int   // chunks (loose objects and pack entries, data and pages) found
-	Deleted    int   // chunks deleted (loose objects deleted, pack entries dropped)
-	FreedBytes int64 // bytes of deleted chunks
-	Packs      int   // packs found
-	Repacked   int   // packs whose live chunks were copied to a new pack
-	PacksGone  int   // packs deleted (empty, repacked, or left without an index)
+	Chunks     int   // chunk objects (data and pages) found
+	Deleted    int   // chunk objects deleted
+	FreedBytes int64 // bytes of deleted objects
 }
 
 // GC deletes every chunk that no block map and no journal record
@@ -97,10 +94,8 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 			s.chunkMu.Unlock()
 			continue
 		}
-		if loc, ok := s.known[o.h]; ok && loc.pack == nil {
-			delete(s.known, o.h)
-			s.cache.remove(o.h)
-		}
+		delete(s.known, o.h)
+		s.cache.remove(o.h)
 		err := s.be.Delete(ctx, chunkName(o.h))
 		s.chunkMu.Unlock()
 		if err != nil {
@@ -109,131 +104,7 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 		st.Deleted++
 		st.FreedBytes += o.size
 	}
-	s.chunkMu.Lock()
-	packs := make([]*packInfo, 0, len(s.packs))
-	for _, p := range s.packs {
-		packs = append(packs, p)
-	}
-	s.chunkMu.Unlock()
-	sort.Slice(packs, func(i, j int) bool { return packs[i].id < packs[j].id })
-	for _, p := range packs {
-		if err := s.sweepPack(ctx, p, marked, &st); err != nil {
-			return st, fmt.Errorf("gc: %w", err)
-		}
-	}
-	// Packs without an index object (a crash or failure between writing a
-	// pack and its index) hold nothing anyone references. A pack whose
-	// index exists but could not be read at Open is kept (Verify names
-	// the index).
-	indexes := map[string]bool{}
-	if err := s.be.List(ctx, "index/", func(name string, _ int64) error {
-		indexes[strings.TrimPrefix(name, "index/")] = true
-		return nil
-	}); err != nil {
-		return st, fmt.Errorf("gc: list pack indexes: %w", err)
-	}
-	var orphans []string
-	if err := s.be.List(ctx, "packs/", func(name string, _ int64) error {
-		id, ok := parsePackName(name)
-		if !ok || indexes[id] {
-			return nil
-		}
-		s.chunkMu.Lock()
-		_, known := s.packs[id]
-		orphan := !known && !s.pending[id]
-		s.chunkMu.Unlock()
-		if orphan {
-			orphans = append(orphans, name)
-		}
-		return nil
-	}); err != nil {
-		return st, fmt.Errorf("gc: list packs: %w", err)
-	}
-	for _, name := range orphans {
-		if err := s.be.Delete(ctx, name); err != nil {
-			return st, fmt.Errorf("gc: %w", err)
-		}
-		st.PacksGone++
-	}
 	return st, nil
-}
-
-// sweepPack drops the chunks of pack p that nothing references. A pack
-// left with no live chunk is deleted; one whose dead bytes reach
-// Options.RepackThreshold of its size is repacked: its live chunks are
-// copied, still sealed, to a new pack (durable with its index first),
-// then its index and the pack are deleted. Callers hold gcMu exclusively.
-func (s *Store) sweepPack(ctx context.Context, p *packInfo, marked map[Hash]bool, st *GCStats) error {
-	st.Packs++
-	st.Chunks += len(p.entries)
-	s.chunkMu.Lock()
-	if s.packs[p.id] != p {
-		s.chunkMu.Unlock()
-		return nil
-	}
-	var live []indexEntry
-	var dead int64
-	isLive := func(e indexEntry) bool {
-		loc, ok := s.known[e.h]
-		return ok && loc.pack == p && loc.off == e.off &&
-			(marked[e.h] || s.jrefs[e.h] > 0 || s.inflight[e.h] != nil)
-	}
-	for _, e := range p.entries {
-		if isLive(e) {
-			live = append(live, e)
-		} else {
-			dead += e.size
-		}
-	}
-	if len(live) == len(p.entries) || (len(live) > 0 && float64(dead) < s.opts.RepackThreshold*float64(p.size)) {
-		s.chunkMu.Unlock()
-		return nil
-	}
-	// From here on the dead chunks are not stored as far as dedup is
-	// concerned: an ingest of the same content stores it again.
-	for _, e := range p.entries {
-		if loc, ok := s.known[e.h]; ok && loc.pack == p && loc.off == e.off && !isLive(e) {
-			delete(s.known, e.h)
-			st.Deleted++
-			st.FreedBytes += e.size
-		}
-	}
-	if len(live) == 0 {
-		delete(s.packs, p.id)
-	}
-	s.chunkMu.Unlock()
-	if len(live) > 0 {
-		data, err := s.be.Get(ctx, packName(p.id))
-		if err != nil {
-			return fmt.Errorf("repack %s: %w", packName(p.id), err)
-		}
-		if int64(len(data)) != p.size {
-			return corrupt(packName(p.id), fmt.Errorf("pack is %d bytes, its index says %d", len(data), p.size))
-		}
-		cb := s.newChunkBatch()
-		for _, e := range live {
-			if err := cb.addObject(ctx, e.h, data[e.off:e.off+e.size]); err != nil {
-				cb.abort()
-				return fmt.Errorf("repack %s: %w", packName(p.id), err)
-			}
-		}
-		if err := cb.commit(ctx); err != nil {
-			return fmt.Errorf("repack %s: %w", packName(p.id), err)
-		}
-		s.chunkMu.Lock()
-		delete(s.packs, p.id)
-		s.chunkMu.Unlock()
-		st.Repacked++
-	}
-	// The index goes first: an index never names a missing pack.
-	if err := s.be.Delete(ctx, indexName(p.id)); err != nil {
-		return err
-	}
-	if err := s.be.Delete(ctx, packName(p.id)); err != nil {
-		return err
-	}
-	st.PacksGone++
-	return nil
 }
 
 func (s *Store) readMap(ctx context.Context, name string) (*blockMap, error) {
@@ -273,9 +144,8 @@ func (p Problem) String() string { return p.Object + ": " + p.Err.Error() }
 
 // Report is the result of Verify.
 type Report struct {
-	Chunks    int   // chunks (loose objects and pack entries, data and pages) checked
-	Bytes     int64 // bytes of chunks read
-	Packs     int   // pack indexes checked
+	Chunks    int   // chunk objects (data and pages) checked
+	Bytes     int64 // bytes of chunk objects read
 	Maps      int
 	Snapshots int
 	Disks     int
@@ -315,110 +185,53 @@ func (s *Store) Verify(ctx context.Context) (Report, error) {
 			return rep, fmt.Errorf("verify: list %s: %w", l.prefix, err)
 		}
 	}
-	// Then pack indexes and packs: a map's chunks were durable, their
-	// indexes included, before the map was published, and GC (which
-	// moves chunks between packs) waits for Verify.
-	var indexes []string
-	if err := s.be.List(ctx, "index/", func(name string, _ int64) error {
-		indexes = append(indexes, name)
-		return nil
-	}); err != nil {
-		return rep, fmt.Errorf("verify: list pack indexes: %w", err)
-	}
-	packSizes := map[string]int64{}
-	if err := s.be.List(ctx, "packs/", func(name string, size int64) error {
-		if _, ok := parsePackName(name); !ok {
-			problem(name, errors.New("not a pack name"))
-			return nil
-		}
-		packSizes[name] = size
-		return nil
-	}); err != nil {
-		return rep, fmt.Errorf("verify: list packs: %w", err)
-	}
-	// A chunk to check: a loose object (pack == "") or a pack entry.
-	type item struct {
-		h         Hash
-		pack      string
-		off, size int64
-	}
-	var chunks []item
+	var chunks []Hash
 	if err := s.be.List(ctx, "chunks/", func(name string, _ int64) error {
 		h, ok := parseChunkName(name)
 		if !ok {
 			problem(name, errors.New("not a chunk name"))
 			return nil
 		}
-		chunks = append(chunks, item{h: h})
+		chunks = append(chunks, h)
 		return nil
 	}); err != nil {
 		return rep, fmt.Errorf("verify: list chunks: %w", err)
 	}
-	for _, name := range indexes {
-		p, err := s.readIndex(ctx, name)
-		if err != nil {
-			if !errors.Is(err, backend.ErrNotFound) {
-				problem(name, err)
-			}
-			continue
-		}
-		rep.Packs++
-		pn := packName(p.id)
-		size, ok := packSizes[pn]
-		switch {
-		case !ok:
-			problem(name, fmt.Errorf("pack %s is missing", pn))
-			continue
-		case size != p.size:
-			problem(pn, fmt.Errorf("pack is %d bytes, index %s says %d", size, name, p.size))
-		}
-		for _, e := range p.entries {
-			chunks = append(chunks, item{h: e.h, pack: pn, off: e.off, size: e.size})
-		}
-	}
 	good := make(map[Hash]bool, len(chunks))
-	work := make(chan item)
+	work := make(chan Hash)
 	var wg sync.WaitGroup
 	for w := 0; w < runtime.GOMAXPROCS(0)+2; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for it := range work {
-				obj, err := s.be.Get(ctx, chunkName(it.h))
-				where := chunkName(it.h)
-				if it.pack != "" {
-					where = it.pack
-					obj, err = backend.GetRange(ctx, s.be, it.pack, it.off, it.size)
-				}
+			for h := range work {
+				obj, err := s.be.Get(ctx, chunkName(h))
 				if err != nil {
-					if errors.Is(err, backend.ErrNotFound) && it.pack == "" {
+					if errors.Is(err, backend.ErrNotFound) {
 						continue // deleted since the listing
 					}
-					if it.pack != "" {
-						err = fmt.Errorf("chunk %s: %w", chunkName(it.h), err)
-					}
-					problem(where, err)
+					problem(chunkName(h), err)
 					continue
 				}
-				_, err = s.sl.decodeChunk(it.h, obj)
+				_, err = s.sl.decodeChunk(h, obj)
 				mu.Lock()
 				rep.Chunks++
 				rep.Bytes += int64(len(obj))
 				if err == nil {
-					good[it.h] = true
+					good[h] = true
 				}
 				mu.Unlock()
 				if err != nil {
-					problem(where, err)
+					problem(chunkName(h), err)
 				}
 			}
 		}()
 	}
-	for _, it := range chunks {
+	for _, h := range chunks {
 		if ctx.Err() != nil {
 			break
 		}
-		work <- it
+		work <- h
 	}
 	close(work)
 	wg.Wait()
@@ -509,7 +322,7 @@ func (s *Store) Verify(ctx context.Context) (Report, error) {
 			if good[r.h] {
 				continue
 			}
-			obj, err := s.readObject(ctx, r.h)
+			obj, err := s.be.Get(ctx, chunkName(r.h))
 			if err == nil {
 				_, err = s.sl.decodeChunk(r.h, obj)
 			}
@@ -600,9 +413,8 @@ type Usage struct {
 	Disks []DiskUsage
 	// LogicalBytes is the sum of the disks' sizes.
 	LogicalBytes int64
-	// StoredBytes is the size of all chunk objects and packs: what the
-	// store really uses after deduplication and compression (including
-	// chunks in packs that GC has not repacked away yet).
+	// StoredBytes is the size of all chunk objects: what the store really
+	// uses after deduplication and compression.
 	StoredBytes int64
 	// Chunks is the number of chunk objects.
 	Chunks int
@@ -614,15 +426,12 @@ func (s *Store) Usage(ctx context.Context) (Usage, error) {
 	var u Usage
 	s.chunkMu.Lock()
 	u.Chunks = len(s.known)
-	sizes := make(map[Hash]int64, len(s.known))
-	for h, loc := range s.known {
-		sizes[h] = loc.size
-		if loc.pack == nil {
-			u.StoredBytes += loc.size
-		}
+	for _, n := range s.known {
+		u.StoredBytes += n
 	}
-	for _, p := range s.packs {
-		u.StoredBytes += p.size
+	sizes := make(map[Hash]int64, len(s.known))
+	for h, n := range s.known {
+		sizes[h] = n
 	}
 	s.chunkMu.Unlock()
 	for _, d := range s.Disks() {

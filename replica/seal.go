@@ -70,7 +70,6 @@ const (
 	kindMap      byte = 2
 	kindSnapshot byte = 3
 	kindDisk     byte = 4
-	kindIndex    byte = 5 // pack index (format 3)
 )
 
 const envelopeMagic = "FRO1"
@@ -203,105 +202,28 @@ const (
 	compZstd byte = 1
 )
 
-// plainCap is the capacity a chunk payload buffer needs for n bytes of
-// content: zstd's output for incompressible data is slightly larger than
-// its input (block and frame headers), and must not make it grow.
-func plainCap(n int) int { return 5 + n + n/64 + 1024 }
-
 var plainPool = sync.Pool{New: func() any { return new([]byte) }}
 
 // encodeChunk compresses content when that saves at least 1/8 and seals
 // it, into dst's storage when it is large enough.
 func (s *sealer) encodeChunk(h Hash, content, dst []byte) []byte {
-	plain, release := s.chunkPayload(content, nil)
-	defer release()
-	return s.sealTo(dst, chunkName(h), kindChunk, plain)
-}
-
-// chunkRoom is the header space chunkPayload can use in front of content.
-const chunkRoom = 5
-
-// sealedSize is the size of a sealed object with a plaintext of n bytes.
-func (s *sealer) sealedSize(n int) int {
-	return len(envelopeMagic) + 2 + s.aead.NonceSize() + n + s.aead.Overhead()
-}
-
-// chunkPayload returns a chunk's plaintext payload: content compressed
-// with zstd when that saves at least 1/8, else stored. room, when not
-// nil, is content's own buffer with chunkRoom bytes in front of it
-// (room[chunkRoom:] is content): a stored payload is then built in place
-// instead of copied. release returns pooled memory once plain is no
-// longer used.
-func (s *sealer) chunkPayload(content, room []byte) (plain []byte, release func()) {
-	if len(content) >= 512 && worthCompressing(s.enc, content) {
-		bp := plainPool.Get().(*[]byte)
-		if cap(*bp) < plainCap(len(content)) {
-			*bp = make([]byte, 0, plainCap(s.maxChunk))
-		}
-		buf := (*bp)[:5]
-		buf[0] = compZstd
-		binary.LittleEndian.PutUint32(buf[1:], uint32(len(content)))
-		z := s.enc.EncodeAll(content, buf)
-		if len(z)-5 <= len(content)-len(content)/8 {
-			*bp = z[:0]
-			return z, func() { plainPool.Put(bp) }
-		}
-		plainPool.Put(bp)
-	}
-	if room != nil && len(room) == chunkRoom+len(content) {
-		room[0] = compNone
-		binary.LittleEndian.PutUint32(room[1:], uint32(len(content)))
-		return room, func() {}
-	}
 	bp := plainPool.Get().(*[]byte)
-	if cap(*bp) < plainCap(len(content)) {
-		*bp = make([]byte, 0, plainCap(s.maxChunk))
+	defer plainPool.Put(bp)
+	if cap(*bp) < 5+len(content) {
+		*bp = make([]byte, 0, 5+s.maxChunk)
 	}
 	buf := (*bp)[:5]
 	buf[0] = compNone
 	binary.LittleEndian.PutUint32(buf[1:], uint32(len(content)))
-	buf = append(buf, content...)
-	return buf, func() { plainPool.Put(bp) }
-}
-
-// Compressibility probe: chunks of at least probeMin bytes are compressed
-// only if they hold some all-zero 4 KiB blocks (1 in 16) or if probeParts
-// samples of probePart bytes spread over the chunk compress by 1/16. On
-// incompressible data (encrypted or compressed files, media) this replaces
-// a full zstd attempt (~0.3 ms per MiB) with one on 32 KiB. A chunk whose
-// samples all miss its compressible parts is stored uncompressed.
-const (
-	probeMin   = 256 << 10
-	probeParts = 4
-	probePart  = 8 << 10
-)
-
-var probePool = sync.Pool{New: func() any { b := make([]byte, 0, 2*probeParts*probePart); return &b }}
-
-func worthCompressing(enc *zstd.Encoder, content []byte) bool {
-	if len(content) < probeMin {
-		return true
-	}
-	blocks := len(content) / 4096
-	zeros := 0
-	for off := 0; off+4096 <= len(content); off += 4096 {
-		if isZero(content[off : off+4096]) {
-			if zeros++; zeros*16 >= blocks {
-				return true
-			}
+	if len(content) >= 512 {
+		z := s.enc.EncodeAll(content, buf)
+		if len(z)-5 <= len(content)-len(content)/8 {
+			z[0] = compZstd
+			return s.sealTo(dst, chunkName(h), kindChunk, z)
 		}
 	}
-	bp := probePool.Get().(*[]byte)
-	defer probePool.Put(bp)
-	sample := (*bp)[:0]
-	for i := 0; i < probeParts; i++ {
-		off := i * (len(content) / probeParts)
-		sample = append(sample, content[off:off+probePart]...)
-	}
-	n := len(sample)
-	z := enc.EncodeAll(sample, sample[n:n])
-	*bp = sample[:0]
-	return len(z) <= n-n/16
+	buf = append(buf, content...)
+	return s.sealTo(dst, chunkName(h), kindChunk, buf)
 }
 
 // decodeChunk opens a sealed chunk, decompresses it and checks its hash.

@@ -25,9 +25,8 @@ import (
 const DefaultChunkSize = 1 << 20
 
 // formatVersion is the store format written by this version; version 1
-// and 2 stores are upgraded at Open (see docs/storage.md): version 3 adds
-// pack files, and the loose chunk objects of older versions stay readable.
-const formatVersion = 3
+// stores are upgraded at Open (see docs/storage.md).
+const formatVersion = 2
 
 // Window bounds how much folded journal is kept for any-point-in-time reads.
 // Unfolded records are always kept.
@@ -65,10 +64,6 @@ type Options struct {
 	FoldBytes int64
 	// CacheSize is the byte budget of the decrypted chunk cache; default 64 MiB.
 	CacheSize int64
-	// RepackThreshold is the share of a pack's bytes that must be
-	// unreferenced before GC copies its live chunks to a new pack and
-	// deletes it; default 0.25. A pack with no live chunk is always deleted.
-	RepackThreshold float64
 	// Retention is the default snapshot retention policy of every disk;
 	// zero means DefaultRetention.
 	Retention RetentionPolicy
@@ -117,9 +112,7 @@ type Store struct {
 	readAhead chan struct{}
 
 	chunkMu  sync.Mutex
-	known    map[Hash]chunkLoc    // stored chunks and where they are; guarded by chunkMu
-	packs    map[string]*packInfo // durable packs with an index, by id; guarded by chunkMu
-	pending  map[string]bool      // packs being written by a batch; guarded by chunkMu
+	known    map[Hash]int64       // stored chunks and their object sizes; guarded by chunkMu
 	inflight map[Hash]*chunkBatch // chunks being staged and by which fold; guarded by chunkMu
 	// jrefs counts the journal records (durable or being written) that
 	// reference each chunk; GC never deletes a chunk with references.
@@ -157,7 +150,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		lock.Close()
 		return nil, fmt.Errorf("open store %s: %w", opts.Dir, ErrLocked)
 	}
-	s := &Store{opts: opts, be: opts.Backend, lock: lock, disks: map[string]*Disk{}, known: map[Hash]chunkLoc{}, packs: map[string]*packInfo{}, pending: map[string]bool{}, inflight: map[Hash]*chunkBatch{},
+	s := &Store{opts: opts, be: opts.Backend, lock: lock, disks: map[string]*Disk{}, known: map[Hash]int64{}, inflight: map[Hash]*chunkBatch{},
 		flights: map[Hash]*flight{}, readAhead: make(chan struct{}, runtime.GOMAXPROCS(0)),
 		jrefs: map[Hash]int{}, sealSlots: make(chan struct{}, 2*runtime.GOMAXPROCS(0))}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -200,9 +193,6 @@ func setDefaults(o *Options) {
 	if o.FoldBytes <= 0 {
 		o.FoldBytes = 256 << 20
 	}
-	if o.RepackThreshold <= 0 || o.RepackThreshold > 1 {
-		o.RepackThreshold = 0.25
-	}
 	if o.CacheSize <= 0 {
 		o.CacheSize = 64 << 20
 	}
@@ -242,10 +232,9 @@ func (s *Store) open(ctx context.Context) error {
 		return fmt.Errorf("unwrap data keys: %w", err)
 	}
 	if s.cfg.Version < formatVersion {
-		// Version 2 adds journal records that reference chunks (recChunks),
-		// version 3 pack files; record the upgrade before any is written so
-		// that an older version refuses the store instead of misreading
-		// its journals or missing chunks that are in packs.
+		// Version 2 adds journal records that reference chunks (recChunks);
+		// record the upgrade before any is written so that an older
+		// version refuses the store instead of misreading its journals.
 		s.cfg.Version = formatVersion
 		raw, err := json.MarshalIndent(s.cfg, "", "  ")
 		if err != nil {
@@ -261,15 +250,12 @@ func (s *Store) open(ctx context.Context) error {
 	s.cache = newChunkCache(s.opts.CacheSize)
 	err = s.be.List(ctx, "chunks/", func(name string, size int64) error {
 		if h, ok := parseChunkName(name); ok {
-			s.known[h] = chunkLoc{size: size}
+			s.known[h] = size
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("list chunks: %w", err)
-	}
-	if err := s.loadIndexes(ctx); err != nil {
-		return err
 	}
 	var ids []string
 	err = s.be.List(ctx, "disks/", func(name string, _ int64) error {
@@ -409,9 +395,12 @@ type flight struct {
 }
 
 func (s *Store) loadChunk(ctx context.Context, h Hash) ([]byte, error) {
-	obj, err := s.readObject(ctx, h)
+	obj, err := s.be.Get(ctx, chunkName(h))
 	if err != nil {
-		return nil, err
+		if errors.Is(err, backend.ErrNotFound) {
+			return nil, corrupt(chunkName(h), errors.New("missing"))
+		}
+		return nil, fmt.Errorf("read chunk: %w", err)
 	}
 	return s.sl.openChunk(h, obj)
 }
@@ -439,43 +428,33 @@ func (s *Store) prefetch(h Hash) {
 	}()
 }
 
-// chunkBatch collects the chunks one fold (or one group commit of the
-// journal) stores, appended to pack files, so that they become durable
-// together before the block map or journal record that references them.
+// chunkBatch collects the chunks one fold stores, so that they become
+// durable together (backend.Batch) before the block map that references
+// them is published.
 type chunkBatch struct {
-	s        *Store
-	b        backend.Batch // the packs
-	flushing sync.WaitGroup
-	mu       sync.Mutex
-	// staged holds the chunks put into packs and where.
-	staged map[Hash]chunkLoc
-	cur    *packBuf    // pack being filled
-	packs  []*packInfo // packs staged in b
+	s  *Store
+	b  backend.Batch
+	mu sync.Mutex
+	// staged holds the chunks put into b and their object sizes.
+	staged map[Hash]int64
 }
 
 func (s *Store) newChunkBatch() *chunkBatch {
-	return &chunkBatch{s: s, b: backend.NewBatch(s.be), staged: map[Hash]chunkLoc{}}
+	return &chunkBatch{s: s, b: backend.NewBatch(s.be), staged: map[Hash]int64{}}
 }
 
-// commit makes the batch's packs and their indexes durable and records
-// the chunks as stored.
+// commit makes the batch's chunks durable and records them as stored.
 func (cb *chunkBatch) commit(ctx context.Context) error {
-	err := cb.commitPacks(ctx)
+	err := cb.b.Commit(ctx)
 	s := cb.s
 	s.chunkMu.Lock()
-	for h, loc := range cb.staged {
+	for h, n := range cb.staged {
 		if s.inflight[h] == cb {
 			delete(s.inflight, h)
 		}
 		if err == nil {
-			s.known[h] = loc
+			s.known[h] = n
 		}
-	}
-	for _, p := range cb.packs {
-		if err == nil {
-			s.packs[p.id] = p
-		}
-		delete(s.pending, p.id)
 	}
 	s.chunkMu.Unlock()
 	if err != nil {
@@ -486,27 +465,18 @@ func (cb *chunkBatch) commit(ctx context.Context) error {
 
 // abort discards the batch after a failure.
 func (cb *chunkBatch) abort() {
-	cb.flushing.Wait()
 	cb.b.Abort()
 	s := cb.s
-	cb.mu.Lock()
-	if cb.cur != nil {
-		cb.packs = append(cb.packs, cb.cur.info)
-		cb.cur.release()
-		cb.cur = nil
-	}
-	cb.mu.Unlock()
 	s.chunkMu.Lock()
 	for h := range cb.staged {
 		if s.inflight[h] == cb {
 			delete(s.inflight, h)
 		}
 	}
-	for _, p := range cb.packs {
-		delete(s.pending, p.id)
-	}
 	s.chunkMu.Unlock()
 }
+
+var objPool = sync.Pool{New: func() any { return new([]byte) }}
 
 // putChunk stages content in cb unless an identical chunk is stored or
 // staged in cb already, and returns its hash; all-zero content is never
@@ -515,16 +485,14 @@ func (cb *chunkBatch) abort() {
 // other's commit would deadlock, and both write the same complete object.
 // Callers hold gcMu shared.
 func (s *Store) putChunk(ctx context.Context, cb *chunkBatch, content []byte) (Hash, error) {
-	return s.storeChunk(ctx, cb, content, nil, false)
+	return s.storeChunk(ctx, cb, content, false)
 }
 
 // storeChunk is putChunk; with journalRef it also takes a journal
 // reference on the chunk (see jrefs) in the same critical section as the
 // dedup check, so GC cannot delete a stored chunk the journal is about to
-// reference. Callers hold gcMu shared unless journalRef is set. room, when
-// not nil, is content's buffer with chunkRoom bytes of header space in
-// front of content, which saves a copy (see chunkPayload).
-func (s *Store) storeChunk(ctx context.Context, cb *chunkBatch, content, room []byte, journalRef bool) (Hash, error) {
+// reference. Callers hold gcMu shared unless journalRef is set.
+func (s *Store) storeChunk(ctx context.Context, cb *chunkBatch, content []byte, journalRef bool) (Hash, error) {
 	if isZero(content) {
 		return Hash{}, nil
 	}
@@ -546,12 +514,11 @@ func (s *Store) storeChunk(ctx context.Context, cb *chunkBatch, content, room []
 		s.inflight[h] = cb
 	}
 	s.chunkMu.Unlock()
-	plain, release := s.sl.chunkPayload(content, room)
-	name := chunkName(h)
-	err := cb.addSealed(ctx, h, s.sl.sealedSize(len(plain)), func(dst []byte) {
-		s.sl.sealTo(dst[:0], name, kindChunk, plain)
-	})
-	release()
+	bp := objPool.Get().(*[]byte)
+	obj := s.sl.encodeChunk(h, content, (*bp)[:0])
+	err := cb.b.Put(ctx, chunkName(h), obj)
+	*bp = obj
+	objPool.Put(bp)
 	if err != nil {
 		s.chunkMu.Lock()
 		if s.inflight[h] == cb {
@@ -563,6 +530,9 @@ func (s *Store) storeChunk(ctx context.Context, cb *chunkBatch, content, room []
 		s.chunkMu.Unlock()
 		return Hash{}, backendErr("write chunk", err)
 	}
+	cb.mu.Lock()
+	cb.staged[h] = int64(len(obj))
+	cb.mu.Unlock()
 	return h, nil
 }
 

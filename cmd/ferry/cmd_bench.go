@@ -43,7 +43,6 @@ func newBenchCmd() *cobra.Command {
 	f.IntVar(&o.RandomWrites, "random-writes", 0, "random 4 KiB writes (default 16384)")
 	f.Int64Var(&o.ImageBytes, "image-bytes", 0, "image size for the dedup measurement (default 64 MiB)")
 	f.IntVar(&o.Copies, "copies", 0, "copies of the image (default 20)")
-	f.Int64Var(&o.InFlightBytes, "in-flight", 0, "bytes appended but not yet durable during ingest, like the replication server's credit (default 16 MiB, the server's default)")
 	f.StringVar(&jsonOut, "json", "", "also write the results as JSON to this file")
 	cmd.AddCommand(store)
 	cmd.AddCommand(newBenchReplicationCmd())

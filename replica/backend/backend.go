@@ -10,16 +10,11 @@ package backend
 import (
 	"context"
 	"errors"
-	"fmt"
 )
 
 // ErrNotFound is returned (possibly wrapped) by Get and Size when the named
 // object does not exist. Callers test it with errors.Is.
 var ErrNotFound = errors.New("object not found")
-
-// ErrOutOfRange is returned (possibly wrapped) by GetRange when the range
-// is not entirely inside the object, e.g. a truncated object.
-var ErrOutOfRange = errors.New("range outside the object")
 
 // Backend stores immutable, named objects.
 //
@@ -109,8 +104,7 @@ type Batcher interface {
 //
 // Contract (replica/backendtest checks it):
 //
-//   - Put stages an object and does not keep data after it returns (the
-//     caller may reuse it). It is safe for concurrent use, but not
+//   - Put stages an object. It is safe for concurrent use, but not
 //     concurrently with Commit or Abort. A staged object may stay
 //     invisible to Get and List until Commit returns.
 //   - Commit returns nil only when every staged object is stored and
@@ -147,34 +141,3 @@ func (p putBatch) Put(ctx context.Context, name string, data []byte) error {
 func (putBatch) Commit(ctx context.Context) error { return ctx.Err() }
 
 func (putBatch) Abort() {}
-
-// RangeGetter is implemented by backends that read part of an object
-// without transferring all of it: replica/fs with pread, replica/s3 with a
-// Range request. The replica store keeps many chunks in one pack object
-// and reads them one by one.
-type RangeGetter interface {
-	// GetRange returns length bytes of the object starting at off, or an
-	// error wrapping ErrNotFound when it does not exist. A range that is
-	// not entirely inside the object is an error wrapping ErrOutOfRange. The
-	// caller owns the returned slice.
-	GetRange(ctx context.Context, name string, off, length int64) ([]byte, error)
-}
-
-// GetRange reads length bytes of the object at off with b's own GetRange
-// when b implements RangeGetter, otherwise by reading the whole object.
-func GetRange(ctx context.Context, b Backend, name string, off, length int64) ([]byte, error) {
-	if off < 0 || length < 0 {
-		return nil, fmt.Errorf("get %s: invalid range %d+%d", name, off, length)
-	}
-	if rg, ok := b.(RangeGetter); ok {
-		return rg.GetRange(ctx, name, off, length)
-	}
-	data, err := b.Get(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	if off > int64(len(data)) || length > int64(len(data))-off {
-		return nil, fmt.Errorf("get %s: %d+%d of a %d-byte object: %w", name, off, length, len(data), ErrOutOfRange)
-	}
-	return data[off : off+length : off+length], nil
-}

@@ -36,7 +36,6 @@ func Run(t *testing.T, newBackend func(t *testing.T) backend.Backend) {
 		{"Concurrent", testConcurrent},
 		{"Empty", testEmpty},
 		{"Batch", testBatch},
-		{"GetRange", testGetRange},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -304,28 +303,4 @@ func testBatch(t *testing.T, b backend.Backend) {
 		t.Fatalf("batch Put: %v", err)
 	}
 	aborted.Abort()
-}
-
-// testGetRange reads parts of an object with backend.GetRange (the
-// backend's own when it implements backend.RangeGetter).
-func testGetRange(t *testing.T, b backend.Backend) {
-	ctx := context.Background()
-	data := randBytes(3<<20 + 17)
-	if err := b.Put(ctx, "range/obj", data); err != nil {
-		t.Fatalf("Put: %v", err)
-	}
-	for _, r := range [][2]int64{{0, 1}, {0, int64(len(data))}, {17, 1 << 20}, {int64(len(data)) - 5, 5}, {4096, 0}} {
-		got, err := backend.GetRange(ctx, b, "range/obj", r[0], r[1])
-		if err != nil || !bytes.Equal(got, data[r[0]:r[0]+r[1]]) {
-			t.Errorf("GetRange(%d, %d) = %d bytes, %v; want %d bytes of the object", r[0], r[1], len(got), err, r[1])
-		}
-	}
-	for _, r := range [][2]int64{{int64(len(data)) - 5, 6}, {int64(len(data)) + 10, 1}} {
-		if _, err := backend.GetRange(ctx, b, "range/obj", r[0], r[1]); !errors.Is(err, backend.ErrOutOfRange) {
-			t.Errorf("GetRange(%d, %d) past the end = %v, want ErrOutOfRange", r[0], r[1], err)
-		}
-	}
-	if _, err := backend.GetRange(ctx, b, "range/absent", 0, 1); !errors.Is(err, backend.ErrNotFound) {
-		t.Errorf("GetRange of a missing object = %v, want ErrNotFound", err)
-	}
 }

@@ -7,8 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"syscall"
-	"unsafe"
 
 	"github.com/ferrymigrate/ferry/replica/backend"
 )
@@ -62,7 +60,7 @@ func (bt *batch) Put(ctx context.Context, name string, data []byte) error {
 	if err != nil {
 		return fmt.Errorf("put %s: create temporary file: %w", name, err)
 	}
-	if err := writeData(f, tmp, data); err != nil {
+	if _, err := f.Write(data); err != nil {
 		f.Close()
 		os.Remove(tmp)
 		return fmt.Errorf("put %s: write: %w", name, err)
@@ -198,36 +196,4 @@ func parallel(n int, fn func(i int) error) error {
 	}
 	wg.Wait()
 	return first
-}
-
-const (
-	// directAlign is the alignment O_DIRECT needs for buffers, offsets
-	// and lengths (the logical block size; 4096 covers 512 too).
-	directAlign = 4096
-	// directMin is the object size from which writeData bypasses the page
-	// cache.
-	directMin = 1 << 20
-)
-
-// writeData writes data to the new, empty file f at path. An object of
-// directMin bytes or more whose buffer is aligned (the replica store's
-// packs are) is written with O_DIRECT, except for its unaligned tail: the
-// copy into the page cache costs about as much CPU as sealing the data,
-// and the later fsync has little left to write back. Where O_DIRECT is
-// refused (tmpfs) or fails, the object is written through the page cache.
-// Either way the caller's fsync makes it durable.
-func writeData(f *os.File, path string, data []byte) error {
-	n := len(data) &^ (directAlign - 1)
-	if n >= directMin && uintptr(unsafe.Pointer(unsafe.SliceData(data)))%directAlign == 0 {
-		if df, err := os.OpenFile(path, os.O_WRONLY|syscall.O_DIRECT, 0); err == nil {
-			_, werr := df.WriteAt(data[:n], 0)
-			df.Close()
-			if werr == nil {
-				_, err := f.WriteAt(data[n:], int64(n))
-				return err
-			}
-		}
-	}
-	_, err := f.WriteAt(data, 0)
-	return err
 }

@@ -13,7 +13,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -255,37 +254,4 @@ func syncDir(dir string) error {
 		return fmt.Errorf("sync directory: %w", err)
 	}
 	return nil
-}
-
-var _ backend.RangeGetter = (*Backend)(nil)
-
-// GetRange reads length bytes of the object at off with one pread.
-func (b *Backend) GetRange(ctx context.Context, name string, off, length int64) ([]byte, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	p, err := b.path(name)
-	if err != nil {
-		return nil, err
-	}
-	if off < 0 || length < 0 {
-		return nil, fmt.Errorf("get %s: invalid range %d+%d", name, off, length)
-	}
-	f, err := os.Open(p)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("get %s: %w", name, backend.ErrNotFound)
-		}
-		return nil, fmt.Errorf("get %s: %w", name, err)
-	}
-	defer f.Close()
-	data := make([]byte, length)
-	n, err := f.ReadAt(data, off)
-	if n == len(data) {
-		return data, nil
-	}
-	if err == nil || errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("get %s: %d+%d, read %d bytes: %w", name, off, length, n, backend.ErrOutOfRange)
-	}
-	return nil, fmt.Errorf("get %s: %w", name, err)
 }
