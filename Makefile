@@ -6,7 +6,7 @@ GO ?= go
 export PATH := $(PATH):/usr/local/go/bin:$(shell $(GO) env GOPATH 2>/dev/null)/bin
 BIN := bin/ferry
 
-.PHONY: all setup build test test-short demo lint fuzz bench clean
+.PHONY: all setup build test test-short demo lint fuzz bench faults clean
 
 all: build
 
@@ -35,6 +35,11 @@ lint:
 FUZZTIME ?= 30s
 fuzz:
 	@bash scripts/fuzz.sh $(FUZZTIME)
+
+# The fault-injection suite (root; about 6 minutes): opt-in while the
+# known defect in docs/security.md is open. FERRY_SOAK=1 runs it for an hour.
+faults: setup
+	@. scripts/test-services.sh && FERRY_FAULTS=1 $(GO) test -race -count=1 -timeout 90m -v -run TestFaultInjection ./faults
 
 # Benchmarks print figures; they are not tests.
 bench: setup build
