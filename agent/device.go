@@ -55,15 +55,18 @@ func (d *device) size() (int64, error) {
 	return n, nil
 }
 
-// readAt fills p (whose address and length are block-aligned when it came
-// from alignedBuf) from off; past the end it reads zeros.
+// readAt fills p from off; past the end it reads zeros. Where the device
+// takes O_DIRECT, every read goes around the page cache (an unaligned one
+// through an aligned bounce buffer): the block device's page cache can
+// hold blocks older than what a mounted file system wrote since, so a
+// buffered read could send stale data.
 func (d *device) readAt(p []byte, off int64) error {
-	if d.direct != nil && off%4096 == 0 && len(p)%4096 == 0 && uintptr(unsafe.Pointer(unsafe.SliceData(p)))%4096 == 0 {
-		_, err := d.direct.ReadAt(p, off)
+	if d.direct != nil {
+		err := d.readDirect(p, off)
 		if err == nil {
 			return nil
 		}
-		if !errors.Is(err, unix.EINVAL) && !errors.Is(err, io.EOF) {
+		if !errors.Is(err, unix.EINVAL) {
 			return fmt.Errorf("read %s at %d: %w", d.path, off, err)
 		}
 	}
@@ -72,6 +75,32 @@ func (d *device) readAt(p []byte, off int64) error {
 		return fmt.Errorf("read %s at %d: %w", d.path, off, err)
 	}
 	clear(p[n:])
+	return nil
+}
+
+// readDirect reads with O_DIRECT, widening the range to 4 KiB blocks and
+// bouncing through an aligned buffer when p or off is not aligned.
+func (d *device) readDirect(p []byte, off int64) error {
+	const align = 4096
+	start := off &^ (align - 1)
+	end := (off + int64(len(p)) + align - 1) &^ (align - 1)
+	buf := p
+	bounce := start != off || end != off+int64(len(p)) || uintptr(unsafe.Pointer(unsafe.SliceData(p)))%align != 0
+	if bounce {
+		buf = alignedBuf(int(end - start))
+	}
+	n, err := d.direct.ReadAt(buf, start)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	if !bounce {
+		clear(p[n:])
+		return nil
+	}
+	skip := int(off - start)
+	valid := max(0, min(len(p), n-skip))
+	copy(p, buf[skip:skip+valid])
+	clear(p[valid:])
 	return nil
 }
 
