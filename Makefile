@@ -39,7 +39,7 @@ fuzz:
 # The fault-injection suite (root; about 6 minutes): opt-in while the
 # known defect in docs/security.md is open. FERRY_SOAK=1 runs it for an hour.
 faults: setup
-	@. scripts/test-services.sh && FERRY_FAULTS=1 $(GO) test -race -count=1 -timeout 90m -v -run TestFaultInjection ./faults
+	@. scripts/test-services.sh && FERRY_FAULTS=1 $(GO) test -race -count=1 -timeout 90m -v -run 'TestFaultInjection|TestContinuousReplication' ./faults ./e2e
 
 # Benchmarks print figures; they are not tests.
 bench: setup build
