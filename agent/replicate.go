@@ -108,6 +108,11 @@ type rdisk struct {
 	flushApp bool
 	// flushID is the ID of the FLUSH that flushAt answers.
 	flushID uint32
+	// flushReady is set once every write completed before the FLUSH is
+	// in the dirty or rescan map (the tracker vouched for it, or a hash
+	// comparison was queued): the answering barrier may go once they are
+	// empty.
+	flushReady bool
 	// appSeq is the seq of the app-consistent barrier whose durable
 	// acknowledgement thaws the file systems; 0 when none.
 	appSeq uint64
@@ -150,6 +155,12 @@ type engine struct {
 	// thawing holds the file systems frozen once every barrier is decided,
 	// until the server acknowledges them durable; guarded by mu.
 	thawing *freezer
+	// applied counts the tracker's batches (calls of Next that returned
+	// some) applied to the dirty maps; guarded by mu. A FLUSH waits for
+	// the count a track.Syncer names.
+	applied uint64
+	// ctx ends with Replicate; set before any goroutine starts.
+	ctx context.Context
 }
 
 // Replicate replicates Devices to the server the agent paired with until
@@ -224,6 +235,7 @@ func Replicate(ctx context.Context, o Options) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	e.ctx = ctx
 	go func() { <-ctx.Done(); e.mu.Lock(); e.cond.Broadcast(); e.mu.Unlock() }()
 	if o.Tracker != nil {
 		go e.consume(ctx)
@@ -358,6 +370,7 @@ func (e *engine) consume(ctx context.Context) {
 				}
 			}
 		}
+		e.applied++
 		e.cond.Broadcast()
 		e.mu.Unlock()
 	}
@@ -520,7 +533,7 @@ func (e *engine) resume(ack *protocol.HelloAck) {
 		d.barrierSeq = 0
 		// A FLUSH belongs to the session that sent it: answering it on a
 		// new connection could be taken for the answer to a newer one.
-		d.flushAt, d.flushApp, d.flushID = time.Time{}, false, 0
+		d.flushAt, d.flushApp, d.flushID, d.flushReady = time.Time{}, false, 0, false
 	}
 	e.inflightB = 0
 	e.credit = protocol.MaxFrame
@@ -669,19 +682,18 @@ func (e *engine) stats() *protocol.Stats {
 	return st
 }
 
-// flushGrace lets writes completed just before a FLUSH reach the dirty map
-// from the eBPF tracker's ring buffer (read continuously; events arrive
-// within milliseconds when the machine is idle, later under CPU load)
-// before the answering barrier may go. A grace is a mitigation, not a
-// proof: the tracker should say when it has delivered every event up to
-// a moment (see docs/security.md, "Known defects").
-const flushGrace = time.Second
+// flushSyncTimeout bounds how long a FLUSH waits for the tracker to
+// vouch for the present before the agent falls back to comparing every
+// disk with the replica by hashes.
+const flushSyncTimeout = 30 * time.Second
 
-// flush answers the server's FLUSH: a tracker that only sees changes when
-// it scans cannot vouch for the present, so each disk is compared with the
-// replica by hashes; then every disk sends a barrier once nothing is left
-// to send. With app set, that barrier is app-consistent if the file
-// systems (frozen by appFlush) are still frozen when it is decided.
+// flush answers the server's FLUSH: every disk sends a barrier once every
+// write completed before the FLUSH has been sent. A tracker that
+// implements track.Syncer (eBPF) says when its batches hold every such
+// write; with any other tracker, or when the sync fails, each disk is
+// compared with the replica by hashes instead. With app set, that barrier
+// is app-consistent if the file systems (frozen by appFlush) are still
+// frozen when it is decided.
 func (e *engine) flush(id uint32, app bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -690,7 +702,7 @@ func (e *engine) flush(id uint32, app bool) {
 
 func (e *engine) flushLocked(id uint32, app bool) {
 	now := time.Now()
-	precise := e.o.Tracker != nil && e.o.Tracker.Kind() == "ebpf"
+	syncer, precise := e.o.Tracker.(track.Syncer)
 	for _, d := range e.disks {
 		if !precise && d.prog.SyncDone {
 			d.rescan.Add(0, d.size, now)
@@ -698,8 +710,46 @@ func (e *engine) flushLocked(id uint32, app bool) {
 		d.flushAt = now
 		d.flushApp = app
 		d.flushID = id
+		d.flushReady = !precise
 	}
 	e.log.Info("flush requested: sending a drained consistency point", "hash_compare", !precise, "app_consistent", app)
+	if precise {
+		go e.syncFlush(syncer, id)
+	}
+	e.cond.Broadcast()
+}
+
+// syncFlush waits until the tracker's batches holding every write
+// completed before FLUSH id are in the dirty maps, then lets the
+// barriers answering it go. If the tracker cannot say, the disks are
+// compared by hashes: slower, never a gap.
+func (e *engine) syncFlush(s track.Syncer, id uint32) {
+	ctx, cancel := context.WithTimeout(e.ctx, flushSyncTimeout)
+	defer cancel()
+	n, err := s.Sync(ctx)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err == nil {
+		for e.applied < n && e.ctx.Err() == nil {
+			e.cond.Wait()
+		}
+	}
+	if e.ctx.Err() != nil {
+		return
+	}
+	now := time.Now()
+	for _, d := range e.disks {
+		if d.flushID != id || d.flushAt.IsZero() {
+			continue // answered differently, or a newer FLUSH took over
+		}
+		if err != nil && d.prog.SyncDone {
+			d.rescan.Add(0, d.size, now)
+		}
+		d.flushReady = true
+	}
+	if err != nil {
+		e.log.Warn("the change tracker could not vouch for the drained point; comparing every disk by hashes", "err", err)
+	}
 	e.cond.Broadcast()
 }
 

@@ -154,7 +154,7 @@ func (e *engine) nextWorkLocked() (work, *rdisk) {
 	}
 	now := time.Now()
 	for _, d := range e.disks {
-		if d.prog.SyncDone && !d.flushAt.IsZero() && now.Sub(d.flushAt) >= flushGrace {
+		if d.prog.SyncDone && !d.flushAt.IsZero() && d.flushReady {
 			return workBarrier, d
 		}
 		if d.prog.SyncDone && d.lastSent > d.barrierSeq && now.Sub(d.barrierAt) >= barrierEvery {
@@ -284,12 +284,12 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 			d.inflight = append(d.inflight, flight{seq: seq, kind: kindControl})
 			d.barrierSeq, d.barrierAt = seq, time.Now()
 			b := &protocol.Barrier{Disk: uint16(d.idx), Seq: seq, Consistency: protocol.CrashConsistent}
-			// A periodic barrier due within a FLUSH's grace does not
-			// answer it.
-			if !d.flushAt.IsZero() && time.Since(d.flushAt) >= flushGrace {
+			// A periodic barrier due before the tracker vouched for the
+			// FLUSH's moment does not answer it.
+			if !d.flushAt.IsZero() && d.flushReady {
 				b.Consistency = e.barrierConsistencyLocked(d, seq)
 				b.FlushID = d.flushID
-				d.flushAt = time.Time{}
+				d.flushAt, d.flushReady = time.Time{}, false
 			}
 			e.mu.Unlock()
 			if err := c.send(b); err != nil {

@@ -52,12 +52,25 @@ enum req_op {
 #define MINORBITS 20
 
 // event is one completed write: nr_sector 512-byte sectors from sector on
-// the whole disk dev (the kernel's dev_t, major<<20 | minor).
+// the whole disk dev (the kernel's dev_t, major<<20 | minor). seq numbers
+// the events in the order their ring slots were taken, from 0 without
+// gaps (a failed reservation takes no number), so that userspace can tell
+// when it has read every event of every write completed before a moment:
+// all those with seq below the counter's value at that moment.
 struct event {
 	__u32 dev;
 	__u32 nr_sector;
 	__u64 sector;
+	__u64 seq;
 };
+
+// seq holds the next event number (one entry, key 0).
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} seq SEC(".maps");
 
 // devices maps the kernel dev_t of each tracked disk to its index in lost.
 struct {
@@ -124,9 +137,23 @@ int BPF_PROG(block_rq_complete, struct request *rq, int error, unsigned int nr_b
 			*n += 1;
 		return 0;
 	}
+	__u32 zero = 0;
+	__u64 *next = bpf_map_lookup_elem(&seq, &zero);
+	if (!next) {
+		// Cannot happen (an array's entries always exist); without a
+		// number the event could not be accounted for, so count it lost.
+		bpf_ringbuf_discard(e, 0);
+		__u64 *n = bpf_map_lookup_elem(&lost, idx);
+		if (n)
+			*n += 1;
+		return 0;
+	}
 	e->dev = dev;
 	e->nr_sector = nr_sector;
 	e->sector = rq->__sector;
+	// Numbered while the slot is held: the number is taken before the
+	// write completes to its writer, which is what Sync relies on.
+	e->seq = __sync_fetch_and_add(next, 1);
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }

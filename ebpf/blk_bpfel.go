@@ -19,6 +19,7 @@ const (
 	blkMapDevices          = "devices"
 	blkMapEvents           = "events"
 	blkMapLost             = "lost"
+	blkMapSeq              = "seq"
 	blkProgBlockRqComplete = "block_rq_complete"
 )
 
@@ -74,6 +75,7 @@ type blkMapSpecs struct {
 	Devices *ebpf.MapSpec `ebpf:"devices"`
 	Events  *ebpf.MapSpec `ebpf:"events"`
 	Lost    *ebpf.MapSpec `ebpf:"lost"`
+	Seq     *ebpf.MapSpec `ebpf:"seq"`
 }
 
 // blkVariableSpecs contains global variables before they are loaded into the kernel.
@@ -105,6 +107,7 @@ type blkMaps struct {
 	Devices *ebpf.Map `ebpf:"devices"`
 	Events  *ebpf.Map `ebpf:"events"`
 	Lost    *ebpf.Map `ebpf:"lost"`
+	Seq     *ebpf.Map `ebpf:"seq"`
 }
 
 func (m *blkMaps) Close() error {
@@ -112,6 +115,7 @@ func (m *blkMaps) Close() error {
 		m.Devices,
 		m.Events,
 		m.Lost,
+		m.Seq,
 	)
 }
 

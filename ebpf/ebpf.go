@@ -35,7 +35,7 @@ const DefaultRingSize = 1 << 20
 const lostPoll = 100 * time.Millisecond
 
 // eventSize is the size of struct event in blk.c.
-const eventSize = 16
+const eventSize = 24
 
 // Option configures New.
 type Option func(*options)
@@ -82,6 +82,17 @@ type Tracker struct {
 	mu      sync.Mutex
 	devices []*device // guarded by mu (their sets and lost flags)
 	err     error     // guarded by mu: the ring reader's failure
+	// counted is the number of events read into the sets: every event
+	// numbered below it is in them (or was taken from them). Guarded by
+	// mu, as are ahead (events read out of order, numbered above counted) and
+	// taken (how many times Next returned batches).
+	counted uint64
+	ahead   map[uint64]struct{}
+	taken   uint64
+	// progress is closed and replaced whenever counted moves while a Sync
+	// waits (waiters > 0); guarded by mu.
+	progress chan struct{}
+	waiters  int
 }
 
 // disk is a tracked whole disk: what the kernel reports completions for.
@@ -101,7 +112,10 @@ type device struct {
 	lost  bool
 }
 
-var _ track.Tracker = (*Tracker)(nil)
+var (
+	_ track.Tracker = (*Tracker)(nil)
+	_ track.Syncer  = (*Tracker)(nil)
+)
 
 // New loads the BPF program, fills its device filter with devices (block
 // device paths: whole disks, loop devices or partitions) and attaches it.
@@ -121,9 +135,11 @@ func New(devices []string, opts ...Option) (*Tracker, error) {
 		return nil, errors.New("ebpf: no devices to track")
 	}
 	t := &Tracker{
-		notify:  make(chan struct{}, 1),
-		closing: make(chan struct{}),
-		done:    make(chan struct{}),
+		notify:   make(chan struct{}, 1),
+		closing:  make(chan struct{}),
+		done:     make(chan struct{}),
+		ahead:    map[uint64]struct{}{},
+		progress: make(chan struct{}),
 	}
 	byDev := map[uint32]*disk{}
 	for _, path := range devices {
@@ -280,17 +296,99 @@ func (t *Tracker) read(hold chan struct{}) {
 		dev := binary.NativeEndian.Uint32(rec.RawSample[0:])
 		n := binary.NativeEndian.Uint32(rec.RawSample[4:])
 		sector := binary.NativeEndian.Uint64(rec.RawSample[8:])
-		k := byDev[dev]
-		if k == nil {
-			continue
-		}
+		seq := binary.NativeEndian.Uint64(rec.RawSample[16:])
 		t.mu.Lock()
-		for _, d := range k.devices {
-			d.addLocked(int64(sector)*512, int64(n)*512)
+		if k := byDev[dev]; k != nil {
+			for _, d := range k.devices {
+				d.addLocked(int64(sector)*512, int64(n)*512)
+			}
 		}
+		t.countLocked(seq)
 		t.mu.Unlock()
 		t.wake()
 	}
+}
+
+// countLocked records that event seq is in the sets. Events are numbered
+// when their ring slot is taken but may be committed, and so read, out of
+// order: counted only moves past a number once every lower one was read.
+func (t *Tracker) countLocked(seq uint64) {
+	switch {
+	case seq == t.counted:
+		t.counted++
+		for {
+			if _, ok := t.ahead[t.counted]; !ok {
+				break
+			}
+			delete(t.ahead, t.counted)
+			t.counted++
+		}
+	case seq > t.counted:
+		t.ahead[seq] = struct{}{}
+	default:
+		return // a number seen twice cannot move anything
+	}
+	if t.waiters > 0 {
+		close(t.progress)
+		t.progress = make(chan struct{})
+	}
+}
+
+// Sync vouches for the present: every write completed on a tracked device
+// before Sync was called is in the batches returned by the first n calls
+// of Next that returned batches (counted from New), or made one of them
+// Lost. It implements track.Syncer. A write completes to its writer only
+// after the program has numbered its event, so reading the counter here
+// and waiting until every lower number was read leaves none behind; the
+// overflow counters are read after it for the same reason.
+func (t *Tracker) Sync(ctx context.Context) (n uint64, err error) {
+	var target uint64
+	t.mapsMu.RLock()
+	select {
+	case <-t.closing:
+		t.mapsMu.RUnlock()
+		return 0, fmt.Errorf("ebpf: sync: %w", track.ErrClosed)
+	default:
+	}
+	err = t.objs.Seq.Lookup(uint32(0), &target)
+	t.mapsMu.RUnlock()
+	if err != nil {
+		return 0, fmt.Errorf("ebpf: sync: read event counter: %w", err)
+	}
+	if err := t.checkLost(); err != nil {
+		return 0, err
+	}
+	t.mu.Lock()
+	t.waiters++
+	defer func() {
+		t.waiters--
+		t.mu.Unlock()
+	}()
+	for t.counted < target {
+		if t.err != nil {
+			return 0, fmt.Errorf("ebpf: sync: %w", t.err)
+		}
+		ch := t.progress
+		t.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			t.mu.Lock()
+			return 0, fmt.Errorf("ebpf: sync: waiting for %d events, %d read: %w", target, t.counted, ctx.Err())
+		case <-t.closing:
+			t.mu.Lock()
+			return 0, fmt.Errorf("ebpf: sync: %w", track.ErrClosed)
+		case <-ch:
+		}
+		t.mu.Lock()
+	}
+	for _, d := range t.devices {
+		if d.set.Len() > 0 || d.lost {
+			// Still in the sets: the next batch carries it.
+			t.wake()
+			return t.taken + 1, nil
+		}
+	}
+	return t.taken, nil
 }
 
 // addLocked marks a completed write of the whole disk dirty on d, clipped
@@ -396,6 +494,9 @@ func (t *Tracker) takeLocked() []track.Batch {
 		}
 		batches = append(batches, track.Batch{Device: d.path, Extents: d.set.Take(), Lost: d.lost})
 		d.lost = false
+	}
+	if len(batches) > 0 {
+		t.taken++
 	}
 	return batches
 }

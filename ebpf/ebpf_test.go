@@ -1,8 +1,10 @@
 package ebpf
 
 import (
+	"context"
 	"errors"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -166,5 +168,75 @@ func TestDiscardAndZeroes(t *testing.T) {
 	})
 	if got := tracktest.String(ext[dev]); got != tracktest.String(want) {
 		t.Errorf("got %s, want %s", got, tracktest.String(want))
+	}
+}
+
+// TestSync checks that Sync vouches for every write completed before it:
+// after each write, once the consumer has applied as many batches as Sync
+// named, the write is in them. Without the wait the check would race the
+// ring reader; with a held reader Sync must not vouch at all.
+func TestSync(t *testing.T) {
+	dev := tracktest.Loop(t, 64<<20, false)
+	hold := make(chan struct{})
+	tr := newTracker(t, []string{dev}, func(o *options) { o.hold = hold })
+	defer tr.Close()
+
+	tracktest.Write(t, dev, 0, 4096, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	_, err := tr.Sync(ctx)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Sync with the ring reader held = %v, want a deadline error", err)
+	}
+	close(hold)
+
+	var (
+		mu      sync.Mutex
+		cond    = sync.NewCond(&mu)
+		applied uint64
+		got     []track.Extent
+	)
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go func() {
+		for {
+			b, err := tr.Next(ctx)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			for _, x := range b {
+				got = append(got, x.Extents...)
+			}
+			applied++
+			cond.Broadcast()
+			mu.Unlock()
+		}
+	}()
+	// Busy goroutines delay the reader, as a loaded machine does.
+	for range 2 {
+		go func() {
+			for ctx.Err() == nil {
+			}
+		}()
+	}
+	for i := range int64(200) {
+		off := (i + 1) * 8192
+		tracktest.Write(t, dev, off, 4096, 0)
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		n, err := tr.Sync(sctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("write %d: Sync: %v", i, err)
+		}
+		mu.Lock()
+		for applied < n {
+			cond.Wait()
+		}
+		ok := tracktest.Covers(got, off, 4096)
+		mu.Unlock()
+		if !ok {
+			t.Fatalf("write %d at %d: not in the batches Sync vouched for (%d applied)", i, off, n)
+		}
 	}
 }

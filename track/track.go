@@ -40,5 +40,17 @@ type Tracker interface {
 	Close() error
 }
 
+// Syncer is implemented by trackers that can vouch for the present, so
+// that a drained consistency point needs neither a grace period nor a
+// hash comparison.
+type Syncer interface {
+	// Sync returns n such that every write completed on a tracked device
+	// before Sync was called is in the batches of the first n calls of
+	// Next that returned batches (counted from the tracker's start), or
+	// made one of those batches Lost. The caller, which consumes Next,
+	// knows the point is drained once it has applied that many.
+	Sync(ctx context.Context) (uint64, error)
+}
+
 // ErrClosed is returned (wrapped) by Next after Close.
 var ErrClosed = errors.New("tracker closed")
