@@ -54,13 +54,14 @@ func RunStoreVerify(ctx context.Context, o StoreOptions, out io.Writer) error {
 		}
 		if err := writeData(out, o.Output, map[string]any{
 			"chunks": rep.Chunks, "bytes": rep.Bytes, "maps": rep.Maps, "snapshots": rep.Snapshots,
-			"disks": rep.Disks, "segments": rep.Segments, "problems": ps,
+			"disks": rep.Disks, "segments": rep.Segments, "unreferenced": rep.Unreferenced, "problems": ps,
 		}); err != nil {
 			return err
 		}
 	} else {
 		fmt.Fprintf(out, "Checked %d disks, %d journal segments, %d block maps, %d snapshots, %d chunks (%s).\n",
 			rep.Disks, rep.Segments, rep.Maps, rep.Snapshots, rep.Chunks, bytesIEC(rep.Bytes))
+		fmt.Fprintf(out, "%d chunks are referenced by nothing (garbage; store gc deletes them).\n", rep.Unreferenced)
 		for _, p := range rep.Problems {
 			fmt.Fprintf(out, "PROBLEM %s: %v\n", p.Object, p.Err)
 		}

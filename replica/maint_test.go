@@ -79,6 +79,11 @@ func TestGCVerifyUsage(t *testing.T) {
 	if err := d.Fold(ctx); err != nil {
 		t.Fatal(err)
 	}
+	rep, err = s.Verify(ctx)
+	if err != nil || !rep.OK() {
+		t.Fatalf("Verify before GC = %+v, %v", rep, err)
+	}
+	garbage := rep.Unreferenced
 	st, err := s.GC(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -86,9 +91,15 @@ func TestGCVerifyUsage(t *testing.T) {
 	if st.Deleted == 0 {
 		t.Errorf("GC deleted nothing after deleting snapshots: %+v (chunks before %d)", st, before)
 	}
+	if st.Deleted != garbage {
+		t.Errorf("GC deleted %d chunks, Verify counted %d unreferenced", st.Deleted, garbage)
+	}
 	rep, err = s.Verify(ctx)
 	if err != nil || !rep.OK() {
 		t.Fatalf("Verify after GC = %+v, %v", rep, err)
+	}
+	if rep.Unreferenced != 0 {
+		t.Errorf("after GC, %d chunks are still referenced by nothing", rep.Unreferenced)
 	}
 	checkHead(t, d, m.b)
 	r, err := d.OpenSnapshot(ctx, snaps[2].ID)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -309,8 +310,9 @@ func (d *Disk) SetRetention(p RetentionPolicy) {
 }
 
 // ApplyRetention deletes the snapshots the disk's retention policy drops
-// at now and returns them.
-func (d *Disk) ApplyRetention(ctx context.Context, now time.Time) ([]SnapshotInfo, error) {
+// at now, except those named in keep (in use, e.g. by a launched
+// instance), and returns them.
+func (d *Disk) ApplyRetention(ctx context.Context, now time.Time, keep ...string) ([]SnapshotInfo, error) {
 	d.foldMu.Lock()
 	defer d.foldMu.Unlock()
 	d.mu.Lock()
@@ -319,6 +321,9 @@ func (d *Disk) ApplyRetention(ctx context.Context, now time.Time) ([]SnapshotInf
 	_, drop := p.Select(d.Snapshots(), now)
 	var done []SnapshotInfo
 	for _, s := range drop {
+		if slices.Contains(keep, s.ID) {
+			continue
+		}
 		if err := d.deleteSnapshotLocked(ctx, s.ID); err != nil {
 			return done, fmt.Errorf("apply retention: %w", err)
 		}

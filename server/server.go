@@ -266,6 +266,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() { errc <- s.data.Serve(dctx, s.dataLn) }()
 	go func() { errc <- s.serveExports(dctx) }()
 	go s.cp.RunHistory(dctx)
+	// Point-in-time snapshots and retention, per each server's policy;
+	// waited for below, so that no snapshot is half-taken at Close.
+	pitDone := make(chan struct{})
+	go func() { defer close(pitDone); s.data.RunPointInTime(dctx, time.Minute) }()
 	s.log.Info("ferry server running", "api", "https://"+s.APIAddr, "data_plane", s.DataAddr, "version", Version)
 
 	var first error
@@ -287,6 +291,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			first = err
 		}
 	}
+	<-pitDone
 	return errors.Join(first, s.Close())
 }
 
