@@ -704,6 +704,11 @@ func (e *engine) flushLocked(id uint32, app bool) {
 	now := time.Now()
 	syncer, precise := e.o.Tracker.(track.Syncer)
 	for _, d := range e.disks {
+		// A disk grown since the last size poll is grown in this point
+		// too: a cutover must not launch a disk smaller than its source.
+		if n, err := d.dev.size(); err == nil {
+			e.growLocked(d, n)
+		}
 		if !precise && d.prog.SyncDone {
 			d.rescan.Add(0, d.size, now)
 		}
