@@ -166,6 +166,9 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 	if err := spec.Validate(); err != nil {
 		return nil, fmt.Errorf("libvirt: %w", err)
 	}
+	if spec.Network.Mode == launch.NetBridge {
+		return nil, fmt.Errorf("libvirt: network mode bridge: %w yet (use the qemu target, or network mode user)", launch.ErrNotSupported)
+	}
 	emu, err := exec.LookPath(or(t.Emulator, DefaultEmulator))
 	if err != nil {
 		return nil, fmt.Errorf("libvirt: %w: %v (install qemu-system-x86: scripts/setup.sh)", launch.ErrUnavailable, err)

@@ -99,6 +99,10 @@ type state struct {
 	QMP        string           `json:"qmp"`
 	ConsoleLog string           `json:"console_log"`
 	AgentSock  string           `json:"agent_sock,omitempty"`
+	Tap        string           `json:"tap,omitempty"` // bridged network card
+	Bridge     string           `json:"bridge,omitempty"`
+	MAC        string           `json:"mac,omitempty"`
+	OVMFVars   string           `json:"ovmf_vars,omitempty"` // the instance's UEFI variable store
 	Overlays   []string         `json:"overlays"`
 	Forwards   []launch.Forward `json:"forwards"`
 	Addresses  []string         `json:"addresses"`
@@ -124,7 +128,7 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 	}
 	bin, err := exec.LookPath(or(t.Binary, DefaultBinary))
 	if err != nil {
-		return nil, fmt.Errorf("qemu: %w: %v (install qemu-system-x86: scripts/setup.sh)", launch.ErrUnavailable, err)
+		return nil, fmt.Errorf("qemu: %w: QEMU binary %s not found: %v (install qemu-system-x86 with scripts/setup.sh, or correct the server's qemu_binary setting)", launch.ErrUnavailable, or(t.Binary, DefaultBinary), err)
 	}
 	img, err := exec.LookPath(or(t.ImgBinary, DefaultImgBinary))
 	if err != nil {
@@ -139,6 +143,13 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 	}
 	if avail, err := memAvailableMiB(); err == nil && int64(spec.MemoryMiB) > avail {
 		return nil, fmt.Errorf("qemu: %w: the instance wants %d MiB, the host has %d MiB available", launch.ErrInsufficientMemory, spec.MemoryMiB, avail)
+	}
+
+	// A fixed host port that is taken fails now, before overlays and a
+	// conversion that can take a minute; it is checked again when QEMU
+	// binds it.
+	if _, err := vmdir.PickPorts(or(t.ForwardAddr, DefaultForwardAddr), spec.Forwards); err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
 	}
 
 	id := vmdir.NewID(spec.Name)
@@ -172,6 +183,14 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 	}
 	fwdAddr := or(t.ForwardAddr, DefaultForwardAddr)
 
+	if spec.Network.Mode == launch.NetBridge {
+		st.Tap, st.Bridge, st.MAC = tapName(id), spec.Network.Bridge, randomMAC()
+		if err := createTap(st.Tap, st.Bridge); err != nil {
+			st.Tap = "" // not made: nothing for cleanup to remove
+			return nil, fmt.Errorf("qemu: %w", err)
+		}
+	}
+
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	st.Forwards, err = vmdir.PickPorts(fwdAddr, spec.Forwards)
@@ -179,16 +198,15 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
 	st.Addresses = vmdir.Addresses(fwdAddr, st.Forwards)
-	argv := t.argv(st, spec, fwdAddr)
 	if spec.BootMode == launch.UEFI {
-		vars := filepath.Join(dir, "OVMF_VARS.fd")
-		if err := vmdir.CopyFile(or(t.OVMFVars, DefaultOVMFVars), vars); err != nil {
+		// Each instance writes its own copy of the variable store (boot
+		// entries); the firmware itself is shared and read-only.
+		st.OVMFVars = filepath.Join(dir, "OVMF_VARS.fd")
+		if err := vmdir.CopyFile(or(t.OVMFVars, DefaultOVMFVars), st.OVMFVars); err != nil {
 			return nil, fmt.Errorf("qemu: copy UEFI variables: %w", err)
 		}
-		argv = append(argv,
-			"-drive", "if=pflash,format=raw,readonly=on,file="+escapeOpt(or(t.OVMFCode, DefaultOVMFCode)),
-			"-drive", "if=pflash,format=raw,file="+escapeOpt(vars))
 	}
+	argv := t.argv(st, spec, fwdAddr)
 	errLog := filepath.Join(dir, "qemu.err")
 	ef, err := os.Create(errLog)
 	if err != nil {
@@ -259,6 +277,17 @@ func (t *Target) argv(st *state, spec launch.Spec, fwdAddr string) []string {
 			"-device", "virtio-serial-pci,id=agentbus",
 			"-device", "virtserialport,bus=agentbus.0,chardev=agent,name=org.qemu.guest_agent.0")
 	}
+	if st.OVMFVars != "" {
+		a = append(a,
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+escapeOpt(or(t.OVMFCode, DefaultOVMFCode)),
+			"-drive", "if=pflash,format=raw,unit=1,file="+escapeOpt(st.OVMFVars))
+	}
+	if st.Tap != "" {
+		// script=no: the tap exists and is on the bridge already
+		// (createTap), and Terminate removes it.
+		return append(a, "-netdev", "tap,id=net0,script=no,downscript=no,ifname="+st.Tap,
+			"-device", "virtio-net-pci,netdev=net0,mac="+st.MAC)
+	}
 	net := "user,id=net0"
 	for _, f := range st.Forwards {
 		net += fmt.Sprintf(",hostfwd=tcp:%s:%d-:%d", fwdAddr, f.HostPort, f.GuestPort)
@@ -325,6 +354,11 @@ func (t *Target) Terminate(ctx context.Context, id string) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("qemu: terminate %s: %w", id, err)
 	}
+	if st.Tap != "" {
+		if err := deleteTap(st.Tap); err != nil {
+			return fmt.Errorf("qemu: terminate %s: %w", id, err)
+		}
+	}
 	if err := os.RemoveAll(st.Dir); err != nil {
 		return fmt.Errorf("qemu: terminate %s: remove files: %w", id, err)
 	}
@@ -340,6 +374,9 @@ func (t *Target) cleanup(st *state) {
 	if st.PID != 0 && alive(st) {
 		syscall.Kill(st.PID, syscall.SIGKILL)
 		waitExit(context.Background(), st, 5*time.Second)
+	}
+	if st.Tap != "" {
+		deleteTap(st.Tap)
 	}
 	os.RemoveAll(st.Dir)
 	t.states().Remove(st.ID)
@@ -365,6 +402,7 @@ func (st *state) instance(s launch.State) *launch.Instance {
 		Forwards:   append([]launch.Forward(nil), st.Forwards...),
 		Addresses:  append([]string(nil), st.Addresses...),
 		Overlays:   append([]string(nil), st.Overlays...),
+		Tap:        st.Tap,
 		StartedAt:  st.StartedAt,
 	}
 }
