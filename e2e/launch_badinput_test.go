@@ -249,7 +249,7 @@ func TestLaunchBadInput(t *testing.T) {
 }
 
 // waitJob polls a job until it has ended.
-func waitJob(t *testing.T, c *api.Client, id string, within time.Duration) *api.JobWithLog {
+func waitJob(t testing.TB, c *api.Client, id string, within time.Duration) *api.JobWithLog {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
