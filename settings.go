@@ -70,6 +70,31 @@ const (
 	BootUseSource  BootMode = "USE_SOURCE"
 )
 
+// NetworkMode is how a launched instance's network card reaches a network.
+type NetworkMode string
+
+// Network modes.
+const (
+	// NetworkUser is user-mode NAT on the launch host with TCP port
+	// forwards into the guest (the default; needs no host setup).
+	NetworkUser NetworkMode = "user"
+	// NetworkBridge attaches the instance to an existing host bridge
+	// through a tap device, as a machine on that bridge's network.
+	NetworkBridge NetworkMode = "bridge"
+)
+
+// NetworkSettings say how a launched instance is networked.
+type NetworkSettings struct {
+	// Mode is NetworkUser when empty.
+	Mode NetworkMode `json:"mode,omitempty"`
+	// Bridge is the host bridge of NetworkBridge.
+	Bridge string `json:"bridge,omitempty"`
+	// Forwards are TCP ports forwarded from the host into the guest in
+	// user mode, besides those post-launch checks need; host port 0 picks
+	// a free one.
+	Forwards []PortForward `json:"forwards,omitempty"`
+}
+
 // LaunchSettings say how a server's instances are launched. Each server
 // takes them from a template and may override any field.
 type LaunchSettings struct {
@@ -80,11 +105,13 @@ type LaunchSettings struct {
 	BootMode          BootMode           `json:"boot_mode"`
 	Target            string             `json:"target"`
 	Convert           bool               `json:"convert"`
+	Network           NetworkSettings    `json:"network"`
 	PostLaunchActions []PostLaunchAction `json:"post_launch_actions"`
 }
 
 func (l LaunchSettings) clone() LaunchSettings {
 	c := l
+	c.Network.Forwards = append([]PortForward(nil), l.Network.Forwards...)
 	c.PostLaunchActions = append([]PostLaunchAction(nil), l.PostLaunchActions...)
 	for i := range c.PostLaunchActions {
 		p := l.PostLaunchActions[i].Parameters

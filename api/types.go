@@ -207,6 +207,9 @@ type StartJobRequest struct {
 	UseLatestSnapshot bool `json:"use_latest_snapshot,omitempty"`
 	// SkipDrain starts a cutover without waiting for the backlog to drain.
 	SkipDrain bool `json:"skip_drain,omitempty"`
+	// LaunchTemplateID launches with that template's launch settings
+	// instead of each server's own.
+	LaunchTemplateID string `json:"launch_template_id,omitempty"`
 }
 
 // Snapshot is one point-in-time snapshot of a replicated disk.

@@ -18,8 +18,10 @@ type LaunchOptions struct {
 	ServerIDs []string
 	UseLatest bool
 	SkipDrain bool
-	Wait      bool
-	Output    string
+	// Template launches with this template's launch settings.
+	Template string
+	Wait     bool
+	Output   string
 }
 
 // RunLaunch starts a job and, with Wait, follows it to the end.
@@ -36,7 +38,7 @@ func RunLaunch(ctx context.Context, o LaunchOptions, out io.Writer) error {
 		return err
 	}
 	var job ferry.Job
-	req := api.StartJobRequest{SourceServerIDs: o.ServerIDs, UseLatestSnapshot: o.UseLatest, SkipDrain: o.SkipDrain}
+	req := api.StartJobRequest{SourceServerIDs: o.ServerIDs, UseLatestSnapshot: o.UseLatest, SkipDrain: o.SkipDrain, LaunchTemplateID: o.Template}
 	if err := cl.Do(ctx, "POST", path, nil, req, &job); err != nil {
 		return err
 	}

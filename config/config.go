@@ -35,6 +35,9 @@ type Server struct {
 	// it goes into the server certificate (dev) and the data-plane address
 	// told to agents.
 	Advertise string `yaml:"advertise"`
+	// QEMUBinary is the qemu-system-x86_64 the qemu launch target runs
+	// (a path, or a name looked up on PATH; default qemu-system-x86_64).
+	QEMUBinary string `yaml:"qemu_binary"`
 }
 
 // Defaults for addresses.
@@ -94,6 +97,7 @@ var EnvVars = map[string]string{
 	"tls_cert":    "FERRY_TLS_CERT",
 	"tls_key":     "FERRY_TLS_KEY",
 	"advertise":   "FERRY_ADVERTISE",
+	"qemu_binary": "FERRY_QEMU_BINARY",
 }
 
 // ApplyEnv sets every field whose environment variable is set and
@@ -114,6 +118,7 @@ func (c *Server) fields() map[string]*string {
 		"data_dir": &c.DataDir, "listen": &c.Listen, "data_listen": &c.DataListen,
 		"database": &c.Database, "ca_cert": &c.CACert, "ca_key": &c.CAKey,
 		"tls_cert": &c.TLSCert, "tls_key": &c.TLSKey, "advertise": &c.Advertise,
+		"qemu_binary": &c.QEMUBinary,
 	}
 }
 

@@ -24,10 +24,13 @@ func (s *Server) startJob(start func(*jobs.Runner, context.Context, []string, jo
 		if len(req.SourceServerIDs) == 0 || len(req.SourceServerIDs) > maxJobServers {
 			return badRequest("source_server_ids: give 1 to %d server ids", maxJobServers)
 		}
-		if !allowOptions && (req.UseLatestSnapshot || req.SkipDrain) {
-			return badRequest("use_latest_snapshot and skip_drain do not apply to terminate")
+		if !allowOptions && (req.UseLatestSnapshot || req.SkipDrain || req.LaunchTemplateID != "") {
+			return badRequest("use_latest_snapshot, skip_drain and launch_template_id do not apply to terminate")
 		}
-		job, err := start(s.Jobs, r.Context(), req.SourceServerIDs, jobs.Options{UseLatest: req.UseLatestSnapshot, SkipDrain: req.SkipDrain})
+		if err := checkText("launch_template_id", req.LaunchTemplateID, maxNameLen); err != nil {
+			return err
+		}
+		job, err := start(s.Jobs, r.Context(), req.SourceServerIDs, jobs.Options{UseLatest: req.UseLatestSnapshot, SkipDrain: req.SkipDrain, LaunchTemplate: req.LaunchTemplateID})
 		if errors.Is(err, jobs.ErrBusy) {
 			return apiErr(http.StatusConflict, api.CodeConflict, "%v", err)
 		}

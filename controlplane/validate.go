@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"fmt"
+	"regexp"
 	"unicode"
 	"unicode/utf8"
 
@@ -108,6 +109,9 @@ func checkLaunchSettings(l *ferry.LaunchSettings) error {
 	if err := checkName("launch_settings.target", l.Target); err != nil {
 		return err
 	}
+	if err := checkNetwork(&l.Network); err != nil {
+		return err
+	}
 	if len(l.PostLaunchActions) > 100 {
 		return badRequest("launch_settings.post_launch_actions: at most 100")
 	}
@@ -127,6 +131,41 @@ func checkLaunchSettings(l *ferry.LaunchSettings) error {
 		if err := checkTags(a.Parameters); err != nil {
 			return badRequest("%s.parameters: %v", f, err)
 		}
+	}
+	return nil
+}
+
+// bridgeNameRE is a Linux interface name (IFNAMSIZ 16 with the NUL).
+var bridgeNameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
+
+func checkNetwork(n *ferry.NetworkSettings) error {
+	switch n.Mode {
+	case "", ferry.NetworkUser:
+		if n.Bridge != "" {
+			return badRequest("launch_settings.network.bridge is for mode bridge only")
+		}
+	case ferry.NetworkBridge:
+		if !bridgeNameRE.MatchString(n.Bridge) || n.Bridge == "." || n.Bridge == ".." {
+			return badRequest("launch_settings.network.bridge %q: mode bridge needs a host bridge name (1 to 15 letters, digits, '_', '.', '-')", n.Bridge)
+		}
+		if len(n.Forwards) > 0 {
+			return badRequest("launch_settings.network.forwards are for mode user only: a bridged guest is reached at its own address")
+		}
+	default:
+		return badRequest("launch_settings.network.mode %q: want user or bridge", n.Mode)
+	}
+	if len(n.Forwards) > 100 {
+		return badRequest("launch_settings.network.forwards: at most 100")
+	}
+	hosts, guests := map[int]bool{}, map[int]bool{}
+	for i, f := range n.Forwards {
+		if f.GuestPort < 1 || f.GuestPort > 65535 || f.HostPort < 0 || f.HostPort > 65535 {
+			return badRequest("launch_settings.network.forwards[%d]: guest_port 1 to 65535, host_port 0 (any free) to 65535", i)
+		}
+		if guests[f.GuestPort] || (f.HostPort != 0 && hosts[f.HostPort]) {
+			return badRequest("launch_settings.network.forwards[%d]: port forwarded twice", i)
+		}
+		guests[f.GuestPort], hosts[f.HostPort] = true, true
 	}
 	return nil
 }

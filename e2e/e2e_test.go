@@ -42,7 +42,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -63,7 +63,7 @@ type server struct {
 	done        chan error
 }
 
-func startServer(t *testing.T, data string) *server {
+func startServer(t testing.TB, data string) *server {
 	t.Helper()
 	api, dp := freePort(t), freePort(t)
 	s := &server{addr: "https://" + api, dataAddr: dp, log: &bytes.Buffer{}, done: make(chan error, 1)}

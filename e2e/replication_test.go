@@ -159,7 +159,7 @@ func sha256File(t *testing.T, path string) string {
 }
 
 // waitServer polls the only server until cond holds.
-func waitServer(t *testing.T, c *api.Client, within time.Duration, cond func(*ferry.SourceServer) bool) *ferry.SourceServer {
+func waitServer(t testing.TB, c *api.Client, within time.Duration, cond func(*ferry.SourceServer) bool) *ferry.SourceServer {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	var last string

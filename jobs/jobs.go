@@ -92,6 +92,10 @@ type Options struct {
 	// replicated, without asking the agent for a drained one (for a
 	// cutover: the operator's override of the final sync).
 	SkipDrain bool
+	// LaunchTemplate, when set, is the id of a template whose launch
+	// settings this launch uses instead of each server's own. An unknown
+	// id fails each server's launch before a snapshot is taken.
+	LaunchTemplate string
 }
 
 // StartTest starts a test launch of each server.
@@ -291,6 +295,19 @@ func (r *Runner) launchOne(ctx context.Context, job *ferry.Job, id string, o Opt
 		fail(ferry.EventLaunchFailed, "read server: %v", err)
 		return
 	}
+	if o.LaunchTemplate != "" {
+		tpl, err := r.Store.Template(ctx, o.LaunchTemplate)
+		if errors.Is(err, ferry.ErrNotFound) {
+			fail(ferry.EventLaunchFailed, "unknown launch template %q (ferry templates list shows the templates)", o.LaunchTemplate)
+			return
+		}
+		if err != nil {
+			fail(ferry.EventLaunchFailed, "read launch template %q: %v", o.LaunchTemplate, err)
+			return
+		}
+		srv.LaunchSetup = tpl.Launch
+		r.logf(ctx, job.ID, id, ferry.EventLaunchStart, "using the launch settings of template %s (%s)", tpl.ID, tpl.Name)
+	}
 	var snaps map[string]string
 	if o.UseLatest {
 		if snaps, err = r.Snapshots.Latest(ctx, id); err != nil {
@@ -345,6 +362,12 @@ func (r *Runner) launchOne(ctx context.Context, job *ferry.Job, id string, o Opt
 		return
 	}
 	r.setServerStatus(ctx, job.ID, id, ferry.LaunchLaunched, inst.ID)
+	// The new instance replaces the server's previous one (a test launch
+	// repeated, or a failed cutover's instance): terminate that first, so
+	// that no instance runs that no record points to.
+	if prev := srv.Launched; prev != nil && prev.TerminatedAt.IsZero() && prev.ID != inst.ID {
+		r.replace(ctx, job, id, prev)
+	}
 	if err := r.move(ctx, id, "", func(s *ferry.SourceServer) { s.Launched = inst }); err != nil {
 		r.log().Error("record launched instance", "server", id, "err", err)
 	}
@@ -398,6 +421,25 @@ func (r *Runner) postLaunch(ctx context.Context, job *ferry.Job, srv *ferry.Sour
 		_ = r.move(ctx, srv.ID, "", func(s *ferry.SourceServer) { s.Launched = inst })
 	}
 	return ok
+}
+
+// replace terminates a server's previous instance once a new one runs. A
+// failure is logged and the job goes on: the new instance is what counts,
+// and the old one's files say where it is.
+func (r *Runner) replace(ctx context.Context, job *ferry.Job, id string, prev *ferry.LaunchedInstance) {
+	r.logf(ctx, job.ID, id, ferry.EventCleanupStart, "terminating the previous %s instance %s, which the new one replaces", kindName(prev.Kind), prev.ID)
+	if err := r.Launcher.Terminate(ctx, prev); err != nil {
+		r.logf(ctx, job.ID, id, ferry.EventCleanupFail, "terminate the previous instance %s: %v (stop it by hand)", prev.ID, err)
+		return
+	}
+	r.logf(ctx, job.ID, id, ferry.EventCleanupEnd, "previous instance %s terminated", prev.ID)
+}
+
+func kindName(k ferry.JobInitiator) string {
+	if k == ferry.InitiatedByStartCutover {
+		return "cutover"
+	}
+	return "test"
 }
 
 func (r *Runner) terminateOne(ctx context.Context, job *ferry.Job, id string) {

@@ -60,6 +60,28 @@ type Forward struct {
 	HostPort int
 }
 
+// NetworkMode is how an instance's network card is connected.
+type NetworkMode string
+
+// Network modes.
+const (
+	// NetUser is user-mode NAT (QEMU's slirp) with TCP port forwards from
+	// the host: the default, which needs no host setup or privileges.
+	NetUser NetworkMode = "user"
+	// NetBridge attaches the network card to a host bridge through a tap
+	// device the target creates and removes. Port forwards do not apply:
+	// the guest is reached at its own address on the bridge's network.
+	NetBridge NetworkMode = "bridge"
+)
+
+// Network says how an instance's network card is connected.
+type Network struct {
+	// Mode is NetUser when empty.
+	Mode NetworkMode
+	// Bridge is the host bridge of NetBridge.
+	Bridge string
+}
+
 // Spec describes an instance to launch. It is a pure description: nothing
 // exists until [Target.Launch].
 type Spec struct {
@@ -73,7 +95,10 @@ type Spec struct {
 	MemoryMiB int
 	// BootMode defaults to BIOS.
 	BootMode BootMode
-	// Forwards are the TCP port forwards from the host into the guest.
+	// Network is user-mode NAT unless it says otherwise.
+	Network Network
+	// Forwards are the TCP port forwards from the host into the guest
+	// (user mode only).
 	Forwards []Forward
 	// WorkDir is where the target keeps the instance's files (overlays,
 	// console log, control sockets); empty means the target's own
@@ -116,7 +141,9 @@ type Instance struct {
 	// for each forward, in the same order.
 	Addresses []string
 	// Overlays are the copy-on-write files holding the instance's writes.
-	Overlays  []string
+	Overlays []string
+	// Tap is the host tap device of a bridged instance's network card.
+	Tap       string
 	StartedAt time.Time
 }
 
@@ -163,6 +190,10 @@ var (
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 
+// ifNameRE is a Linux network interface name (IFNAMSIZ is 16 with the
+// NUL); "." and ".." are not names.
+var ifNameRE = regexp.MustCompile(`^[A-Za-z0-9_-][A-Za-z0-9._-]{0,14}$`)
+
 // ValidName reports whether s is acceptable as an instance name or ID: it
 // cannot escape a directory or need quoting.
 func ValidName(s string) bool { return nameRE.MatchString(s) }
@@ -197,6 +228,21 @@ func (s *Spec) Validate() error {
 	case "", BIOS, UEFI:
 	default:
 		return bad("boot mode %q: want BIOS or UEFI", s.BootMode)
+	}
+	switch s.Network.Mode {
+	case "", NetUser:
+		if s.Network.Bridge != "" {
+			return bad("network: a bridge is for mode bridge only")
+		}
+	case NetBridge:
+		if !ifNameRE.MatchString(s.Network.Bridge) {
+			return bad("network: bridge %q: want a host interface name (1 to 15 letters, digits, '_', '.', '-')", s.Network.Bridge)
+		}
+		if len(s.Forwards) > 0 {
+			return bad("network: port forwards are for user mode; a bridged guest is reached at its own address")
+		}
+	default:
+		return bad("network mode %q: want user or bridge", s.Network.Mode)
 	}
 	hostPorts := map[int]bool{}
 	guestPorts := map[int]bool{}

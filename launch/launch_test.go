@@ -19,6 +19,11 @@ func TestSpecValidate(t *testing.T) {
 	if s := good(); s.Validate() != nil {
 		t.Fatalf("good spec: %v", s.Validate())
 	}
+	bridged := good()
+	bridged.Forwards, bridged.Network = nil, Network{Mode: NetBridge, Bridge: "ferrybr0"}
+	if err := bridged.Validate(); err != nil {
+		t.Fatalf("bridged spec: %v", err)
+	}
 	tests := []struct {
 		name string
 		edit func(*Spec)
@@ -41,6 +46,12 @@ func TestSpecValidate(t *testing.T) {
 		{"host port too big", func(s *Spec) { s.Forwards[1].HostPort = 70000 }},
 		{"host port twice", func(s *Spec) { s.Forwards[0].HostPort = 8080 }},
 		{"guest port twice", func(s *Spec) { s.Forwards[1].GuestPort = 22 }},
+		{"network mode", func(s *Spec) { s.Network.Mode = "macvtap" }},
+		{"bridge in user mode", func(s *Spec) { s.Network.Bridge = "br0" }},
+		{"bridge mode without bridge", func(s *Spec) { s.Network = Network{Mode: NetBridge}; s.Forwards = nil }},
+		{"bridge name too long", func(s *Spec) { s.Network = Network{Mode: NetBridge, Bridge: strings.Repeat("b", 16)}; s.Forwards = nil }},
+		{"bridge name escapes", func(s *Spec) { s.Network = Network{Mode: NetBridge, Bridge: "../br"}; s.Forwards = nil }},
+		{"forwards in bridge mode", func(s *Spec) { s.Network = Network{Mode: NetBridge, Bridge: "br0"} }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

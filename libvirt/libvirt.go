@@ -1,16 +1,11 @@
 package libvirt
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +18,7 @@ import (
 	"github.com/digitalocean/go-libvirt/socket/dialers"
 
 	"github.com/ferrymigrate/ferry/launch"
+	"github.com/ferrymigrate/ferry/launch/vmdir"
 	"github.com/ferrymigrate/ferry/qemu"
 )
 
@@ -44,9 +40,6 @@ const (
 
 // dialTimeout bounds a connection to libvirtd.
 const dialTimeout = 5 * time.Second
-
-// maxSocketPath is the size of sun_path in struct sockaddr_un on Linux.
-const maxSocketPath = 108
 
 // Target launches instances as transient libvirt domains. Dir must be set;
 // the other fields have defaults. A Target must not be copied after first
@@ -159,7 +152,7 @@ type state struct {
 	StartedAt  time.Time        `json:"started_at"`
 }
 
-func (t *Target) statePath(id string) string { return filepath.Join(t.Dir, id+".json") }
+func (t *Target) states() vmdir.States { return vmdir.States{Dir: t.Dir, Target: "libvirt"} }
 
 // Launch implements [launch.Target]: qcow2 overlays over the NBD exports,
 // Spec.Prepare, then a transient domain. Errors wrap
@@ -172,6 +165,9 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 	}
 	if err := spec.Validate(); err != nil {
 		return nil, fmt.Errorf("libvirt: %w", err)
+	}
+	if spec.Network.Mode == launch.NetBridge {
+		return nil, fmt.Errorf("libvirt: network mode bridge: %w yet (use the qemu target, or network mode user)", launch.ErrNotSupported)
 	}
 	emu, err := exec.LookPath(or(t.Emulator, DefaultEmulator))
 	if err != nil {
@@ -197,27 +193,10 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 		return nil, fmt.Errorf("libvirt: %w: the instance wants %d MiB, the host has %d MiB available", launch.ErrInsufficientMemory, spec.MemoryMiB, avail)
 	}
 
-	var rnd [4]byte
-	rand.Read(rnd[:])
-	id := spec.Name + "-" + hex.EncodeToString(rnd[:])
-	if len(id) > 63 {
-		id = spec.Name[:54] + "-" + hex.EncodeToString(rnd[:])
-	}
-	if err := os.MkdirAll(t.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("libvirt: create state dir: %w", err)
-	}
-	dir, err := filepath.Abs(filepath.Join(or(spec.WorkDir, t.Dir), id))
+	id := vmdir.NewID(spec.Name)
+	dir, err := t.states().Create(spec.WorkDir, id, "agent.sock")
 	if err != nil {
-		return nil, fmt.Errorf("libvirt: %w", err)
-	}
-	if len(dir)+len("/agent.sock") >= maxSocketPath {
-		return nil, fmt.Errorf("libvirt: %w: instance directory %s too long for a unix socket path (%d bytes at most): use a shorter Dir or WorkDir", launch.ErrInvalidSpec, dir, maxSocketPath-1)
-	}
-	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
-		return nil, fmt.Errorf("libvirt: create work dir: %w", err)
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("libvirt: create instance dir: %w", err)
+		return nil, err
 	}
 	st := &state{
 		ID:         id,
@@ -234,26 +213,9 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 			t.cleanup(l, st)
 		}
 	}()
-
-	for i, d := range spec.Disks {
-		ov := filepath.Join(dir, fmt.Sprintf("disk%d.qcow2", i))
-		args := []string{"create", "-q", "-f", "qcow2", "-F", "raw", "-b", d.NBDURL, ov}
-		if d.Size > 0 {
-			args = append(args, strconv.FormatInt(d.Size, 10))
-		}
-		if out, err := exec.CommandContext(ctx, img, args...).CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("libvirt: create overlay for disk %d over %s: %w: %s", i, d.NBDURL, err, bytes.TrimSpace(out))
-		}
-		st.Overlays = append(st.Overlays, ov)
-	}
-	if spec.Prepare != nil {
-		formats := make([]string, len(st.Overlays))
-		for i := range formats {
-			formats[i] = "qcow2"
-		}
-		if err := spec.Prepare(ctx, append([]string(nil), st.Overlays...), formats); err != nil {
-			return nil, fmt.Errorf("libvirt: prepare disks: %w", err)
-		}
+	st.Overlays, err = vmdir.Overlays(ctx, img, dir, spec)
+	if err != nil {
+		return nil, fmt.Errorf("libvirt: %w", err)
 	}
 	// The console log exists before the domain starts, owned by this
 	// process's user, which QEMU runs as (see secLabelXML).
@@ -272,21 +234,19 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 	}
 	if spec.BootMode == launch.UEFI {
 		cfg.OVMFCode, cfg.NVRAM = or(t.OVMFCode, DefaultOVMFCode), filepath.Join(dir, "OVMF_VARS.fd")
-		if err := copyFile(or(t.OVMFVars, DefaultOVMFVars), cfg.NVRAM); err != nil {
+		if err := vmdir.CopyFile(or(t.OVMFVars, DefaultOVMFVars), cfg.NVRAM); err != nil {
 			return nil, fmt.Errorf("libvirt: copy UEFI variables: %w", err)
 		}
 	}
 
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	st.Forwards, err = pickPorts(cfg.ForwardAddr, spec.Forwards)
+	st.Forwards, err = vmdir.PickPorts(cfg.ForwardAddr, spec.Forwards)
 	if err != nil {
 		return nil, fmt.Errorf("libvirt: %w", err)
 	}
 	cfg.Forwards = st.Forwards
-	for _, f := range st.Forwards {
-		st.Addresses = append(st.Addresses, net.JoinHostPort(cfg.ForwardAddr, strconv.Itoa(f.HostPort)))
-	}
+	st.Addresses = vmdir.Addresses(cfg.ForwardAddr, st.Forwards)
 	doc, err := buildDomain(spec, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("libvirt: %w", err)
@@ -314,33 +274,11 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 		return nil, fmt.Errorf("libvirt: launch: %w", ctx.Err())
 	}
 	st.StartedAt = time.Now().UTC()
-	if err := writeState(t.statePath(id), st); err != nil {
+	if err := t.states().Write(id, st); err != nil {
 		return nil, err
 	}
 	t.logger().Info("libvirt: launched", "id", id, "domain", st.Domain, "pid", st.PID, "accel", st.Accel, "addresses", st.Addresses, "start", time.Since(start))
 	return st.instance(launch.Running), nil
-}
-
-// pickPorts fills in free host ports and checks that the fixed ones are
-// free. QEMU binds them right after; a port taken in between makes the
-// domain fail to start, which Launch reports as ErrPortInUse.
-func pickPorts(addr string, fwds []launch.Forward) ([]launch.Forward, error) {
-	out := make([]launch.Forward, len(fwds))
-	var held []net.Listener
-	defer func() {
-		for _, l := range held {
-			l.Close()
-		}
-	}()
-	for i, f := range fwds {
-		l, err := net.Listen("tcp", net.JoinHostPort(addr, strconv.Itoa(f.HostPort)))
-		if err != nil {
-			return nil, fmt.Errorf("%w: %s:%d (forward to guest port %d): %v", launch.ErrPortInUse, addr, f.HostPort, f.GuestPort, err)
-		}
-		held = append(held, l)
-		out[i] = launch.Forward{GuestPort: f.GuestPort, HostPort: l.Addr().(*net.TCPAddr).Port}
-	}
-	return out, nil
 }
 
 // lookup finds st's domain; ok is false when it no longer exists (a
@@ -428,8 +366,8 @@ func (t *Target) Terminate(ctx context.Context, id string) error {
 	if err := os.RemoveAll(st.Dir); err != nil {
 		return fmt.Errorf("libvirt: terminate %s: remove files: %w", id, err)
 	}
-	if err := os.Remove(t.statePath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("libvirt: terminate %s: remove state: %w", id, err)
+	if err := t.states().Remove(id); err != nil {
+		return fmt.Errorf("libvirt: terminate %s: %w", id, err)
 	}
 	t.logger().Info("libvirt: terminated", "id", id, "how", how, "took", time.Since(start))
 	return nil
@@ -484,44 +422,15 @@ func waitGone(ctx context.Context, l *golibvirt.Libvirt, st *state, d time.Durat
 func (t *Target) cleanup(l *golibvirt.Libvirt, st *state) {
 	t.stop(context.Background(), l, st, 0)
 	os.RemoveAll(st.Dir)
-	os.Remove(t.statePath(st.ID))
+	t.states().Remove(st.ID)
 }
 
 func (t *Target) readState(id string) (*state, error) {
-	if !launch.ValidName(id) {
-		return nil, fmt.Errorf("libvirt: instance %q: %w", id, launch.ErrNotFound)
-	}
-	b, err := os.ReadFile(t.statePath(id))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("libvirt: instance %s: %w", id, launch.ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("libvirt: read state: %w", err)
-	}
 	var st state
-	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("libvirt: read state of %s: %w", id, err)
-	}
-	if st.ID != id {
-		return nil, fmt.Errorf("libvirt: state file of %s names instance %q", id, st.ID)
+	if err := t.states().Read(id, &st); err != nil {
+		return nil, err
 	}
 	return &st, nil
-}
-
-func writeState(path string, st *state) error {
-	b, err := json.MarshalIndent(st, "", "  ")
-	if err != nil {
-		return fmt.Errorf("libvirt: encode state: %w", err)
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("libvirt: write state: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("libvirt: write state: %w", err)
-	}
-	return nil
 }
 
 func (st *state) instance(s launch.State) *launch.Instance {
@@ -591,11 +500,3 @@ func domainPID(domain string) int {
 }
 
 func uuidString(u golibvirt.UUID) string { return hex.EncodeToString(u[:]) }
-
-func copyFile(src, dst string) error {
-	b, err := os.ReadFile(src)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(dst, b, 0o600)
-}

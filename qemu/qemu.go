@@ -4,14 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ferrymigrate/ferry/launch"
+	"github.com/ferrymigrate/ferry/launch/vmdir"
 )
 
 var _ launch.Target = (*Target)(nil)
@@ -35,9 +31,6 @@ const (
 	DefaultOVMFCode        = "/usr/share/OVMF/OVMF_CODE.fd"
 	DefaultOVMFVars        = "/usr/share/OVMF/OVMF_VARS.fd"
 )
-
-// maxSocketPath is the size of sun_path in struct sockaddr_un on Linux.
-const maxSocketPath = 108
 
 // startTimeout bounds QEMU's start-up, until -daemonize returns.
 const startTimeout = time.Minute
@@ -106,13 +99,17 @@ type state struct {
 	QMP        string           `json:"qmp"`
 	ConsoleLog string           `json:"console_log"`
 	AgentSock  string           `json:"agent_sock,omitempty"`
+	Tap        string           `json:"tap,omitempty"` // bridged network card
+	Bridge     string           `json:"bridge,omitempty"`
+	MAC        string           `json:"mac,omitempty"`
+	OVMFVars   string           `json:"ovmf_vars,omitempty"` // the instance's UEFI variable store
 	Overlays   []string         `json:"overlays"`
 	Forwards   []launch.Forward `json:"forwards"`
 	Addresses  []string         `json:"addresses"`
 	StartedAt  time.Time        `json:"started_at"`
 }
 
-func (t *Target) statePath(id string) string { return filepath.Join(t.Dir, id+".json") }
+func (t *Target) states() vmdir.States { return vmdir.States{Dir: t.Dir, Target: "qemu"} }
 
 // escapeOpt escapes a value for a QEMU option list, where "," separates
 // options and ",," is a literal comma.
@@ -131,7 +128,7 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 	}
 	bin, err := exec.LookPath(or(t.Binary, DefaultBinary))
 	if err != nil {
-		return nil, fmt.Errorf("qemu: %w: %v (install qemu-system-x86: scripts/setup.sh)", launch.ErrUnavailable, err)
+		return nil, fmt.Errorf("qemu: %w: QEMU binary %s not found: %v (install qemu-system-x86 with scripts/setup.sh, or correct the server's qemu_binary setting)", launch.ErrUnavailable, or(t.Binary, DefaultBinary), err)
 	}
 	img, err := exec.LookPath(or(t.ImgBinary, DefaultImgBinary))
 	if err != nil {
@@ -148,27 +145,17 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 		return nil, fmt.Errorf("qemu: %w: the instance wants %d MiB, the host has %d MiB available", launch.ErrInsufficientMemory, spec.MemoryMiB, avail)
 	}
 
-	var rnd [4]byte
-	rand.Read(rnd[:])
-	id := spec.Name + "-" + hex.EncodeToString(rnd[:])
-	if len(id) > 63 {
-		id = spec.Name[:54] + "-" + hex.EncodeToString(rnd[:])
-	}
-	if err := os.MkdirAll(t.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("qemu: create state dir: %w", err)
-	}
-	dir, err := filepath.Abs(filepath.Join(or(spec.WorkDir, t.Dir), id))
-	if err != nil {
+	// A fixed host port that is taken fails now, before overlays and a
+	// conversion that can take a minute; it is checked again when QEMU
+	// binds it.
+	if _, err := vmdir.PickPorts(or(t.ForwardAddr, DefaultForwardAddr), spec.Forwards); err != nil {
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
-	if len(dir)+len("/qmp.sock") >= maxSocketPath {
-		return nil, fmt.Errorf("qemu: %w: instance directory %s too long for a unix socket path (%d bytes at most): use a shorter Dir or WorkDir", launch.ErrInvalidSpec, dir, maxSocketPath-1)
-	}
-	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
-		return nil, fmt.Errorf("qemu: create work dir: %w", err)
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("qemu: create instance dir: %w", err)
+
+	id := vmdir.NewID(spec.Name)
+	dir, err := t.states().Create(spec.WorkDir, id, "qmp.sock")
+	if err != nil {
+		return nil, err
 	}
 	st := &state{
 		ID:         id,
@@ -185,26 +172,9 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 			t.cleanup(st)
 		}
 	}()
-
-	for i, d := range spec.Disks {
-		ov := filepath.Join(dir, fmt.Sprintf("disk%d.qcow2", i))
-		args := []string{"create", "-q", "-f", "qcow2", "-F", "raw", "-b", d.NBDURL, ov}
-		if d.Size > 0 {
-			args = append(args, strconv.FormatInt(d.Size, 10))
-		}
-		if out, err := exec.CommandContext(ctx, img, args...).CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("qemu: create overlay for disk %d over %s: %w: %s", i, d.NBDURL, err, bytes.TrimSpace(out))
-		}
-		st.Overlays = append(st.Overlays, ov)
-	}
-	if spec.Prepare != nil {
-		formats := make([]string, len(st.Overlays))
-		for i := range formats {
-			formats[i] = "qcow2"
-		}
-		if err := spec.Prepare(ctx, append([]string(nil), st.Overlays...), formats); err != nil {
-			return nil, fmt.Errorf("qemu: prepare disks: %w", err)
-		}
+	st.Overlays, err = vmdir.Overlays(ctx, img, dir, spec)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
 	}
 
 	st.Accel = t.Accel
@@ -213,25 +183,30 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 	}
 	fwdAddr := or(t.ForwardAddr, DefaultForwardAddr)
 
+	if spec.Network.Mode == launch.NetBridge {
+		st.Tap, st.Bridge, st.MAC = tapName(id), spec.Network.Bridge, randomMAC()
+		if err := createTap(st.Tap, st.Bridge); err != nil {
+			st.Tap = "" // not made: nothing for cleanup to remove
+			return nil, fmt.Errorf("qemu: %w", err)
+		}
+	}
+
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	st.Forwards, err = pickPorts(fwdAddr, spec.Forwards)
+	st.Forwards, err = vmdir.PickPorts(fwdAddr, spec.Forwards)
 	if err != nil {
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
-	for _, f := range st.Forwards {
-		st.Addresses = append(st.Addresses, net.JoinHostPort(fwdAddr, strconv.Itoa(f.HostPort)))
-	}
-	argv := t.argv(st, spec, fwdAddr)
+	st.Addresses = vmdir.Addresses(fwdAddr, st.Forwards)
 	if spec.BootMode == launch.UEFI {
-		vars := filepath.Join(dir, "OVMF_VARS.fd")
-		if err := copyFile(or(t.OVMFVars, DefaultOVMFVars), vars); err != nil {
+		// Each instance writes its own copy of the variable store (boot
+		// entries); the firmware itself is shared and read-only.
+		st.OVMFVars = filepath.Join(dir, "OVMF_VARS.fd")
+		if err := vmdir.CopyFile(or(t.OVMFVars, DefaultOVMFVars), st.OVMFVars); err != nil {
 			return nil, fmt.Errorf("qemu: copy UEFI variables: %w", err)
 		}
-		argv = append(argv,
-			"-drive", "if=pflash,format=raw,readonly=on,file="+escapeOpt(or(t.OVMFCode, DefaultOVMFCode)),
-			"-drive", "if=pflash,format=raw,file="+escapeOpt(vars))
 	}
+	argv := t.argv(st, spec, fwdAddr)
 	errLog := filepath.Join(dir, "qemu.err")
 	ef, err := os.Create(errLog)
 	if err != nil {
@@ -269,7 +244,7 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 		return nil, errors.New("qemu: QEMU started but wrote no pidfile")
 	}
 	st.StartedAt = time.Now().UTC()
-	if err := writeState(t.statePath(id), st); err != nil {
+	if err := t.states().Write(id, st); err != nil {
 		return nil, err
 	}
 	t.logger().Info("qemu: launched", "id", id, "pid", st.PID, "accel", st.Accel, "addresses", st.Addresses, "start", time.Since(start))
@@ -302,33 +277,22 @@ func (t *Target) argv(st *state, spec launch.Spec, fwdAddr string) []string {
 			"-device", "virtio-serial-pci,id=agentbus",
 			"-device", "virtserialport,bus=agentbus.0,chardev=agent,name=org.qemu.guest_agent.0")
 	}
+	if st.OVMFVars != "" {
+		a = append(a,
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+escapeOpt(or(t.OVMFCode, DefaultOVMFCode)),
+			"-drive", "if=pflash,format=raw,unit=1,file="+escapeOpt(st.OVMFVars))
+	}
+	if st.Tap != "" {
+		// script=no: the tap exists and is on the bridge already
+		// (createTap), and Terminate removes it.
+		return append(a, "-netdev", "tap,id=net0,script=no,downscript=no,ifname="+st.Tap,
+			"-device", "virtio-net-pci,netdev=net0,mac="+st.MAC)
+	}
 	net := "user,id=net0"
 	for _, f := range st.Forwards {
 		net += fmt.Sprintf(",hostfwd=tcp:%s:%d-:%d", fwdAddr, f.HostPort, f.GuestPort)
 	}
 	return append(a, "-netdev", net, "-device", "virtio-net-pci,netdev=net0")
-}
-
-// pickPorts fills in free host ports and checks that the fixed ones are
-// free. QEMU binds them right after; a port taken in between makes QEMU
-// fail, which Launch reports as ErrPortInUse.
-func pickPorts(addr string, fwds []launch.Forward) ([]launch.Forward, error) {
-	out := make([]launch.Forward, len(fwds))
-	var held []net.Listener
-	defer func() {
-		for _, l := range held {
-			l.Close()
-		}
-	}()
-	for i, f := range fwds {
-		l, err := net.Listen("tcp", net.JoinHostPort(addr, strconv.Itoa(f.HostPort)))
-		if err != nil {
-			return nil, fmt.Errorf("%w: %s:%d (forward to guest port %d): %v", launch.ErrPortInUse, addr, f.HostPort, f.GuestPort, err)
-		}
-		held = append(held, l)
-		out[i] = launch.Forward{GuestPort: f.GuestPort, HostPort: l.Addr().(*net.TCPAddr).Port}
-	}
-	return out, nil
 }
 
 // Status implements [launch.Target].
@@ -346,13 +310,13 @@ func (t *Target) Status(ctx context.Context, id string) (*launch.Instance, error
 
 // List returns every instance this target has state for, running or not.
 func (t *Target) List(ctx context.Context) ([]*launch.Instance, error) {
-	files, err := filepath.Glob(filepath.Join(t.Dir, "*.json"))
+	ids, err := t.states().IDs()
 	if err != nil {
-		return nil, fmt.Errorf("qemu: list: %w", err)
+		return nil, err
 	}
 	var out []*launch.Instance
-	for _, f := range files {
-		inst, err := t.Status(ctx, strings.TrimSuffix(filepath.Base(f), ".json"))
+	for _, id := range ids {
+		inst, err := t.Status(ctx, id)
 		if err != nil {
 			continue
 		}
@@ -390,11 +354,16 @@ func (t *Target) Terminate(ctx context.Context, id string) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("qemu: terminate %s: %w", id, err)
 	}
+	if st.Tap != "" {
+		if err := deleteTap(st.Tap); err != nil {
+			return fmt.Errorf("qemu: terminate %s: %w", id, err)
+		}
+	}
 	if err := os.RemoveAll(st.Dir); err != nil {
 		return fmt.Errorf("qemu: terminate %s: remove files: %w", id, err)
 	}
-	if err := os.Remove(t.statePath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("qemu: terminate %s: remove state: %w", id, err)
+	if err := t.states().Remove(id); err != nil {
+		return fmt.Errorf("qemu: terminate %s: %w", id, err)
 	}
 	t.logger().Info("qemu: terminated", "id", id, "how", how, "took", time.Since(start))
 	return nil
@@ -406,45 +375,19 @@ func (t *Target) cleanup(st *state) {
 		syscall.Kill(st.PID, syscall.SIGKILL)
 		waitExit(context.Background(), st, 5*time.Second)
 	}
+	if st.Tap != "" {
+		deleteTap(st.Tap)
+	}
 	os.RemoveAll(st.Dir)
-	os.Remove(t.statePath(st.ID))
+	t.states().Remove(st.ID)
 }
 
 func (t *Target) readState(id string) (*state, error) {
-	if !launch.ValidName(id) {
-		return nil, fmt.Errorf("qemu: instance %q: %w", id, launch.ErrNotFound)
-	}
-	b, err := os.ReadFile(t.statePath(id))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("qemu: instance %s: %w", id, launch.ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("qemu: read state: %w", err)
-	}
 	var st state
-	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("qemu: read state of %s: %w", id, err)
-	}
-	if st.ID != id {
-		return nil, fmt.Errorf("qemu: state file of %s names instance %q", id, st.ID)
+	if err := t.states().Read(id, &st); err != nil {
+		return nil, err
 	}
 	return &st, nil
-}
-
-func writeState(path string, st *state) error {
-	b, err := json.MarshalIndent(st, "", "  ")
-	if err != nil {
-		return fmt.Errorf("qemu: encode state: %w", err)
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("qemu: write state: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("qemu: write state: %w", err)
-	}
-	return nil
 }
 
 func (st *state) instance(s launch.State) *launch.Instance {
@@ -459,6 +402,7 @@ func (st *state) instance(s launch.State) *launch.Instance {
 		Forwards:   append([]launch.Forward(nil), st.Forwards...),
 		Addresses:  append([]string(nil), st.Addresses...),
 		Overlays:   append([]string(nil), st.Overlays...),
+		Tap:        st.Tap,
 		StartedAt:  st.StartedAt,
 	}
 }
@@ -536,12 +480,4 @@ func memAvailableMiB() (int64, error) {
 		}
 	}
 	return 0, errors.New("no MemAvailable in /proc/meminfo")
-}
-
-func copyFile(src, dst string) error {
-	b, err := os.ReadFile(src)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(dst, b, 0o600)
 }

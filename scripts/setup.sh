@@ -36,6 +36,10 @@ want busybox busybox-static
 want syslinux syslinux
 want mcopy mtools
 want mkfs.vfat dosfstools
+# UEFI launches (qemu target, boot mode UEFI) need OVMF; the UEFI test image
+# (internal/testimage.BuildUEFI) carries a GRUB EFI image from grub-mkstandalone.
+[ -f /usr/share/OVMF/OVMF_CODE.fd ] && [ -f /usr/share/OVMF/OVMF_VARS.fd ] || need_apt+=(ovmf)
+[ -d /usr/lib/grub/x86_64-efi ] || need_apt+=(grub-efi-amd64-bin)
 [ -f /usr/lib/syslinux/mbr/mbr.bin ] && [ -f /usr/lib/syslinux/modules/bios/ldlinux.c32 ] || need_apt+=(syslinux-common)
 # Conversion of launched guests (package libguestfs): guestfish builds its
 # appliance from a host kernel in /boot, which containers often lack.

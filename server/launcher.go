@@ -50,6 +50,12 @@ type launcher struct {
 
 	mu      sync.Mutex
 	readers map[string]*replica.Reader // export name → open snapshot reader; guarded by mu
+	// refs counts, per export name, the launches and instances of this
+	// process that use it; at zero its reader is closed. Guarded by mu.
+	refs map[string]int
+	// uses lists the export names each instance of this process uses, by
+	// instance id, for Terminate to release. Guarded by mu.
+	uses map[string][]string
 }
 
 // exportName names a snapshot of a disk as an NBD export.
@@ -79,6 +85,52 @@ func (l *launcher) lookup(name string) (nbd.Device, error) {
 	}
 	l.readers[name] = r
 	return nbd.WithExtents(r, r.Extents), nil
+}
+
+// acquire opens the exports of a launch and holds them until release.
+func (l *launcher) acquire(names []string) error {
+	for i, n := range names {
+		if _, err := l.lookup(n); err != nil {
+			l.release(names[:i])
+			return err
+		}
+		l.mu.Lock()
+		if l.refs == nil {
+			l.refs = map[string]int{}
+		}
+		l.refs[n]++
+		l.mu.Unlock()
+	}
+	return nil
+}
+
+// release drops a launch's or an instance's hold on its exports and closes
+// the snapshot readers nothing holds any more. A reader opened by an NBD
+// client alone (an instance of an earlier process reconnecting) is kept
+// until the server stops.
+func (l *launcher) release(names []string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, n := range names {
+		if l.refs[n] == 0 {
+			continue
+		}
+		l.refs[n]--
+		if l.refs[n] == 0 {
+			delete(l.refs, n)
+			if r, ok := l.readers[n]; ok {
+				r.Close()
+				delete(l.readers, n)
+			}
+		}
+	}
+}
+
+// openReaders says how many snapshot readers are open, for tests.
+func (l *launcher) openReaders() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.readers)
 }
 
 // guestPorts lists the guest ports the server's post-launch actions check,
@@ -165,30 +217,40 @@ func (l *launcher) Launch(ctx context.Context, srv *ferry.SourceServer, snaps ma
 	if srv.LaunchSetup.BootMode == ferry.BootUEFI {
 		spec.BootMode = launch.UEFI
 	}
-	if !files { // exported images do not run here: nothing to forward to
-		for _, p := range guestPorts(srv.LaunchSetup.PostLaunchActions) {
-			spec.Forwards = append(spec.Forwards, launch.Forward{GuestPort: p})
-		}
+	net := srv.LaunchSetup.Network
+	if net.Mode == ferry.NetworkBridge {
+		spec.Network = launch.Network{Mode: launch.NetBridge, Bridge: net.Bridge}
+	} else if !files { // exported images do not run here: nothing to forward to
+		spec.Forwards = forwards(net.Forwards, guestPorts(srv.LaunchSetup.PostLaunchActions))
 	}
+	var names []string
 	for _, d := range srv.Disks {
 		snap, ok := snaps[d.Name]
 		if !ok {
 			return nil, fmt.Errorf("no snapshot for disk %s", d.Name)
 		}
 		name := exportName(dataplane.DiskID(srv.ID, d.Name), snap)
-		if _, err := l.lookup(name); err != nil {
-			return nil, err
-		}
+		names = append(names, name)
 		u := url.URL{Scheme: "nbd+unix", Path: "/" + name, RawQuery: "socket=" + l.sock}
 		spec.Disks = append(spec.Disks, launch.DiskSource{NBDURL: u.String(), Name: d.Name, Snapshot: snap})
+	}
+	if err := l.acquire(names); err != nil {
+		return nil, err
 	}
 	if srv.LaunchSetup.Convert {
 		spec.Prepare = l.convert(logf)
 	}
 	inst, err := tg.Launch(ctx, spec)
 	if err != nil {
+		l.release(names)
 		return nil, err
 	}
+	l.mu.Lock()
+	if l.uses == nil {
+		l.uses = map[string][]string{}
+	}
+	l.uses[inst.ID] = names
+	l.mu.Unlock()
 	li := &ferry.LaunchedInstance{
 		ID: inst.ID, JobID: jobID, Kind: kind, Target: inst.Target, FirstBoot: ferry.FirstBootWaiting,
 		Snapshots: snaps, ConsoleLog: inst.ConsoleLog, Addresses: inst.Addresses, LaunchedAt: inst.StartedAt.UTC(),
@@ -198,6 +260,24 @@ func (l *launcher) Launch(ctx context.Context, srv *ferry.SourceServer, snaps ma
 	}
 	l.log.Info("instance launched", "server", srv.ID, "instance", inst.ID, "kind", what, "accel", inst.Accel)
 	return li, nil
+}
+
+// forwards are the port forwards of a user-mode launch: the launch
+// settings' own, then one (host port picked) for each guest port a
+// post-launch check needs that they do not forward already.
+func forwards(set []ferry.PortForward, checks []int) []launch.Forward {
+	var out []launch.Forward
+	have := map[int]bool{}
+	for _, f := range set {
+		out = append(out, launch.Forward{GuestPort: f.GuestPort, HostPort: f.HostPort})
+		have[f.GuestPort] = true
+	}
+	for _, p := range checks {
+		if !have[p] {
+			out = append(out, launch.Forward{GuestPort: p})
+		}
+	}
+	return out
 }
 
 // convert returns the Prepare step of a launch with conversion: libguestfs
@@ -238,7 +318,7 @@ func hostAddr(inst *ferry.LaunchedInstance, guest string) (string, error) {
 			return net.JoinHostPort("127.0.0.1", strconv.Itoa(f.HostPort)), nil
 		}
 	}
-	return "", fmt.Errorf("guest port %d is not forwarded", p)
+	return "", fmt.Errorf("guest port %d is not forwarded (checks by port need network mode user; a bridged guest is reached at its own address)", p)
 }
 
 // agentTarget is a target whose instances have a QEMU guest agent
@@ -338,6 +418,11 @@ func (l *launcher) Terminate(ctx context.Context, inst *ferry.LaunchedInstance) 
 	if err := tg.Terminate(ctx, inst.ID); err != nil && !errors.Is(err, launch.ErrNotFound) {
 		return err
 	}
+	l.mu.Lock()
+	names := l.uses[inst.ID]
+	delete(l.uses, inst.ID)
+	l.mu.Unlock()
+	l.release(names)
 	return nil
 }
 
@@ -354,10 +439,10 @@ func (l *launcher) close() {
 // newLauncher returns a launcher with the qemu target (instances in
 // DATA/instances), the export target (images in DATA/exports) and, when
 // libvirtd answers at start, the libvirt target (DATA/libvirt).
-func newLauncher(ctx context.Context, rs *replica.Store, dataDir, sock string, log *slog.Logger) *launcher {
+func newLauncher(ctx context.Context, rs *replica.Store, dataDir, sock, qemuBinary string, log *slog.Logger) *launcher {
 	l := &launcher{replica: rs, sock: sock, log: log, converter: &libguestfs.Converter{Logger: log}}
 	q := qemu.New(filepath.Join(dataDir, "instances"))
-	q.Logger, q.GuestAgent = log, true
+	q.Logger, q.GuestAgent, q.Binary = log, true, qemuBinary
 	e := export.New(filepath.Join(dataDir, "exports"), l.openExport)
 	e.Logger = log
 	l.targets = map[string]launch.Target{q.Name(): q, e.Name(): e}
@@ -389,7 +474,7 @@ func (s *Server) startLaunches(ctx context.Context, cfg config.Server, log *slog
 		return fmt.Errorf("listen for launch NBD exports on %s: %w", sock, err)
 	}
 	s.nbdLn = ln
-	s.launcher = newLauncher(ctx, s.replica, cfg.DataDir, sock, log)
+	s.launcher = newLauncher(ctx, s.replica, cfg.DataDir, sock, cfg.QEMUBinary, log)
 	s.jobs = &jobs.Runner{Store: s.store, Snapshots: s.data, Launcher: s.launcher, Logger: log}
 	n, err := s.jobs.Recover(ctx)
 	if err != nil {

@@ -16,6 +16,7 @@ func launchVerb(kind, short string, withOptions bool) *cobra.Command {
 	}
 	if withOptions {
 		cmd.Flags().BoolVar(&o.UseLatest, "use-latest-snapshot", false, "launch from the newest existing snapshot instead of taking one")
+		cmd.Flags().StringVar(&o.Template, "template", "", "launch with this template's launch settings instead of the server's")
 	}
 	if kind == "cutover" {
 		cmd.Flags().BoolVar(&o.SkipDrain, "skip-drain", false, "do not wait for the backlog to drain (operator override)")

@@ -64,6 +64,7 @@ variables or --config, and a missing one is a start-up error.`,
 		"tls_cert":    "server certificate PEM file",
 		"tls_key":     "server private key PEM file",
 		"advertise":   "host name agents reach this server by",
+		"qemu_binary": "QEMU the qemu launch target runs (default qemu-system-x86_64 on PATH)",
 	}
 	for key, u := range usage {
 		v := new(string)
