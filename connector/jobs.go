@@ -326,11 +326,19 @@ func (js *Jobs) Create(ref string, spec JobSpec, now time.Time) (*Job, error) {
 }
 
 // Start asks for an on-demand run now and resumes a stopped or paused
-// job (its failure count starts over).
+// job (its failure count starts over); a stopped job's schedule resumes
+// at its next slot after now.
 func (js *Jobs) Start(serverID string) error {
 	return js.change(serverID, func(j *Job) error {
 		if j.State == JobDeleted {
 			return fmt.Errorf("the job of source server %s is DELETED; create a new one", serverID)
+		}
+		if j.Stopped && !j.Spec.RunOnce && j.Spec.Frequency > 0 {
+			// Slots that passed while stopped are neither run nor MISSED:
+			// the schedule resumes at its next slot.
+			for now := time.Now(); !j.NextRun.After(now); {
+				j.NextRun = j.NextRun.Add(j.Spec.Frequency)
+			}
 		}
 		j.RunNow, j.Stopped = true, false
 		if j.State == JobPausedOnFailure {
@@ -347,7 +355,7 @@ func (js *Jobs) Stop(serverID string) error {
 			return fmt.Errorf("the job of source server %s is DELETED", serverID)
 		}
 		j.Stopped, j.RunNow = true, false
-		if j.State != JobCompleted {
+		if j.State != JobCompleted && j.State != JobPausedOnFailure {
 			j.State, j.Reason = JobPending, "stopped by the operator; 'ferry connector jobs start' resumes it"
 		}
 		return nil

@@ -77,7 +77,9 @@ type plan struct {
 	job    string   // its backup job
 	export string   // NBD export name
 	tmp    string   // temporary merged bitmap to export (incremental)
-	res    DiskResult
+	// created says the fleecing transaction ran: the bitmap "next" exists.
+	created bool
+	res     DiskResult
 }
 
 // RunOptions tune one run.
@@ -293,6 +295,9 @@ func (s *Source) fleece(ctx context.Context, plans []*plan, next string) (func(c
 		return cleanup, fmt.Errorf("fleece: %w", err)
 	}
 	for _, p := range plans {
+		p.created = true
+	}
+	for _, p := range plans {
 		undo = append(undo, func(ctx context.Context) { s.cancelJob(ctx, p.job) })
 	}
 	sock := filepath.Join(s.WorkDir, "nbd.sock")
@@ -372,6 +377,12 @@ func (s *Source) settleBitmaps(ctx context.Context, plans []*plan, next string, 
 		}
 		if s.link != nil {
 			p.ds.AckedSeq = max(p.ds.AckedSeq, s.link.ackedSeq(p.i))
+		}
+		if !p.created {
+			// The run failed before the transaction: nothing changed in
+			// QEMU, the old bitmaps still record every write.
+			p.ds.Next = ""
+			continue
 		}
 		if len(p.olds) == 0 {
 			// Nothing acknowledged to build on (first run): whatever the
