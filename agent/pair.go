@@ -49,6 +49,9 @@ type PairOptions struct {
 	MachineID string
 	// Root is where /etc, /proc and /sys are read from ("" is /).
 	Root Root
+	// Discovered registers a new source server as DISCOVERED rather than
+	// NOT_READY (the connector's catalog; see api.PairRequest).
+	Discovered bool
 }
 
 // Pair pairs this host with the server: it gathers facts, makes a key and a
@@ -110,7 +113,7 @@ func PairFacts(ctx context.Context, o PairOptions, facts *Facts) (*State, error)
 	resp, err := c.Pair(ctx, &api.PairRequest{
 		InstallToken: o.InstallToken, MachineID: facts.MachineID, Hostname: facts.Hostname,
 		OS: facts.OS, Kernel: facts.Kernel, CPUs: facts.CPUs, RAMBytes: facts.RAMBytes,
-		NICs: facts.NICs, Disks: facts.Disks, AgentVersion: Version, CSR: string(csrPEM),
+		NICs: facts.NICs, Disks: facts.Disks, AgentVersion: Version, CSR: string(csrPEM), Discovered: o.Discovered,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("pair with %s: %w", o.ServerURL, err)

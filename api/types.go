@@ -124,6 +124,11 @@ type PairRequest struct {
 	AgentVersion string      `json:"agent_version"`
 	// CSR is a PEM certificate signing request for the agent's key.
 	CSR string `json:"csr"`
+	// Discovered registers a new source server as DISCOVERED (the
+	// connector's server catalog: facts known, nothing replicated yet)
+	// instead of NOT_READY; its first data-plane session moves it on to
+	// NOT_READY.
+	Discovered bool `json:"discovered,omitempty"`
 }
 
 // PairDisk is a disk as the agent found it.

@@ -55,10 +55,16 @@ type vm struct {
 
 func startVM(t *testing.T, dir, disk string) *vm {
 	t.Helper()
+	return startNamedVM(t, dir, disk, "conn-test", "6a1e3c4e-0000-4000-8000-00000000c0de")
+}
+
+// startNamedVM is startVM with the VM's -name and -uuid (its identity).
+func startNamedVM(t *testing.T, dir, disk, name, uuid string) *vm {
+	t.Helper()
 	v := &vm{dir: dir, disk: disk, qmpSock: filepath.Join(dir, "qmp.sock")}
 	os.Remove(v.qmpSock)
 	v.cmd = exec.Command("qemu-system-x86_64", "-machine", "pc,accel=tcg", "-S", "-m", "64", "-smp", "2", "-nodefaults",
-		"-nographic", "-display", "none", "-name", "conn-test", "-uuid", "6a1e3c4e-0000-4000-8000-00000000c0de",
+		"-nographic", "-display", "none", "-name", name, "-uuid", uuid,
 		"-qmp", "unix:"+v.qmpSock+",server=on,wait=off",
 		// A second monitor for the test: a QMP socket serves one client.
 		"-qmp", "unix:"+filepath.Join(dir, "test-qmp.sock")+",server=on,wait=off",

@@ -51,7 +51,9 @@ type link struct {
 	err       error             // why the link ended; guarded by mu
 	hashes    map[uint32]chan *protocol.HashReply
 	stats     func() *protocol.Stats
-	done      chan struct{}
+	// onFlush is told of every FLUSH (the server wants a drained point).
+	onFlush func(*protocol.Flush)
+	done    chan struct{}
 }
 
 type flightBytes struct {
@@ -61,13 +63,13 @@ type flightBytes struct {
 
 // openLink connects, sends HELLO and waits for HELLO_ACK. stats is called
 // every second for the STATS message.
-func openLink(ctx context.Context, dial func(context.Context) (net.Conn, error), hello *protocol.Hello, stats func() *protocol.Stats) (*link, error) {
+func openLink(ctx context.Context, dial func(context.Context) (net.Conn, error), hello *protocol.Hello, stats func() *protocol.Stats, onFlush func(*protocol.Flush)) (*link, error) {
 	nc, err := dial(ctx)
 	if err != nil {
 		return nil, err
 	}
 	l := &link{nc: nc, r: protocol.NewReader(nc), bw: bufio.NewWriterSize(nc, 256<<10),
-		credit: protocol.MaxFrame, hashes: map[uint32]chan *protocol.HashReply{}, stats: stats, done: make(chan struct{})}
+		credit: protocol.MaxFrame, hashes: map[uint32]chan *protocol.HashReply{}, stats: stats, onFlush: onFlush, done: make(chan struct{})}
 	l.cond = sync.NewCond(&l.mu)
 	if err := l.send(hello); err != nil {
 		nc.Close()
@@ -192,9 +194,13 @@ func (l *link) readLoop() {
 				ch <- &r
 			}
 		case *protocol.Flush:
-			// A snapshot-based source has no writes in flight to drain:
-			// its newest point in time is the last run's. The server's
-			// drained snapshot waits for the next run's barrier.
+			// A snapshot-based source drains by taking a new point in
+			// time: the scheduler starts a run now, which answers with a
+			// BARRIER carrying the FLUSH's id on every disk.
+			if l.onFlush != nil {
+				f := *m
+				l.onFlush(&f)
+			}
 		case *protocol.Heartbeat:
 		case *protocol.Error:
 			l.fail(fmt.Errorf("server: %w", m))

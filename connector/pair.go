@@ -29,7 +29,9 @@ type Options struct {
 }
 
 // Open connects to the QEMU process at socket, discovers it and pairs it
-// as its own source server unless it paired before. The VM's machine id
+// as its own source server unless it paired before: a new VM is
+// registered DISCOVERED (the server catalog) and moves to NOT_READY when
+// a job's first run opens its data-plane session. The VM's machine id
 // (from its UUID or name) picks its identity directory, so a VM keeps its
 // source server across connector restarts and QMP socket moves.
 func Open(ctx context.Context, o Options, socket string) (*Source, error) {
@@ -42,9 +44,10 @@ func Open(ctx context.Context, o Options, socket string) (*Source, error) {
 	dir := filepath.Join(o.StateDir, "vms", id)
 	st, err := agent.LoadState(dir)
 	if errors.Is(err, os.ErrNotExist) {
-		st, err = agent.PairFacts(ctx, agent.PairOptions{ServerURL: o.ServerURL, InstallToken: o.InstallToken, CAFingerprint: o.CAFingerprint, StateDir: dir}, f.agentFacts(socket))
+		st, err = agent.PairFacts(ctx, agent.PairOptions{ServerURL: o.ServerURL, InstallToken: o.InstallToken, CAFingerprint: o.CAFingerprint,
+			StateDir: dir, Discovered: true}, f.agentFacts(socket))
 		if err == nil {
-			s.log().Info("VM paired as a source server", "vm", f.Hostname(socket), "server", st.SourceServerID)
+			s.log().Info("VM registered as a DISCOVERED source server", "vm", f.Hostname(socket), "server", st.SourceServerID)
 		}
 	}
 	if err != nil {
@@ -56,6 +59,7 @@ func Open(ctx context.Context, o Options, socket string) (*Source, error) {
 		work = filepath.Join(o.StateDir, "work")
 	}
 	s.StateDir, s.ServerID, s.WorkDir = dir, st.SourceServerID, filepath.Join(work, st.SourceServerID)
+	s.Name, s.MachineID = f.Hostname(socket), id
 	s.Dial = func(ctx context.Context) (net.Conn, error) { return agent.Connect(ctx, dir) }
 	return s, nil
 }

@@ -46,9 +46,14 @@ type DiskResult struct {
 
 // RunResult is what one run did.
 type RunResult struct {
-	Start time.Time    `json:"start"`
-	End   time.Time    `json:"end"`
-	Disks []DiskResult `json:"disks"`
+	Start time.Time `json:"start"`
+	// PointAt is about when the point in time was taken (just after the
+	// fleecing transaction).
+	PointAt time.Time    `json:"point_at"`
+	End     time.Time    `json:"end"`
+	Disks   []DiskResult `json:"disks"`
+	// Flushes are the ids of the server's FLUSHes this run answered.
+	Flushes []uint32 `json:"flushes,omitempty"`
 }
 
 // SentBytes is the WRITE payload of the whole run.
@@ -72,13 +77,31 @@ type plan struct {
 	job    string   // its backup job
 	export string   // NBD export name
 	tmp    string   // temporary merged bitmap to export (incremental)
-	res    DiskResult
+	// created says the fleecing transaction ran: the bitmap "next" exists.
+	created bool
+	res     DiskResult
+}
+
+// RunOptions tune one run.
+type RunOptions struct {
+	// Keep, when not 0, asks the server to keep only the Keep newest
+	// snapshots of each disk once this run's are taken.
+	Keep int
 }
 
 // Run replicates one point in time of every disk of the VM: fleece,
 // export over NBD, send the changed extents, snapshot, clean up. It
 // returns after the server acknowledged the snapshots as durable.
 func (s *Source) Run(ctx context.Context) (*RunResult, error) {
+	return s.RunWith(ctx, RunOptions{})
+}
+
+// RunWith is Run with options. A run also answers every FLUSH the server
+// sent before it took its point in time (RunResult.Flushes).
+func (s *Source) RunWith(ctx context.Context, o RunOptions) (*RunResult, error) {
+	if o.Keep < 0 {
+		return nil, fmt.Errorf("run: keep %d: want 0 (all) or more", o.Keep)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	res := &RunResult{Start: time.Now()}
@@ -124,6 +147,8 @@ func (s *Source) Run(ctx context.Context) (*RunResult, error) {
 		return nil, err
 	}
 
+	// Every FLUSH that arrived before the point in time is answered by it.
+	flushes := s.takeFlushes()
 	cleanup, err := s.fleece(ctx, plans, next)
 	defer func() {
 		if cleanup != nil {
@@ -131,6 +156,7 @@ func (s *Source) Run(ctx context.Context) (*RunResult, error) {
 		}
 	}()
 	if err != nil {
+		s.giveBackFlushes(flushes)
 		s.settleBitmaps(context.WithoutCancel(ctx), plans, next, false)
 		return nil, err
 	}
@@ -138,7 +164,10 @@ func (s *Source) Run(ctx context.Context) (*RunResult, error) {
 	sock := filepath.Join(s.WorkDir, "nbd.sock")
 	err = s.copyAll(ctx, plans, sock)
 	if err == nil {
-		err = s.snapshotAll(ctx, plans)
+		err = s.snapshotAll(ctx, plans, o.Keep, flushes)
+	}
+	if err != nil {
+		s.giveBackFlushes(flushes)
 	}
 	if cleanup != nil {
 		cleanup(context.WithoutCancel(ctx))
@@ -154,6 +183,10 @@ func (s *Source) Run(ctx context.Context) (*RunResult, error) {
 	for _, p := range plans {
 		res.Disks = append(res.Disks, p.res)
 	}
+	for _, f := range flushes {
+		res.Flushes = append(res.Flushes, f.ID)
+	}
+	res.PointAt = pointAt
 	res.End = time.Now()
 	return res, nil
 }
@@ -262,6 +295,9 @@ func (s *Source) fleece(ctx context.Context, plans []*plan, next string) (func(c
 		return cleanup, fmt.Errorf("fleece: %w", err)
 	}
 	for _, p := range plans {
+		p.created = true
+	}
+	for _, p := range plans {
 		undo = append(undo, func(ctx context.Context) { s.cancelJob(ctx, p.job) })
 	}
 	sock := filepath.Join(s.WorkDir, "nbd.sock")
@@ -342,6 +378,12 @@ func (s *Source) settleBitmaps(ctx context.Context, plans []*plan, next string, 
 		if s.link != nil {
 			p.ds.AckedSeq = max(p.ds.AckedSeq, s.link.ackedSeq(p.i))
 		}
+		if !p.created {
+			// The run failed before the transaction: nothing changed in
+			// QEMU, the old bitmaps still record every write.
+			p.ds.Next = ""
+			continue
+		}
 		if len(p.olds) == 0 {
 			// Nothing acknowledged to build on (first run): whatever the
 			// new bitmap holds, the next run copies everything again.
@@ -389,19 +431,31 @@ func (s *Source) copyAll(ctx context.Context, plans []*plan, sock string) error 
 	return nil
 }
 
-// snapshotAll ends the run with a SNAPSHOT on every disk and waits until
-// the server has made them durable.
-func (s *Source) snapshotAll(ctx context.Context, plans []*plan) error {
-	for _, p := range plans {
+// snapshotAll ends the run with a SNAPSHOT on every disk (asking the
+// server to keep keep of them, 0 all), then a BARRIER per FLUSH it
+// answers (the same point in time: nothing was sent after the SNAPSHOT;
+// crash-consistent, as the connector cannot freeze the guest's file
+// systems), and waits until the server has made them durable.
+func (s *Source) snapshotAll(ctx context.Context, plans []*plan, keep int, flushes []*protocol.Flush) error {
+	last := make([]uint64, len(plans))
+	for k, p := range plans {
 		seq := s.next[p.i]
 		s.next[p.i]++
-		if err := s.link.send(&protocol.Snapshot{Disk: uint16(p.i), Seq: seq, Consistency: protocol.CrashConsistent}); err != nil {
+		if err := s.link.send(&protocol.Snapshot{Disk: uint16(p.i), Seq: seq, Consistency: protocol.CrashConsistent, Keep: uint32(keep)}); err != nil {
 			return err
 		}
-		p.res.SnapshotSeq = seq
+		p.res.SnapshotSeq, last[k] = seq, seq
+		for _, f := range flushes {
+			seq := s.next[p.i]
+			s.next[p.i]++
+			if err := s.link.send(&protocol.Barrier{Disk: uint16(p.i), Seq: seq, Consistency: protocol.CrashConsistent, FlushID: f.ID}); err != nil {
+				return err
+			}
+			last[k] = seq
+		}
 	}
-	for _, p := range plans {
-		if err := s.link.waitAck(ctx, p.i, p.res.SnapshotSeq); err != nil {
+	for k, p := range plans {
+		if err := s.link.waitAck(ctx, p.i, last[k]); err != nil {
 			return fmt.Errorf("run %s: %w", p.disk.Name, err)
 		}
 		s.figures(p.disk.Name, func(f *diskFigures) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,6 +27,9 @@ type Source struct {
 	StateDir string
 	// ServerID is the source server id the VM's certificate names.
 	ServerID string
+	// Name is the VM's name (its -name, else its machine id) and
+	// MachineID its stable identity at pairing; set by Open.
+	Name, MachineID string
 	// WorkDir holds the temporary fleecing images and QEMU's NBD socket
 	// during a run; QEMU must be able to create files in it. The socket
 	// path must fit in 108 bytes.
@@ -52,6 +56,65 @@ type Source struct {
 	smu      sync.Mutex // guards the figures below
 	progress map[string]*diskFigures
 	pointAt  time.Time // the last acknowledged point in time
+
+	fmu     sync.Mutex        // guards the fields below
+	flushes []*protocol.Flush // FLUSHes no run has answered yet
+	flushCh chan struct{}     // signalled when a FLUSH arrives
+}
+
+// FlushRequested is signalled when the server asked for a drained point
+// (FLUSH: a test launch or a cutover's final sync). The next run answers
+// every FLUSH that arrived before its point in time, so a scheduler
+// should start one now.
+func (s *Source) FlushRequested() <-chan struct{} {
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	if s.flushCh == nil {
+		s.flushCh = make(chan struct{}, 1)
+	}
+	return s.flushCh
+}
+
+// PendingFlushes is how many FLUSHes wait for a run.
+func (s *Source) PendingFlushes() int {
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	return len(s.flushes)
+}
+
+func (s *Source) noteFlush(f *protocol.Flush) {
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	s.flushes = append(s.flushes, f)
+	if s.flushCh == nil {
+		s.flushCh = make(chan struct{}, 1)
+	}
+	select {
+	case s.flushCh <- struct{}{}:
+	default:
+	}
+	s.log().Info("the server asked for a drained point (FLUSH); the next run answers it", "server", s.ServerID, "flush", f.ID)
+}
+
+// takeFlushes hands the pending FLUSHes to a run about to take its point
+// in time.
+func (s *Source) takeFlushes() []*protocol.Flush {
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	f := s.flushes
+	s.flushes = nil
+	return f
+}
+
+// giveBackFlushes returns FLUSHes a failed run could not answer (a later
+// run answers them, unless the link they came on is gone).
+func (s *Source) giveBackFlushes(f []*protocol.Flush) {
+	if len(f) == 0 {
+		return
+	}
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	s.flushes = append(f, s.flushes...)
 }
 
 // diskFigures are a disk's STATS figures.
@@ -97,6 +160,55 @@ func (s *Source) discoverLocked(ctx context.Context) (*Facts, error) {
 	}
 	s.facts = f
 	return f, nil
+}
+
+// DropTracking removes the connector's dirty bitmaps from the VM and ends
+// its data-plane session (its job was deleted). The replica stays; a
+// later job's first run compares it by hash (RESCAN) rather than copying
+// everything again.
+func (s *Source) DropTracking(ctx context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.link != nil {
+		s.link.close()
+		s.link = nil
+	}
+	if _, err := s.discoverLocked(ctx); err != nil {
+		s.log().Warn("remove dirty bitmaps of a deleted job", "server", s.ServerID, "err", err)
+		return
+	}
+	nodes, err := namedNodes(ctx, s.qmp)
+	if err != nil {
+		s.log().Warn("remove dirty bitmaps of a deleted job", "server", s.ServerID, "err", err)
+		return
+	}
+	for _, d := range s.facts.Disks {
+		for _, b := range nodes[d.Node].Bitmaps {
+			if !strings.HasPrefix(b.Name, fleecePrefix) {
+				continue
+			}
+			if err := s.qmp.Execute(ctx, "block-dirty-bitmap-remove", map[string]any{"node": d.Node, "name": b.Name}, nil); err != nil {
+				s.log().Warn("remove dirty bitmap of a deleted job", "server", s.ServerID, "disk", d.Name, "bitmap", b.Name, "err", err)
+			}
+		}
+	}
+	if s.st == nil {
+		st, err := loadVMState(s.StateDir)
+		if err != nil {
+			s.log().Warn("connector state", "err", err)
+			return
+		}
+		s.st = st
+	}
+	for _, ds := range s.st.Disks {
+		ds.Bitmap, ds.Next = "", ""
+		if ds.Synced {
+			ds.NeedRescan = true
+		}
+	}
+	if err := s.st.save(s.StateDir); err != nil {
+		s.log().Warn("save connector state", "err", err)
+	}
 }
 
 // Close ends the data-plane and QMP connections.
@@ -175,7 +287,10 @@ func (s *Source) ensureLinkLocked(ctx context.Context) error {
 			}
 		})
 	}
-	l, err := openLink(ctx, s.Dial, hello, s.stats)
+	// FLUSHes of an earlier session are not answered on this one: the
+	// server forgot them with that session.
+	s.takeFlushes()
+	l, err := openLink(ctx, s.Dial, hello, s.stats, s.noteFlush)
 	if err != nil {
 		return fmt.Errorf("data plane: %w", err)
 	}

@@ -187,8 +187,12 @@ func (s *Server) pair(w http.ResponseWriter, r *http.Request, c *caller) error {
 		if err != nil {
 			return err
 		}
+		lc := ferry.LifecycleNotReady
+		if req.Discovered {
+			lc = ferry.LifecycleDiscovered
+		}
 		srv = &ferry.SourceServer{
-			ID: serverID, Lifecycle: ferry.LifecycleNotReady,
+			ID: serverID, Lifecycle: lc,
 			Replication:      ferry.ReplicationInfo{State: ferry.ReplicationStopped},
 			ReplicationSetup: tmpl.Replication, LaunchSetup: tmpl.Launch, CreatedAt: now,
 		}
@@ -198,7 +202,7 @@ func (s *Server) pair(w http.ResponseWriter, r *http.Request, c *caller) error {
 		}
 	} else {
 		srv, err = s.Store.UpdateServer(ctx, serverID, func(srv *ferry.SourceServer) error {
-			if srv.Lifecycle == ferry.LifecycleDisconnected || srv.Lifecycle == ferry.LifecycleDiscovered || srv.Lifecycle == ferry.LifecyclePendingInstallation {
+			if srv.Lifecycle == ferry.LifecycleDisconnected || (srv.Lifecycle == ferry.LifecycleDiscovered && !req.Discovered) || srv.Lifecycle == ferry.LifecyclePendingInstallation {
 				if err := ferry.CheckTransition(srv.Lifecycle, ferry.LifecycleNotReady); err != nil {
 					return err
 				}

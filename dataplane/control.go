@@ -155,6 +155,10 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 		if lastProgress.After(started) {
 			setStep(srv, ferry.StepStartDataTransfer, ferry.StepSucceeded)
 		}
+		if srv.Lifecycle == ferry.LifecycleDiscovered && ferry.CheckTransition(srv.Lifecycle, ferry.LifecycleNotReady) == nil {
+			// A catalogued source (the connector's) starts replicating.
+			srv.Lifecycle = ferry.LifecycleNotReady
+		}
 		if allSynced && srv.Lifecycle == ferry.LifecycleNotReady && ferry.CheckTransition(srv.Lifecycle, ferry.LifecycleReadyForTest) == nil {
 			srv.Lifecycle = ferry.LifecycleReadyForTest
 			ss.s.log().Info("initial sync complete; ready for test", "server", ss.id)

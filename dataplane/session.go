@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -339,7 +340,7 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 			if err := ss.barrier(ctx, m.Disk, m.Seq, m.Consistency, 0); err != nil {
 				return err
 			}
-			ss.snapshot(ctx, ss.disks[m.Disk], m.Seq)
+			ss.snapshot(ctx, ss.disks[m.Disk], m.Seq, int(m.Keep))
 		case *protocol.Resize:
 			sd, err := ss.disk(m.Disk, "RESIZE")
 			if err != nil {
@@ -409,7 +410,9 @@ func (ss *session) barrier(ctx context.Context, disk uint16, seq uint64, c uint8
 
 // snapshot takes a snapshot at seq in the background: it folds the
 // journal, which may take a while, and needs nothing later in the stream.
-func (ss *session) snapshot(ctx context.Context, sd *sessDisk, seq uint64) {
+// With keep > 0 it then deletes the disk's older snapshots beyond the keep
+// newest (see pruneSnapshots).
+func (ss *session) snapshot(ctx context.Context, sd *sessDisk, seq uint64, keep int) {
 	ss.mu.Lock()
 	ss.snapshotting++
 	ss.mu.Unlock()
@@ -425,7 +428,38 @@ func (ss *session) snapshot(ctx context.Context, sd *sessDisk, seq uint64) {
 		}
 		ss.snapAt = info.Time
 		ss.s.log().Info("snapshot taken", "server", ss.id, "disk", sd.name, "id", info.ID)
+		if keep > 0 {
+			go ss.s.pruneSnapshots(context.WithoutCancel(ctx), ss.id, sd.name, sd.d, keep)
+		}
 	}()
+}
+
+// pruneSnapshots keeps the keep newest snapshots of a disk and deletes the
+// older ones, except those marked keep and the one the server's launched
+// instance (test or cutover, not terminated) runs from: a source that
+// replicates by snapshots (the connector) bounds its replica's history so.
+func (s *Server) pruneSnapshots(ctx context.Context, serverID, disk string, d *replica.Disk, keep int) {
+	inUse := ""
+	if srv, err := s.Store.Server(ctx, serverID); err == nil && srv.Launched != nil && srv.Launched.TerminatedAt.IsZero() {
+		inUse = srv.Launched.Snapshots[disk]
+	}
+	snaps := d.Snapshots()
+	sort.Slice(snaps, func(i, j int) bool { return snaps[i].Seq > snaps[j].Seq })
+	kept := 0
+	for _, sn := range snaps {
+		if sn.Keep || sn.ID == inUse {
+			continue
+		}
+		if kept < keep {
+			kept++
+			continue
+		}
+		if err := d.DeleteSnapshot(ctx, sn.ID); err != nil && !errors.Is(err, replica.ErrNotFound) {
+			s.log().Warn("delete an old snapshot", "server", serverID, "disk", disk, "snapshot", sn.ID, "err", err)
+			continue
+		}
+		s.log().Info("old snapshot deleted (recent snapshots to keep)", "server", serverID, "disk", disk, "snapshot", sn.ID, "keep", keep)
+	}
 }
 
 // ackLoop waits for commits in order and acknowledges the durable

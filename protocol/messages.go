@@ -377,12 +377,25 @@ type Snapshot struct {
 	Disk        uint16
 	Seq         uint64
 	Consistency uint8
+	// Keep, when not 0, asks the server to keep only the Keep newest
+	// snapshots of the disk once this one is taken (the connector's
+	// "recent snapshots to keep"); snapshots a launched instance uses or
+	// marked keep are never deleted. 0 is absent on the wire: no limit,
+	// as before the field existed.
+	Keep uint32
 }
 
 // Type implements Message.
 func (*Snapshot) Type() Type { return TypeSnapshot }
 
-func (m *Snapshot) appendBody(e *enc) { e.u16(m.Disk); e.u64(m.Seq); e.u8(m.Consistency) }
+func (m *Snapshot) appendBody(e *enc) {
+	e.u16(m.Disk)
+	e.u64(m.Seq)
+	e.u8(m.Consistency)
+	if m.Keep != 0 {
+		e.u32(m.Keep)
+	}
+}
 
 func (m *Snapshot) decodeBody(d *dec) {
 	m.Disk = d.u16("disk")
@@ -390,6 +403,13 @@ func (m *Snapshot) decodeBody(d *dec) {
 	m.Consistency = d.u8("consistency")
 	if d.err == nil && m.Consistency != CrashConsistent && m.Consistency != AppConsistent {
 		d.fail("consistency", fmt.Sprintf("%d is neither crash (1) nor app (2)", m.Consistency))
+	}
+	if d.err != nil || len(d.b) == 0 {
+		return
+	}
+	m.Keep = d.u32("keep")
+	if d.err == nil && m.Keep == 0 {
+		d.fail("keep", "0 is sent as an absent field")
 	}
 }
 

@@ -22,6 +22,7 @@ func samples() []Message {
 		&Barrier{Disk: 1, Seq: 45, Consistency: CrashConsistent},
 		&Barrier{Disk: 1, Seq: 45, Consistency: AppConsistent, FlushID: 3},
 		&Snapshot{Disk: 1, Seq: 46, Consistency: AppConsistent},
+		&Snapshot{Disk: 1, Seq: 46, Consistency: CrashConsistent, Keep: 3},
 		&Ack{Disk: 3, Seq: 1 << 40},
 		&HashRequest{ID: 9, Disk: 1, Offset: 4096, Length: 16 << 20, BlockSize: 4096, Algo: HashBLAKE3},
 		&HashReply{ID: 9, Disk: 1, Offset: 4096, BlockSize: 4096, Algo: HashXXH3, Hashes: bytes.Repeat([]byte{7}, 24)},
@@ -64,6 +65,9 @@ func TestRoundTrip(t *testing.T) {
 			if b, ok := m.(*Barrier); ok && b.FlushID != 0 {
 				open = true
 			}
+			if s, ok := m.(*Snapshot); ok && s.Keep != 0 {
+				open = true
+			}
 			for n := 1; n < len(frame)-headerLen; n++ {
 				if _, err := Decode(frame[headerLen : headerLen+n]); err == nil && !open {
 					t.Fatalf("body truncated to %d bytes decoded", n)
@@ -85,6 +89,7 @@ func TestDecodeErrorsNameTheProblem(t *testing.T) {
 		{"trailing", append(Append(nil, &Ack{})[headerLen:], 0), "ACK: end: 1 trailing bytes"},
 		{"bad flush consistency", append(Append(nil, &Flush{ID: 1})[headerLen:], 0), "FLUSH: consistency"},
 		{"barrier flush id 0", append(Append(nil, &Barrier{Consistency: 1})[headerLen:], 0, 0, 0, 0), "BARRIER: flush id"},
+		{"snapshot keep 0", append(Append(nil, &Snapshot{Consistency: 1})[headerLen:], 0, 0, 0, 0), "SNAPSHOT: keep"},
 		{"bad barrier", Append(nil, &Barrier{Consistency: 9})[headerLen:], "BARRIER: consistency"},
 		{"write raw length", Append(nil, &Write{RawLen: 5, Data: []byte("abcd")})[headerLen:], "WRITE: raw length"},
 		{"lying disk count", []byte{byte(TypeHelloAck), 1, 0, 0xff, 0xff}, "HELLO_ACK: disks: count 65535"},

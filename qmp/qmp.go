@@ -61,6 +61,19 @@ type reply struct {
 	Data  json.RawMessage `json:"data"`
 }
 
+// parseReply decodes one line from QEMU: a reply to a command (by id) or
+// an event. Lines that are neither (not JSON, or a reply without id) are
+// not for us: ok is false.
+func parseReply(line []byte) (r reply, ok bool) {
+	if err := json.Unmarshal(line, &r); err != nil {
+		return reply{}, false
+	}
+	if r.Event == "" && r.ID == "" {
+		return reply{}, false
+	}
+	return r, true
+}
+
 type waiter struct {
 	match func(Event) bool
 	ch    chan Event
@@ -125,8 +138,8 @@ func (c *Client) readLoop(br *bufio.Reader) {
 		if err != nil {
 			break
 		}
-		var r reply
-		if json.Unmarshal(line, &r) != nil {
+		r, ok := parseReply(line)
+		if !ok {
 			continue
 		}
 		c.mu.Lock()
