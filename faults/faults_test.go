@@ -226,6 +226,8 @@ func (c *cluster) check(snap string) (int64, error) {
 			kills++
 		} else if <-gc.done; gc.err != nil {
 			return 0, fmt.Errorf("store gc: %v\n%s", gc.err, log)
+		} else {
+			c.gcTime = c.gcTime * 2 / 3 // finished first: aim earlier
 		}
 	}
 	began := time.Now()
