@@ -215,6 +215,12 @@ type StartJobRequest struct {
 	// LaunchTemplateID launches with that template's launch settings
 	// instead of each server's own.
 	LaunchTemplateID string `json:"launch_template_id,omitempty"`
+	// Snapshots launches from these existing snapshots, disk name →
+	// snapshot id; the key "" names the only disk of a one-disk server.
+	Snapshots map[string]string `json:"snapshots,omitempty"`
+	// PointInTime launches from each disk's newest snapshot taken at or
+	// before this time.
+	PointInTime time.Time `json:"point_in_time,omitzero"`
 }
 
 // Snapshot is one point-in-time snapshot of a replicated disk.

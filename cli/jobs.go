@@ -20,8 +20,45 @@ type LaunchOptions struct {
 	SkipDrain bool
 	// Template launches with this template's launch settings.
 	Template string
-	Wait     bool
-	Output   string
+	// Snapshots are --snapshot values: ID (the only disk's) or DISK=ID.
+	Snapshots []string
+	// At is --at: a time (RFC 3339) or a duration ago ("15m").
+	At     string
+	Wait   bool
+	Output string
+}
+
+// launchPoint turns --snapshot and --at into the request's choice.
+func launchPoint(o LaunchOptions, now time.Time) (map[string]string, time.Time, error) {
+	var at time.Time
+	if o.At != "" {
+		if d, err := time.ParseDuration(o.At); err == nil {
+			if d < 0 {
+				return nil, at, fmt.Errorf("--at %s: give a duration ago without a sign, or a time", o.At)
+			}
+			at = now.Add(-d)
+		} else if at, err = time.Parse(time.RFC3339, o.At); err != nil {
+			return nil, at, fmt.Errorf("--at %q: want a time like 2026-11-25T10:00:00Z or a duration ago like 15m", o.At)
+		}
+	}
+	var snaps map[string]string
+	for _, v := range o.Snapshots {
+		disk, id, ok := strings.Cut(v, "=")
+		if !ok {
+			disk, id = "", v
+		}
+		if id == "" {
+			return nil, at, fmt.Errorf("--snapshot %q: want ID or DISK=ID", v)
+		}
+		if snaps == nil {
+			snaps = map[string]string{}
+		}
+		if _, dup := snaps[disk]; dup {
+			return nil, at, fmt.Errorf("--snapshot: disk %q named twice", disk)
+		}
+		snaps[disk] = id
+	}
+	return snaps, at, nil
 }
 
 // RunLaunch starts a job and, with Wait, follows it to the end.
@@ -38,7 +75,12 @@ func RunLaunch(ctx context.Context, o LaunchOptions, out io.Writer) error {
 		return err
 	}
 	var job ferry.Job
-	req := api.StartJobRequest{SourceServerIDs: o.ServerIDs, UseLatestSnapshot: o.UseLatest, SkipDrain: o.SkipDrain, LaunchTemplateID: o.Template}
+	snaps, at, err := launchPoint(o, time.Now())
+	if err != nil {
+		return err
+	}
+	req := api.StartJobRequest{SourceServerIDs: o.ServerIDs, UseLatestSnapshot: o.UseLatest, SkipDrain: o.SkipDrain, LaunchTemplateID: o.Template,
+		Snapshots: snaps, PointInTime: at}
 	if err := cl.Do(ctx, "POST", path, nil, req, &job); err != nil {
 		return err
 	}

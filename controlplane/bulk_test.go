@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,6 +24,10 @@ func (fakeLaunch) Snapshot(context.Context, string, bool) (map[string]string, er
 }
 
 func (fakeLaunch) Latest(context.Context, string) (map[string]string, error) {
+	return map[string]string{"vda": "snap-1"}, nil
+}
+
+func (fakeLaunch) Pick(context.Context, string, map[string]string, time.Time) (map[string]string, error) {
 	return map[string]string{"vda": "snap-1"}, nil
 }
 
@@ -138,4 +144,53 @@ func equalStrings(a, b []string) bool {
 		}
 	}
 	return true
+}
+
+// TestStartJobChosenSnapshots checks the request checks of a launch from
+// chosen snapshots: each bad combination is refused with what to fix, and
+// nothing is started.
+func TestStartJobChosenSnapshots(t *testing.T) {
+	e := newEnv(t)
+	withJobs(e)
+	e.addServer("s-1", ferry.LifecycleReadyForTest)
+	e.addServer("s-2", ferry.LifecycleReadyForTest)
+	tok := e.tokens[ferry.RoleOperator]
+	for _, tc := range []struct {
+		name, path, body, want string
+		status                 int
+	}{
+		{"snapshots and point in time", "/jobs/start-test", `{"source_server_ids":["s-1"],"snapshots":{"":"00000000000000a1"},"point_in_time":"2026-01-01T00:00:00Z"}`, "one way", 400},
+		{"point in time and latest", "/jobs/start-test", `{"source_server_ids":["s-1"],"use_latest_snapshot":true,"point_in_time":"2026-01-01T00:00:00Z"}`, "one way", 400},
+		{"snapshots for two servers", "/jobs/start-test", `{"source_server_ids":["s-1","s-2"],"snapshots":{"vda":"x"}}`, "one source server", 400},
+		{"point in time in the future", "/jobs/start-cutover", `{"source_server_ids":["s-1"],"point_in_time":"2999-01-01T00:00:00Z"}`, "in the future", 400},
+		{"snapshots on terminate", "/jobs/terminate", `{"source_server_ids":["s-1"],"snapshots":{"vda":"x"}}`, "do not apply to terminate", 400},
+		{"empty snapshot id", "/jobs/start-test", `{"source_server_ids":["s-1"],"snapshots":{"vda":""}}`, "snapshots[vda]", 400},
+		{"not a time", "/jobs/start-test", `{"source_server_ids":["s-1"],"point_in_time":"yesterday"}`, `parsing time \"yesterday\"`, 400},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := e.do("POST", tc.path, tok, []byte(tc.body))
+			if status != tc.status || !strings.Contains(string(body), tc.want) {
+				t.Errorf("got %d %s, want %d with %q", status, body, tc.status, tc.want)
+			}
+		})
+	}
+	jl, _, err := e.store.ListJobs(context.Background(), ferry.JobFilter{})
+	if err != nil || len(jl) != 0 {
+		t.Errorf("jobs after refused requests: %d (%v), want none", len(jl), err)
+	}
+	// A good request launches from the snapshots the replication server
+	// picked.
+	status, body := e.do("POST", "/jobs/start-test", tok, []byte(`{"source_server_ids":["s-1"],"point_in_time":"2026-01-01T00:00:00Z"}`))
+	if status != 202 {
+		t.Fatalf("start-test at a point in time: %d %s", status, body)
+	}
+	e.srv.Jobs.Wait()
+	srv, err := e.store.Server(context.Background(), "s-1")
+	if err != nil || srv.Launched == nil || srv.Launched.Snapshots["vda"] != "snap-1" {
+		t.Fatalf("launched %+v (%v), want from snap-1", srv.Launched, err)
+	}
+	log, err := e.store.JobLog(context.Background(), srv.Launched.JobID)
+	if err != nil || !slices.ContainsFunc(log, func(l ferry.JobLogItem) bool { return strings.Contains(l.Message, "using the chosen snapshots") }) {
+		t.Errorf("job log %v (%v) does not say the chosen snapshots were used", log, err)
+	}
 }

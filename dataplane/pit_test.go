@@ -3,6 +3,7 @@ package dataplane_test
 import (
 	"bytes"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -134,5 +135,68 @@ func TestPointInTime(t *testing.T) {
 	sdb, _ := h.rs.Disk(dataplane.DiskID("s-1", "sdb"))
 	if n := len(sdb.Snapshots()); n != 0 {
 		t.Errorf("disk without a barrier has %d snapshots", n)
+	}
+}
+
+// TestPick checks the choice of existing snapshots for a launch: by id
+// (the only disk's, or per disk) and by point in time, with the errors
+// that name what is wrong.
+func TestPick(t *testing.T) {
+	h := newHarness(t)
+	ctx := t.Context()
+	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	d, err := h.rs.CreateDisk(ctx, dataplane.DiskID("s-1", "sda"), 1<<20, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.st.UpdateServer(ctx, "s-1", func(s *ferry.SourceServer) error {
+		s.Lifecycle = ferry.LifecycleReadyForTest
+		s.Disks = []ferry.Disk{{Name: "sda", SizeBytes: 1 << 20}}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for i := range 3 {
+		seq := uint64(2*i + 1)
+		if err := d.Write(ctx, seq, 0, bytes.Repeat([]byte{byte(i + 1)}, 4096)); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Barrier(ctx, seq+1, replica.CrashConsistent); err != nil {
+			t.Fatal(err)
+		}
+		sn, err := d.Snapshot(ctx, replica.SnapshotOptions{Consistency: replica.CrashConsistent, Time: t0.Add(time.Duration(i) * 10 * time.Minute)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, sn.ID)
+	}
+	for _, tc := range []struct {
+		name    string
+		ids     map[string]string
+		at      time.Time
+		want    string
+		wantErr string
+	}{
+		{name: "the only disk's id", ids: map[string]string{"": ids[1]}, want: ids[1]},
+		{name: "by disk name", ids: map[string]string{"sda": ids[0]}, want: ids[0]},
+		{name: "unknown id", ids: map[string]string{"sda": "ffff"}, wantErr: `disk sda has no snapshot "ffff"`},
+		{name: "unknown disk", ids: map[string]string{"sdz": ids[0]}, wantErr: `has no disk "sdz"`},
+		{name: "between two", at: t0.Add(15 * time.Minute), want: ids[1]},
+		{name: "exactly at one", at: t0.Add(20 * time.Minute), want: ids[2]},
+		{name: "before the first", at: t0.Add(-time.Minute), wantErr: "no snapshot taken at or before 2026-11-25T11:59:00Z"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := h.dp.Pick(ctx, "s-1", tc.ids, tc.at)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Errorf("Pick = %v, %v; want an error with %q", got, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got["sda"] != tc.want || len(got) != 1 {
+				t.Errorf("Pick = %v, %v; want sda=%s", got, err, tc.want)
+			}
+		})
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -217,6 +219,64 @@ func (s *Server) Latest(ctx context.Context, serverID string) (map[string]string
 		}
 		if best == nil {
 			return nil, fmt.Errorf("disk %s has no snapshot yet", sd.Name)
+		}
+		out[sd.Name] = best.ID
+	}
+	return out, nil
+}
+
+// Pick returns existing snapshots of every disk of a server: those named
+// in ids (disk name → snapshot id; the key "" names the only disk of a
+// one-disk server), or else each disk's newest snapshot taken at or
+// before at. It implements jobs.Snapshotter.
+func (s *Server) Pick(ctx context.Context, serverID string, ids map[string]string, at time.Time) (map[string]string, error) {
+	if s.Replica == nil {
+		return nil, errors.New("this replication server has no replica store")
+	}
+	srv, err := s.Store.Server(ctx, serverID)
+	if err != nil {
+		return nil, err
+	}
+	if len(ids) > 0 {
+		ids = maps.Clone(ids)
+		if id, ok := ids[""]; ok {
+			if len(srv.Disks) != 1 || len(ids) != 1 {
+				return nil, fmt.Errorf("server %s has %d disks: name each disk's snapshot (DISK=ID)", serverID, len(srv.Disks))
+			}
+			ids = map[string]string{srv.Disks[0].Name: id}
+		}
+		for name := range ids {
+			if !slices.ContainsFunc(srv.Disks, func(d ferry.Disk) bool { return d.Name == name }) {
+				return nil, fmt.Errorf("server %s has no disk %q", serverID, name)
+			}
+		}
+	}
+	out := map[string]string{}
+	for _, sd := range srv.Disks {
+		d, err := s.Replica.Disk(DiskID(serverID, sd.Name))
+		if err != nil {
+			return nil, fmt.Errorf("disk %s has no replica yet: %w", sd.Name, err)
+		}
+		snaps := d.Snapshots()
+		if len(ids) > 0 {
+			id, ok := ids[sd.Name]
+			if !ok {
+				return nil, fmt.Errorf("no snapshot chosen for disk %s: name one for every disk", sd.Name)
+			}
+			if !slices.ContainsFunc(snaps, func(sn replica.SnapshotInfo) bool { return sn.ID == id }) {
+				return nil, fmt.Errorf("disk %s has no snapshot %q", sd.Name, id)
+			}
+			out[sd.Name] = id
+			continue
+		}
+		var best *replica.SnapshotInfo
+		for _, sn := range snaps {
+			if !sn.Time.After(at) && (best == nil || sn.Time.After(best.Time) || sn.Time.Equal(best.Time) && sn.Seq > best.Seq) {
+				best = &sn
+			}
+		}
+		if best == nil {
+			return nil, fmt.Errorf("disk %s has no snapshot taken at or before %s", sd.Name, at.UTC().Format(time.RFC3339))
 		}
 		out[sd.Name] = best.ID
 	}

@@ -226,26 +226,54 @@ func startToxiproxy(t *testing.T, listen, upstream string, log *logBuffer) *toxi
 	}
 }
 
+// toxiClient opens a connection per call: several lanes call Toxiproxy
+// at once, and a kept-alive connection that its server closes makes a
+// POST fail with EOF (Go retries only idempotent requests).
+var toxiClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+
 func (tp *toxiproxy) call(method, path string, body any) error {
+	var raw []byte
+	if body != nil {
+		raw, _ = json.Marshal(body)
+	}
+	var err error
+	for try := 0; try < 3; try++ {
+		if try > 0 {
+			time.Sleep(200 * time.Millisecond)
+		}
+		var status int
+		var msg []byte
+		status, msg, err = tp.do(method, path, raw)
+		switch {
+		case err != nil:
+			continue // transport error: try again
+		case status == http.StatusConflict && method == "POST" && try > 0,
+			status == http.StatusNotFound && method == "DELETE" && try > 0:
+			return nil // the failed try did take effect
+		case status >= 300:
+			return fmt.Errorf("toxiproxy %s %s: %d: %s", method, path, status, msg)
+		}
+		return nil
+	}
+	return fmt.Errorf("toxiproxy %s %s: %w", method, path, err)
+}
+
+func (tp *toxiproxy) do(method, path string, body []byte) (int, []byte, error) {
 	var r io.Reader
 	if body != nil {
-		b, _ := json.Marshal(body)
-		r = bytes.NewReader(b)
+		r = bytes.NewReader(body)
 	}
 	req, err := http.NewRequest(method, tp.api+path, r)
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := toxiClient.Do(req)
 	if err != nil {
-		return fmt.Errorf("toxiproxy %s %s: %w", method, path, err)
+		return 0, nil, err
 	}
 	defer resp.Body.Close()
 	msg, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode >= 300 {
-		return fmt.Errorf("toxiproxy %s %s: %s: %s", method, path, resp.Status, msg)
-	}
-	return nil
+	return resp.StatusCode, msg, nil
 }
 
 // toxic adds a toxic in both directions.

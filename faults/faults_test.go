@@ -78,6 +78,7 @@ type cluster struct {
 	stats               *stats
 	rng                 *rand.Rand    // the test goroutine's (rand.Rand is not safe for concurrent use)
 	gcTime              time.Duration // how long the last whole store gc took
+	launching           atomic.Bool   // a test launch job is running
 }
 
 func (c *cluster) startServer() error {
@@ -166,6 +167,20 @@ func (c *cluster) throttle(bps int64) error {
 	rs := s.ReplicationSetup
 	rs.BandwidthBytesPerSec = bps
 	return c.client.Do(ctx, "PATCH", "/servers/"+url.PathEscape(c.id), nil, api.UpdateServerRequest{Replication: &rs}, nil)
+}
+
+// setLaunch makes the test launches small: the source holds no system,
+// QEMU only has to start from the replica (and is stopped at terminate).
+func (c *cluster) setLaunch() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := c.client.Server(ctx, c.id)
+	if err != nil {
+		return err
+	}
+	ls := s.LaunchSetup
+	ls.RightSizing, ls.CPUs, ls.MemoryMiB, ls.Convert, ls.PostLaunchActions = ferry.RightSizingNone, 1, 64, false, nil
+	return c.client.Do(ctx, "PATCH", "/servers/"+url.PathEscape(c.id), nil, api.UpdateServerRequest{Launch: &ls}, nil)
 }
 
 // drain takes a drained snapshot, retrying while the agent reconnects.
@@ -317,8 +332,10 @@ type fault struct {
 
 // lanes are the groups of faults that can overlap: processes; the
 // namespace's link state, its nftables packet loss and its tc shaping;
-// each kind of Toxiproxy toxic on the data plane; and disks.
-var lanes = []string{"proc", "link", "loss", "shape", "latency", "reset", "stall", "disk"}
+// the Toxiproxy toxics on the data plane (one at a time: Toxiproxy's API
+// can hang for seconds when a toxic is added while a timeout toxic
+// stalls the links); and disks.
+var lanes = []string{"proc", "link", "loss", "shape", "proxy", "disk"}
 
 func sleepRand(rng *rand.Rand, lo, hi time.Duration) {
 	time.Sleep(lo + time.Duration(rng.Int64N(int64(hi-lo)+1)))
@@ -377,26 +394,26 @@ var faultKinds = []fault{
 		sleepRand(rng, time.Second, 3*time.Second)
 		return c.lab.loss(0)
 	}},
-	{"latency500", "latency", func(c *cluster, rng *rand.Rand) error {
+	{"latency500", "proxy", func(c *cluster, rng *rand.Rand) error {
 		if err := c.tp.toxic("lat", "latency", map[string]any{"latency": 500, "jitter": 50}); err != nil {
 			return err
 		}
-		sleepRand(rng, time.Second, 3*time.Second)
+		sleepRand(rng, 500*time.Millisecond, 1500*time.Millisecond)
 		return c.tp.untoxic("lat")
 	}},
-	{"reset", "reset", func(c *cluster, rng *rand.Rand) error {
+	{"reset", "proxy", func(c *cluster, rng *rand.Rand) error {
 		if err := c.tp.toxic("rst", "reset_peer", map[string]any{"timeout": rng.IntN(500)}); err != nil {
 			return err
 		}
-		sleepRand(rng, 300*time.Millisecond, 1500*time.Millisecond)
+		sleepRand(rng, 300*time.Millisecond, time.Second)
 		return c.tp.untoxic("rst")
 	}},
-	{"stall", "stall", func(c *cluster, rng *rand.Rand) error {
-		ms := 1000 + rng.IntN(2000)
+	{"stall", "proxy", func(c *cluster, rng *rand.Rand) error {
+		ms := 500 + rng.IntN(1000)
 		if err := c.tp.toxic("stall", "timeout", map[string]any{"timeout": ms}); err != nil {
 			return err
 		}
-		time.Sleep(time.Duration(ms)*time.Millisecond + 500*time.Millisecond)
+		time.Sleep(time.Duration(ms)*time.Millisecond + 300*time.Millisecond)
 		return c.tp.untoxic("stall")
 	}},
 	{"slow-link", "shape", func(c *cluster, rng *rand.Rand) error {
@@ -473,7 +490,7 @@ func TestFaultInjection(t *testing.T) {
 	if os.Geteuid() != 0 {
 		skip(t, "network namespaces, loop devices and eBPF need root")
 	}
-	for _, tool := range []string{"fio", "nft", "tc", "ip", "nsenter", "losetup", "mkfs.ext4", "fallocate", "mount"} {
+	for _, tool := range []string{"fio", "nft", "tc", "ip", "nsenter", "losetup", "mkfs.ext4", "fallocate", "mount", "qemu-system-x86_64", "qemu-img"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			skip(t, tool+" is not installed (scripts/setup.sh installs it)")
 		}
@@ -514,6 +531,9 @@ func TestFaultInjection(t *testing.T) {
 	if err := c.throttle(syncThrottle); err != nil {
 		t.Fatal(err)
 	}
+	if err := c.setLaunch(); err != nil {
+		t.Fatal(err)
+	}
 	if c.waitServer(30*time.Second, func(s *ferry.SourceServer) bool { return s.Replication.State == ferry.ReplicationInitialSync }) == nil {
 		t.Fatal("the initial sync never started")
 	}
@@ -533,7 +553,8 @@ func TestFaultInjection(t *testing.T) {
 		// Every lane injects its faults, one after another, until the
 		// writes end: faults of different lanes overlap.
 		end := time.Now().Add(roundTime - 500*time.Millisecond)
-		errs := make(chan error, len(lanes))
+		errs := make(chan error, len(lanes)+1)
+		go func() { errs <- c.launchLane(end) }()
 		for li, lane := range lanes {
 			lrng := rand.New(rand.NewPCG(rng.Uint64(), uint64(li)))
 			go func() {
@@ -541,6 +562,9 @@ func TestFaultInjection(t *testing.T) {
 					f := stats.next(lane, lrng)
 					sleepRand(lrng, 0, 300*time.Millisecond)
 					phase := c.phase()
+					if c.launching.Load() {
+						stats.inject("during-launch", "")
+					}
 					if err := f.do(c, lrng); err != nil {
 						errs <- fmt.Errorf("fault %s: %w", f.kind, err)
 						return
@@ -550,7 +574,7 @@ func TestFaultInjection(t *testing.T) {
 				errs <- nil
 			}()
 		}
-		for range lanes {
+		for range len(lanes) + 1 {
 			if err := <-errs; err != nil {
 				t.Fatalf("round %d: %v", round, err)
 			}
@@ -733,15 +757,32 @@ func (c *cluster) checkLeaks(t *testing.T) {
 type stats struct {
 	mu              sync.Mutex
 	byKind, byPhase map[string]int
+	launches        map[ferry.LaunchStatus]int // test launches by outcome
+	duringLaunch    int                        // faults injected while a launch job ran
 	conv            []time.Duration
 	lost            int64
 }
 
-func newStats() *stats { return &stats{byKind: map[string]int{}, byPhase: map[string]int{}} }
+func newStats() *stats {
+	return &stats{byKind: map[string]int{}, byPhase: map[string]int{}, launches: map[ferry.LaunchStatus]int{}}
+}
+
+func (s *stats) launched(st ferry.LaunchStatus) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st == "" {
+		st = "NOT_ENDED"
+	}
+	s.launches[st]++
+}
 
 func (s *stats) inject(kind, phase string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if kind == "during-launch" {
+		s.duringLaunch++
+		return
+	}
 	s.byKind[kind]++
 	s.byPhase[phase]++
 }
@@ -830,6 +871,86 @@ func (s *stats) summary() string {
 		}
 		return s.conv[min(len(s.conv)-1, int(p*float64(len(s.conv))))].Seconds()
 	}
-	return fmt.Sprintf("FAULTS: %d injected in %d rounds [%s] during [%s]; convergence p50 %.1fs p99 %.1fs; bytes lost %d",
-		total, len(s.conv), strings.Join(kinds, " "), strings.Join(phases, " "), pct(0.5), pct(0.99), s.lost)
+	var launches []string
+	for st, n := range s.launches {
+		launches = append(launches, fmt.Sprintf("%s=%d", st, n))
+	}
+	sort.Strings(launches)
+	return fmt.Sprintf("FAULTS: %d injected in %d rounds [%s] during [%s], %d of them during a test launch; test launches [%s]; convergence p50 %.1fs p99 %.1fs; bytes lost %d",
+		total, len(s.conv), strings.Join(kinds, " "), strings.Join(phases, " "), s.duringLaunch, strings.Join(launches, " "), pct(0.5), pct(0.99), s.lost)
+}
+
+// launchLane test-launches the replica and terminates the instance, again
+// and again until end, while the other lanes inject their faults: a test
+// launch must end (launched or failed with a reason) and its instance must
+// go away whatever happens to the server meanwhile. It returns once no
+// instance is left, or an error if one cannot be terminated.
+func (c *cluster) launchLane(end time.Time) error {
+	for time.Now().Before(end) {
+		s := c.serverState()
+		if s == nil || s.Lifecycle != ferry.LifecycleReadyForTest && s.Lifecycle != ferry.LifecycleTesting {
+			time.Sleep(500 * time.Millisecond)
+			continue
+		}
+		var job ferry.Job
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := c.client.Do(ctx, "POST", "/jobs/start-test", nil, api.StartJobRequest{SourceServerIDs: []string{c.id}}, &job)
+		cancel()
+		if err != nil {
+			time.Sleep(500 * time.Millisecond) // the server may be down or busy: not a launch
+			continue
+		}
+		c.launching.Store(true)
+		status := c.waitJob(job.ID, 60*time.Second)
+		c.stats.launched(status)
+		c.launching.Store(false)
+	}
+	return c.terminateAll(90 * time.Second)
+}
+
+// waitJob waits for a job to end and returns its server's launch status
+// ("" if it did not end in time; the API may be down meanwhile).
+func (c *cluster) waitJob(id string, within time.Duration) ferry.LaunchStatus {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		var jl api.JobWithLog
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		err := c.client.Do(ctx, "GET", "/jobs/"+url.PathEscape(id), nil, nil, &jl)
+		cancel()
+		if err == nil && jl.Status == ferry.JobCompleted {
+			if len(jl.Servers) == 1 {
+				return jl.Servers[0].LaunchStatus
+			}
+			return "NO_SERVER"
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return ""
+}
+
+// terminateAll terminates the server's launched instance until the
+// server says none is left.
+func (c *cluster) terminateAll(within time.Duration) error {
+	deadline := time.Now().Add(within)
+	var last error
+	for time.Now().Before(deadline) {
+		s := c.serverState()
+		if s == nil {
+			time.Sleep(500 * time.Millisecond)
+			continue
+		}
+		if s.Launched == nil || !s.Launched.TerminatedAt.IsZero() {
+			return nil
+		}
+		var job ferry.Job
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		last = c.client.Do(ctx, "POST", "/jobs/terminate", nil, api.StartJobRequest{SourceServerIDs: []string{c.id}}, &job)
+		cancel()
+		if last == nil {
+			c.waitJob(job.ID, 30*time.Second)
+		} else {
+			time.Sleep(time.Second)
+		}
+	}
+	return fmt.Errorf("the test instance was not terminated within %s: %v", within, last)
 }

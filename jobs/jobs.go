@@ -23,6 +23,11 @@ type Snapshotter interface {
 	// Latest returns the newest snapshot of every disk, or an error if a
 	// disk has none.
 	Latest(ctx context.Context, serverID string) (map[string]string, error)
+	// Pick returns existing snapshots of every disk: those named in ids
+	// (disk name → snapshot id; the key "" names the only disk of a
+	// one-disk server), or else each disk's newest taken at or before at.
+	// It fails, naming what is wrong, when one does not exist.
+	Pick(ctx context.Context, serverID string, ids map[string]string, at time.Time) (map[string]string, error)
 }
 
 // LogFunc appends a line to the job log of the server being launched.
@@ -96,6 +101,11 @@ type Options struct {
 	// settings this launch uses instead of each server's own. An unknown
 	// id fails each server's launch before a snapshot is taken.
 	LaunchTemplate string
+	// Snapshots (disk name → snapshot id) or PointInTime choose existing
+	// snapshots to launch from (see Snapshotter.Pick); they override
+	// UseLatest and, for a cutover, the drain.
+	Snapshots   map[string]string
+	PointInTime time.Time
 }
 
 // StartTest starts a test launch of each server.
@@ -309,7 +319,13 @@ func (r *Runner) launchOne(ctx context.Context, job *ferry.Job, id string, o Opt
 		r.logf(ctx, job.ID, id, ferry.EventLaunchStart, "using the launch settings of template %s (%s)", tpl.ID, tpl.Name)
 	}
 	var snaps map[string]string
-	if o.UseLatest {
+	if len(o.Snapshots) > 0 || !o.PointInTime.IsZero() {
+		if snaps, err = r.Snapshots.Pick(ctx, id, o.Snapshots, o.PointInTime); err != nil {
+			fail(ferry.EventSnapshotFail, "chosen snapshot: %v (ferry snapshots list %s shows them)", err, id)
+			return
+		}
+		r.logf(ctx, job.ID, id, ferry.EventUsingPreviousSnapshot, "using the chosen snapshots %v", snaps)
+	} else if o.UseLatest {
 		if snaps, err = r.Snapshots.Latest(ctx, id); err != nil {
 			fail(ferry.EventSnapshotFail, "no snapshot to use: %v", err)
 			return
