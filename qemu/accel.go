@@ -6,7 +6,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -94,6 +96,13 @@ func kvmWorks(ctx context.Context, binary string) bool {
 	// watch for it so that a broken KVM costs a fraction of a second.
 	stderr := &syncBuffer{}
 	cmd.Stderr = stderr
+	// The probe must not outlive a server killed while it runs (the fault
+	// suite found hung probes left behind by kill -9). The signal follows
+	// the thread that started it, so that thread stays locked until the
+	// probe is reaped.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	if err := cmd.Start(); err != nil {
 		return false
 	}
