@@ -773,6 +773,7 @@ type stats struct {
 	byKind, byPhase map[string]int
 	launches        map[ferry.LaunchStatus]int // test launches by outcome
 	duringLaunch    int                        // faults injected while a launch job ran
+	launchFailures  []string                   // the last log line of each launch that did not run
 	conv            []time.Duration
 	lost            int64
 }
@@ -781,13 +782,16 @@ func newStats() *stats {
 	return &stats{byKind: map[string]int{}, byPhase: map[string]int{}, launches: map[ferry.LaunchStatus]int{}}
 }
 
-func (s *stats) launched(st ferry.LaunchStatus) {
+func (s *stats) launched(st ferry.LaunchStatus, why string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st == "" {
 		st = "NOT_ENDED"
 	}
 	s.launches[st]++
+	if st != ferry.LaunchLaunched {
+		s.launchFailures = append(s.launchFailures, why)
+	}
 }
 
 func (s *stats) inject(kind, phase string) {
@@ -889,6 +893,9 @@ func (s *stats) summary() string {
 		return s.conv[min(len(s.conv)-1, int(p*float64(len(s.conv))))].Seconds()
 	}
 	var launches []string
+	for _, why := range s.launchFailures {
+		launches = append(launches, "("+why+")")
+	}
 	for st, n := range s.launches {
 		launches = append(launches, fmt.Sprintf("%s=%d", st, n))
 	}
@@ -921,8 +928,8 @@ func (c *cluster) launchLane(end time.Time, wait time.Duration) error {
 			continue
 		}
 		c.launching.Store(true)
-		status := c.waitJob(job.ID, 60*time.Second)
-		c.stats.launched(status)
+		status, why := c.waitJob(job.ID, 60*time.Second)
+		c.stats.launched(status, why)
 		c.launching.Store(false)
 		break
 	}
@@ -930,8 +937,9 @@ func (c *cluster) launchLane(end time.Time, wait time.Duration) error {
 }
 
 // waitJob waits for a job to end and returns its server's launch status
-// ("" if it did not end in time; the API may be down meanwhile).
-func (c *cluster) waitJob(id string, within time.Duration) ferry.LaunchStatus {
+// ("" if it did not end in time; the API may be down meanwhile) and the
+// last line of its log.
+func (c *cluster) waitJob(id string, within time.Duration) (ferry.LaunchStatus, string) {
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
 		var jl api.JobWithLog
@@ -939,14 +947,18 @@ func (c *cluster) waitJob(id string, within time.Duration) ferry.LaunchStatus {
 		err := c.client.Do(ctx, "GET", "/jobs/"+url.PathEscape(id), nil, nil, &jl)
 		cancel()
 		if err == nil && jl.Status == ferry.JobCompleted {
-			if len(jl.Servers) == 1 {
-				return jl.Servers[0].LaunchStatus
+			last := ""
+			if n := len(jl.Log); n > 0 {
+				last = string(jl.Log[n-1].Event) + ": " + jl.Log[n-1].Message
 			}
-			return "NO_SERVER"
+			if len(jl.Servers) == 1 {
+				return jl.Servers[0].LaunchStatus, last
+			}
+			return "NO_SERVER", last
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	return ""
+	return "", "did not end within " + within.String()
 }
 
 // terminateAll terminates the server's launched instance until the
@@ -968,7 +980,7 @@ func (c *cluster) terminateAll(within time.Duration) error {
 		last = c.client.Do(ctx, "POST", "/jobs/terminate", nil, api.StartJobRequest{SourceServerIDs: []string{c.id}}, &job)
 		cancel()
 		if last == nil {
-			c.waitJob(job.ID, 30*time.Second)
+			_, _ = c.waitJob(job.ID, 30*time.Second)
 		} else {
 			time.Sleep(time.Second)
 		}
