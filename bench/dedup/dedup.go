@@ -42,9 +42,11 @@ type Scenario struct {
 
 // Result is a run's figures.
 type Result struct {
-	ImageBytes   int64 `json:"image_bytes"`
-	Clones       int   `json:"clones"`
-	LogicalBytes int64 `json:"logical_bytes"`
+	ImageBytes int64 `json:"image_bytes"`
+	Clones     int   `json:"clones"`
+	// DivergePercent is the share of each clone changed.
+	DivergePercent float64 `json:"diverge_percent"`
+	LogicalBytes   int64   `json:"logical_bytes"`
 	// OneImageBytes is what the store keeps for the image alone.
 	OneImageBytes int64      `json:"one_image_stored_bytes"`
 	ChangedBytes  int64      `json:"changed_bytes_per_clone"`
@@ -75,7 +77,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if o.DivergePercent > 100 {
 		return nil, fmt.Errorf("dedup: diverge percent %v is over 100", o.DivergePercent)
 	}
-	res := &Result{ImageBytes: o.ImageBytes, Clones: o.Clones, LogicalBytes: o.ImageBytes * int64(o.Clones)}
+	res := &Result{ImageBytes: o.ImageBytes, Clones: o.Clones, DivergePercent: o.DivergePercent, LogicalBytes: o.ImageBytes * int64(o.Clones)}
 	for _, sc := range []struct {
 		name  string
 		block int64
