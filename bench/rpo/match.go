@@ -117,6 +117,15 @@ func (m *Matcher) reset() {
 	m.mu.Unlock()
 }
 
+// unmatched returns the writes Match finds no durable record for.
+func (m *Matcher) unmatched() []sourceWrite {
+	m.mu.Lock()
+	seen, acks, writes := slices.Clone(m.seen), slices.Clone(m.acks), slices.Clone(m.writes)
+	m.mu.Unlock()
+	_, un := matchAll(writes, seen, acks)
+	return un
+}
+
 // Stats summarise the RPO of a set of writes.
 type Stats struct {
 	Writes int `json:"writes"`
@@ -141,6 +150,11 @@ func (m *Matcher) Match() Stats {
 }
 
 func match(writes []sourceWrite, seen []written, acks []acked) Stats {
+	st, _ := matchAll(writes, seen, acks)
+	return st
+}
+
+func matchAll(writes []sourceWrite, seen []written, acks []acked) (Stats, []sourceWrite) {
 	// Durable time of each seen block: the first ack at or above its record.
 	type durable struct {
 		stamp uint64
@@ -167,11 +181,13 @@ func match(writes []sourceWrite, seen []written, acks []acked) Stats {
 	}
 	st := Stats{Writes: len(writes)}
 	var rpo []float64
+	var un []sourceWrite
 	for _, w := range writes {
 		ds := byOff[w.off]
 		i := sort.Search(len(ds), func(i int) bool { return ds[i].stamp >= w.stamp })
 		if i == len(ds) {
 			st.Unmatched++
+			un = append(un, w)
 			continue
 		}
 		// A block cannot be durable before the write completed; a
@@ -180,13 +196,13 @@ func match(writes []sourceWrite, seen []written, acks []acked) Stats {
 		rpo = append(rpo, max(0, ds[i].t.Sub(w.done).Seconds()))
 	}
 	if len(rpo) == 0 {
-		return st
+		return st, un
 	}
 	slices.Sort(rpo)
 	st.P50 = quantile(rpo, 0.50)
 	st.P99 = quantile(rpo, 0.99)
 	st.Max = rpo[len(rpo)-1]
-	return st
+	return st, un
 }
 
 func cmpU64(a, b uint64) int {

@@ -195,7 +195,9 @@ func Compare(ref, cur *Report, tol float64) []Regression {
 		if f.Better == Higher {
 			worse = -worse
 		}
-		if worse > tol {
+		// The epsilon keeps "exactly the tolerance" (1.1 against 1) unflagged
+		// despite binary floating point.
+		if worse > tol+1e-9 {
 			out = append(out, Regression{Key: f.Key(), Reference: r.Value, Value: f.Value, Worse: worse})
 		}
 	}

@@ -328,7 +328,7 @@ func rpoFigures(res *rpo.Result) []Figure {
 		p99 := Figure{Section: SectionRPO, Name: "p99" + at, Value: r.P99, Unit: "s", Better: Lower,
 			Ratio: r.P99, RatioOf: "the 1 s goal", Goal: "< 1 s", Met: met(r.Writes > 0 && r.Unmatched == 0 && r.P99 < 1)}
 		if r.Unmatched > 0 {
-			p99.Note = fmt.Sprintf("%d of %d writes never became durable within the wait", r.Unmatched, r.Writes)
+			p99.Note = fmt.Sprintf("%d of %d writes never became durable on the server within the wait; %d of them missing from the replica while on the device", r.Unmatched, r.Writes, r.LostOnReplica)
 		}
 		out = append(out,
 			Figure{Section: SectionRPO, Name: "p50" + at, Value: r.P50, Unit: "s", Better: Lower},
