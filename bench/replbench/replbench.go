@@ -247,7 +247,7 @@ func Run(ctx context.Context, o Options, w io.Writer) (*Result, error) {
 	})
 	if err != nil {
 		s, _ := h.Server(ctx)
-		return nil, fmt.Errorf("Ferry rescan: %w (replication %+v, disks %+v)", err, s.Replication, s.Disks)
+		return nil, fmt.Errorf("rescan by Ferry: %w (replication %+v, disks %+v)", err, s.Replication, s.Disks)
 	}
 	m = measure(NameFerryRescan, time.Since(t0), cpuSelf()-cpu0, res.ChangedBytes)
 	m.WireBytes = h.DP.ReceivedBytes() - before
