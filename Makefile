@@ -41,9 +41,14 @@ fuzz:
 faults: setup
 	@. scripts/test-services.sh && FERRY_SOAK=1 $(GO) test -race -count=1 -timeout 90m -v -run 'TestFaultInjection' ./faults
 
-# Benchmarks print figures; they are not tests.
+# Benchmarks print figures; they are not tests. `ferry bench all` (root)
+# runs every section, prints one table against bench/reference.json and
+# writes the run to bin/bench.json and bin/bench.svg; a full run takes
+# about 15 minutes on 2 cores, BENCHFLAGS=--quick under 3. Add
+# --fail-on-regression to exit non-zero on a figure 10 % worse.
+BENCHFLAGS ?=
 bench: setup build
-	$(BIN) bench store
+	$(BIN) bench all --json bin/bench.json --svg bin/bench.svg $(BENCHFLAGS)
 
 demo: setup build
 	@bash scripts/demo.sh

@@ -36,6 +36,10 @@ type Server struct {
 	// CreditBytes bounds the bytes an agent may have sent but not seen
 	// acknowledged; 0 means 16 MiB.
 	CreditBytes int64
+	// Observer, when set, is told of every WRITE applied and every
+	// durable acknowledgement sent (benchmarks match them to measure the
+	// RPO); nil means none.
+	Observer Observer
 
 	received atomic.Int64 // data bytes of WRITEs received (uncompressed)
 
@@ -43,6 +47,18 @@ type Server struct {
 	conns    map[net.Conn]struct{}     // guarded by mu
 	sessions map[string]*activeSession // the live session of each server; guarded by mu
 	traffic  map[string]*serverTraffic // per-server counters; guarded by mu
+}
+
+// Observer watches the records a session applies and acknowledges. Its
+// methods run on the session's goroutines: they must return quickly and
+// must not keep data after returning.
+type Observer interface {
+	// Written is called after a WRITE's data (uncompressed) is appended
+	// to the replica journal of disk (its index in HELLO).
+	Written(serverID string, disk int, seq uint64, off int64, data []byte)
+	// Durable is called as the server acknowledges every record of disk
+	// up to seq as durable.
+	Durable(serverID string, disk int, seq uint64)
 }
 
 func (s *Server) now() time.Time {

@@ -314,6 +314,9 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 				return ss.fail(protocol.ErrCodeStorage, fmt.Errorf("write seq %d: %w", m.Seq, err))
 			}
 			sd.last = c
+			if o := ss.s.Observer; o != nil {
+				o.Written(ss.id, int(m.Disk), m.Seq, m.Offset, data)
+			}
 			ss.received(m.Disk, m.Seq)
 			if err := ss.queue(ctx, pending{int(m.Disk), m.Seq, c}); err != nil {
 				return err
@@ -490,6 +493,9 @@ func (ss *session) ackLoop(ctx context.Context) {
 				ss.lastProgress = ss.s.now()
 			}
 			ss.mu.Unlock()
+			if o := ss.s.Observer; o != nil {
+				o.Durable(ss.id, d, seq)
+			}
 			_ = ss.send(&protocol.Ack{Disk: uint16(d), Seq: seq})
 		}
 		clear(latest)

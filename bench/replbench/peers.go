@@ -16,15 +16,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"time"
-	"unsafe"
-)
 
-func uintptrOf(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }
+	"github.com/ferrymigrate/ferry/bench/harness"
+)
 
 // tlsPipe sends the device's raw bytes through a TLS 1.3 connection on
 // loopback into a file (written and fsynced, as a replica would be): the
 // binding limit of a copy that neither skips zeros nor compresses.
-func tlsPipe(ctx context.Context, dev string) (Measure, error) {
+func tlsPipe(ctx context.Context, dev, dir string) (Measure, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return Measure{}, fmt.Errorf("tls pipe key: %w", err)
@@ -41,7 +40,7 @@ func tlsPipe(ctx context.Context, dev string) (Measure, error) {
 		return Measure{}, fmt.Errorf("tls pipe listen: %w", err)
 	}
 	defer ln.Close()
-	out, err := os.CreateTemp("", "ferry-tlspipe")
+	out, err := os.CreateTemp(dir, "tlspipe")
 	if err != nil {
 		return Measure{}, fmt.Errorf("tls pipe output: %w", err)
 	}
@@ -84,7 +83,7 @@ func tlsPipe(ctx context.Context, dev string) (Measure, error) {
 	if err := <-recv; err != nil {
 		return Measure{}, fmt.Errorf("tls pipe receive: %w", err)
 	}
-	m := measure("TLS 1.3 pipe of the raw bytes (Go, one stream)", time.Since(t0), cpuSelf()-cpu0, sent)
+	m := measure(NameTLSPipe, time.Since(t0), cpuSelf()-cpu0, sent)
 	m.WireBytes = got
 	m.Verified = got == sent
 	return m, nil
@@ -172,11 +171,11 @@ func (r *rsyncd) copy(src string, bytes int64, name string, args ...string) (Mea
 	}
 	defer a1.Close()
 	st, _ := a1.Stat()
-	h1, err := fileSHA(a1, st.Size())
+	h1, err := harness.FileSHA(a1, st.Size())
 	if err != nil {
 		return Measure{}, err
 	}
-	h2, err := fileSHA(f, st.Size())
+	h2, err := harness.FileSHA(f, st.Size())
 	if err != nil {
 		return Measure{}, err
 	}
