@@ -355,6 +355,7 @@ func (e *engine) consume(ctx context.Context) {
 				continue
 			}
 			if b.Lost {
+				e.log.Warn("the change tracker may have missed writes; comparing the disk with the replica by hashes", "disk", d.dev.name, "tracker", e.o.Tracker.Kind())
 				d.rescan.Add(0, d.size, now)
 			}
 			for _, x := range b.Extents {

@@ -62,6 +62,8 @@ struct event {
 	__u32 nr_sector;
 	__u64 sector;
 	__u64 seq;
+	__u32 kind; // EV_COMPLETE or EV_ISSUE
+	__u32 pad;
 };
 
 // seq holds the next event number (one entry, key 0).
@@ -106,8 +108,16 @@ static __always_inline int is_write(__u32 op)
 	return 0;
 }
 
-SEC("tp_btf/block_rq_complete")
-int BPF_PROG(block_rq_complete, struct request *rq, int error, unsigned int nr_bytes)
+// Event kinds.
+#define EV_COMPLETE 0
+#define EV_ISSUE 1
+
+// record reports a write request of a tracked disk: its completion
+// (EV_COMPLETE, nr_bytes done) or its issue to the driver (EV_ISSUE, the
+// whole request). Completions are what the agent reads after; issues are
+// the fallback for a completion the tracepoint does not report (seen
+// under concurrent reads on loop devices), which userspace settles.
+static __always_inline int record(struct request *rq, unsigned int nr_bytes, __u32 kind)
 {
 	// Failed writes are reported too: part of the data may have changed.
 	if (!is_write(rq->cmd_flags & REQ_OP_MASK))
@@ -151,9 +161,23 @@ int BPF_PROG(block_rq_complete, struct request *rq, int error, unsigned int nr_b
 	e->dev = dev;
 	e->nr_sector = nr_sector;
 	e->sector = rq->__sector;
+	e->kind = kind;
+	e->pad = 0;
 	// Numbered while the slot is held: the number is taken before the
 	// write completes to its writer, which is what Sync relies on.
 	e->seq = __sync_fetch_and_add(next, 1);
 	bpf_ringbuf_submit(e, 0);
 	return 0;
+}
+
+SEC("tp_btf/block_rq_complete")
+int BPF_PROG(block_rq_complete, struct request *rq, int error, unsigned int nr_bytes)
+{
+	return record(rq, nr_bytes, EV_COMPLETE);
+}
+
+SEC("tp_btf/block_rq_issue")
+int BPF_PROG(block_rq_issue, struct request *rq)
+{
+	return record(rq, BPF_CORE_READ(rq, __data_len), EV_ISSUE);
 }

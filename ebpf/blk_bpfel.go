@@ -21,6 +21,7 @@ const (
 	blkMapLost             = "lost"
 	blkMapSeq              = "seq"
 	blkProgBlockRqComplete = "block_rq_complete"
+	blkProgBlockRqIssue    = "block_rq_issue"
 )
 
 // loadBlk returns the embedded CollectionSpec for blk.
@@ -66,6 +67,7 @@ type blkSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type blkProgramSpecs struct {
 	BlockRqComplete *ebpf.ProgramSpec `ebpf:"block_rq_complete"`
+	BlockRqIssue    *ebpf.ProgramSpec `ebpf:"block_rq_issue"`
 }
 
 // blkMapSpecs contains maps before they are loaded into the kernel.
@@ -130,11 +132,13 @@ type blkVariables struct {
 // It can be passed to loadBlkObjects or ebpf.CollectionSpec.LoadAndAssign.
 type blkPrograms struct {
 	BlockRqComplete *ebpf.Program `ebpf:"block_rq_complete"`
+	BlockRqIssue    *ebpf.Program `ebpf:"block_rq_issue"`
 }
 
 func (p *blkPrograms) Close() error {
 	return _BlkClose(
 		p.BlockRqComplete,
+		p.BlockRqIssue,
 	)
 }
 

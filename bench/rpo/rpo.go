@@ -284,16 +284,25 @@ func (w *writer) run(ctx context.Context, mbps float64, d time.Duration, m *Matc
 	return n.Load(), first
 }
 
-// lostOnReplica reads each unmatched write's block from the replica's
-// durable head and from the device and counts those where the replica
-// holds an older stamp than the write while the device holds the write
-// or a newer one: writes the replica missed. It describes each.
+// lostOnReplica takes a drained snapshot (the server's FLUSH: every write
+// completed before it must be in it; a late write may merely still be in
+// the agent's backlog, so the replica's head proves nothing), reads each
+// unmatched write's block from it and from the device, and counts those
+// where the snapshot holds an older stamp than the write while the device
+// holds the write or a newer one: writes the replica missed. It describes
+// each.
 func lostOnReplica(ctx context.Context, h *harness.Harness, dev string, ws []sourceWrite) ([]string, error) {
 	d, err := h.Replica.Disk(harness.DiskID(dev))
 	if err != nil {
 		return nil, err
 	}
-	rd, err := d.OpenHead(ctx)
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	snaps, err := h.DP.Snapshot(sctx, harness.ServerID, true)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("rpo check: drained snapshot: %w", err)
+	}
+	rd, err := d.OpenSnapshot(ctx, snaps[filepath.Base(dev)])
 	if err != nil {
 		return nil, err
 	}
