@@ -78,11 +78,11 @@ func WithMaxExtents(n int) Option {
 // by an eBPF program on block_rq_complete. It implements track.Tracker.
 // Next and Close may be called from different goroutines.
 type Tracker struct {
-	objs  blkObjects
+	objs      blkObjects
 	link      link.Link // block_rq_complete
 	issueLink link.Link // block_rq_issue
-	ring  *ringbuf.Reader
-	disks []*disk // index = value in the devices map = key in lost
+	ring      *ringbuf.Reader
+	disks     []*disk // index = value in the devices map = key in lost
 
 	notify  chan struct{} // a batch may be ready; capacity 1
 	closing chan struct{} // closed by Close
