@@ -50,8 +50,17 @@ type Reader struct {
 	buf []byte
 }
 
-// NewReader returns a Reader of r.
-func NewReader(r io.Reader) *Reader { return &Reader{r: bufio.NewReaderSize(r, 256<<10)} }
+// NewReader returns a Reader of r with a 256 KiB buffer, for a stream that
+// carries large frames back to back (an agent's initial sync).
+func NewReader(r io.Reader) *Reader { return NewReaderSize(r, 256<<10) }
+
+// NewReaderSize returns a Reader of r with a buffer of size bytes. A server
+// holding thousands of mostly idle sessions uses a small one: frames larger
+// than the buffer are read straight into the frame body, so the size only
+// decides how many small frames one read from r can bring in.
+func NewReaderSize(r io.Reader, size int) *Reader {
+	return &Reader{r: bufio.NewReaderSize(r, size)}
+}
 
 // Read reads the next message. The returned message's byte slices are only
 // valid until the next Read. At a clean end of stream it returns io.EOF; a

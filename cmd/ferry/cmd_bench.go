@@ -46,5 +46,6 @@ func newBenchCmd() *cobra.Command {
 	f.StringVar(&jsonOut, "json", "", "also write the results as JSON to this file")
 	cmd.AddCommand(store)
 	cmd.AddCommand(newBenchReplicationCmd())
+	cmd.AddCommand(newBenchScaleCmd())
 	return cmd
 }
