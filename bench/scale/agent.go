@@ -83,6 +83,37 @@ type simAgent struct {
 	nextSeq   uint64   // the writer's
 	syncSeq   uint64
 	syncDone  bool
+	logAt     int64 // the writer's next append in the log region
+	writesN   int   // the writer's count of writes
+}
+
+// Regions of PatternLog: a log in the second half of the disk (at most
+// 8 MiB, appended and wrapped) and file-system metadata in its second MiB.
+const (
+	logRegion  = 8 << 20
+	metaOffset = 1 << 20
+	metaRegion = 1 << 20
+)
+
+// offset picks where a write of n bytes lands (n ≤ half the disk, a
+// multiple of 4 KiB).
+func (a *simAgent) offset(rng *rand.Rand, n int64) int64 {
+	size := a.f.o.DiskBytes
+	if a.f.o.Pattern == PatternRandom {
+		return rng.Int64N((size-n)/blockSize+1) * blockSize
+	}
+	a.writesN++
+	if a.writesN%4 == 0 && n <= metaRegion {
+		return metaOffset + rng.Int64N((metaRegion-n)/blockSize+1)*blockSize
+	}
+	start := size / 2
+	region := min(int64(logRegion), size-start)
+	if a.logAt+n > region {
+		a.logAt = 0
+	}
+	off := start + a.logAt
+	a.logAt += n
+	return off
 }
 
 type flight struct {
@@ -472,8 +503,7 @@ func (a *simAgent) write(rng *rand.Rand, data []byte) (uint64, error) {
 	at := rng.IntN(len(a.f.random) - len(data))
 	copy(data, a.f.random[at:])
 	binary.LittleEndian.PutUint64(data, rng.Uint64())
-	blocks := a.f.o.DiskBytes / blockSize
-	off := rng.Int64N(blocks-int64(len(data))/blockSize+1) * blockSize
+	off := a.offset(rng, int64(len(data)))
 	seq, err := a.record(func(seq uint64) protocol.Message {
 		// In flight from just before the frame goes out: the ACK may come
 		// back before the send returns.

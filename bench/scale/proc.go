@@ -186,16 +186,26 @@ func (s *serverProc) logTail() string {
 	return strings.TrimSpace(string(b))
 }
 
-// logCounts counts the server's log lines at WARN and ERROR level and
-// returns the first few distinct messages.
-func (s *serverProc) logCounts() (warns, errs int, first []string) {
+// logSize is the server log's current size.
+func (s *serverProc) logSize() int64 {
+	fi, err := os.Stat(s.logPath)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// logCounts counts the server's log lines at WARN and ERROR level in the
+// first upTo bytes of its log (what it wrote before the agents stopped)
+// and returns the first few distinct messages.
+func (s *serverProc) logCounts(upTo int64) (warns, errs int, first []string) {
 	f, err := os.Open(s.logPath)
 	if err != nil {
 		return 0, 0, nil
 	}
 	defer f.Close()
 	seen := map[string]bool{}
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(io.LimitReader(f, upTo))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Bytes()

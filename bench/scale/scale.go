@@ -46,6 +46,12 @@ type Options struct {
 	// WriteBytesPerSec is each agent's mean write rate after its initial
 	// sync (default 4096).
 	WriteBytesPerSec int64
+	// Pattern is where the writes land: PatternLog (default) appends to a
+	// log region and now and then rewrites a block of file-system
+	// metadata, as an idle server does; PatternRandom spreads them over
+	// the whole disk, the worst case for a chunk store that rewrites a
+	// whole chunk for a small write.
+	Pattern string
 	// MinWrite and MaxWrite bound each write (default 4 KiB and 16 KiB):
 	// multiples of 4 KiB.
 	MinWrite, MaxWrite int
@@ -67,6 +73,12 @@ type Options struct {
 	// Logf receives progress; nil discards it.
 	Logf func(format string, args ...any)
 }
+
+// Write patterns.
+const (
+	PatternLog    = "log"
+	PatternRandom = "random"
+)
 
 // withDefaults fills in zero fields and checks the rest.
 func (o Options) withDefaults() (Options, error) {
@@ -101,14 +113,21 @@ func (o Options) withDefaults() (Options, error) {
 	if o.DataBytes == 0 {
 		o.DataBytes = 64 << 10
 	}
-	if o.DiskBytes < syncChunk || o.DiskBytes%syncChunk != 0 || o.DiskBytes > 1<<40 {
-		return o, fmt.Errorf("disk size %d: want a multiple of 1 MiB from 1 MiB to 1 TiB", o.DiskBytes)
+	if o.DiskBytes < 4*syncChunk || o.DiskBytes%syncChunk != 0 || o.DiskBytes > 1<<40 {
+		return o, fmt.Errorf("disk size %d: want a multiple of 1 MiB from 4 MiB to 1 TiB", o.DiskBytes)
 	}
 	if o.DataBytes < blockSize || o.DataBytes%blockSize != 0 || o.DataBytes > syncChunk {
 		return o, fmt.Errorf("data size %d: want a multiple of 4 KiB from 4 KiB to 1 MiB", o.DataBytes)
 	}
 	if o.WriteBytesPerSec == 0 {
 		o.WriteBytesPerSec = 4096
+	}
+	switch o.Pattern {
+	case "":
+		o.Pattern = PatternLog
+	case PatternLog, PatternRandom:
+	default:
+		return o, fmt.Errorf("write pattern %q: want %s or %s", o.Pattern, PatternLog, PatternRandom)
 	}
 	if o.MinWrite == 0 {
 		o.MinWrite = 4 << 10
@@ -146,6 +165,7 @@ type Result struct {
 		DiskBytes        int64   `json:"disk_bytes"`
 		DataBytes        int64   `json:"data_bytes"`
 		WriteBytesPerSec int64   `json:"write_bytes_per_sec"`
+		Pattern          string  `json:"pattern"`
 		SteadySeconds    float64 `json:"steady_seconds"`
 	} `json:"options"`
 	Runs []Measurement `json:"runs"`
@@ -215,6 +235,7 @@ func Run(ctx context.Context, o Options, w io.Writer) (*Result, error) {
 	res := &Result{}
 	res.Options.DiskBytes, res.Options.DataBytes = o.DiskBytes, o.DataBytes
 	res.Options.WriteBytesPerSec, res.Options.SteadySeconds = o.WriteBytesPerSec, o.Steady.Seconds()
+	res.Options.Pattern = o.Pattern
 	for _, n := range o.Agents {
 		dir, err := os.MkdirTemp(o.Dir, fmt.Sprintf("agents-%d-", n))
 		if err != nil {
@@ -386,12 +407,13 @@ func runOne(ctx context.Context, o Options, n int, dir string) (Measurement, err
 	}
 	continuous, _ := countServers(ctx, admin, url.Values{"replication_state": {string(ferry.ReplicationContinuous)}})
 	connectedNow := f.connected.Load()
+	logUpTo := srv.logSize()
 	stopAgents()
 	running.Wait()
 	stopSampling()
 	alive := srv.alive()
 	srv.stop()
-	warns, errs, firstWarns := srv.logCounts()
+	warns, errs, firstWarns := srv.logCounts(logUpTo)
 
 	add("agents connected at the end", float64(connectedNow), "agents")
 	add("server sessions (ferry_agent_connections)", sessions, "agents")
@@ -428,7 +450,7 @@ func runOne(ctx context.Context, o Options, n int, dir string) (Measurement, err
 	add("session errors", float64(f.sessionErrs.Load()), "errors")
 	add("servers list errors", float64(lr.errs), "errors")
 	add("writes held back (credit or pause)", float64(f.creditWaits.Load()-waits0), "writes")
-	add("server log warnings", float64(warns+errs), "lines")
+	add("server log warnings and errors", float64(warns+errs), "lines")
 	for _, e := range []string{pairFirst, connFirst, lr.firstErr} {
 		if e != "" {
 			o.Logf("%d agents: first error: %s", n, e)
@@ -593,8 +615,8 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 
 // printRun prints one agent count's table.
 func printRun(w io.Writer, o Options, r Measurement) {
-	fmt.Fprintf(w, "\nScale: %d simulated agents (virtual %d MiB disks, %d KiB of data each, %.1f KiB/s of %d–%d KiB writes after the sync), one ferry server, %v window\n",
-		r.Agents, o.DiskBytes>>20, o.DataBytes>>10, float64(o.WriteBytesPerSec)/1024, o.MinWrite>>10, o.MaxWrite>>10, o.Steady)
+	fmt.Fprintf(w, "\nScale: %d simulated agents (virtual %d MiB disks, %d KiB of data each, %.1f KiB/s of %d–%d KiB writes (%s) after the sync), one ferry server, %v window\n",
+		r.Agents, o.DiskBytes>>20, o.DataBytes>>10, float64(o.WriteBytesPerSec)/1024, o.MinWrite>>10, o.MaxWrite>>10, o.Pattern, o.Steady)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	for _, f := range r.Figures {
 		fmt.Fprintf(tw, "%s\t %s\t %s\t\n", f.Name, formatValue(f.Value), f.Unit)

@@ -57,6 +57,7 @@ list's latency. One fresh server per agent count. Raises the open-file limit
 	f.Int64Var(&o.DiskBytes, "disk-bytes", 0, "virtual disk size per agent (default 64 MiB)")
 	f.Int64Var(&o.DataBytes, "data-bytes", 0, "non-zero data at the start of each disk (default 64 KiB)")
 	f.Int64Var(&o.WriteBytesPerSec, "rate", 0, "mean write rate per agent after the sync, bytes/s (default 4096)")
+	f.StringVar(&o.Pattern, "pattern", "", "where writes land: log (appends to a log, some metadata rewrites; default) or random (anywhere on the disk)")
 	f.IntVar(&o.PairWorkers, "pair-workers", 0, "agents pairing at once (default 32)")
 	f.IntVar(&o.ConnectWorkers, "connect-workers", 0, "agents connecting and syncing at once (default 64)")
 	f.StringVar(&o.Dir, "dir", "", "directory for the servers' data (default: a temporary directory)")
