@@ -158,6 +158,13 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 			srv.Replication.ErrorCode, srv.Replication.ErrorMessage = "", ""
 		}
 		srv.LastSeenAt = lastHeard
+		for i := range srv.Replication.Steps {
+			switch srv.Replication.Steps[i].Step {
+			case ferry.StepPairReplicationServerWithAgent, ferry.StepConnectAgentToReplicationServer:
+				srv.Replication.Steps[i].Status = ferry.StepSucceeded
+			}
+		}
+		setStep(srv, ferry.StepCreateStagingDisks, ferry.StepSucceeded)
 		if lastProgress.After(started) {
 			setStep(srv, ferry.StepStartDataTransfer, ferry.StepSucceeded)
 		}

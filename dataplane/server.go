@@ -164,9 +164,14 @@ func (s *Server) handle(ctx context.Context, c *tls.Conn) {
 	if err != nil {
 		return
 	}
-	if err := s.markConnected(ctx, id); err != nil {
-		s.log().Warn("record agent connection", "server", id, "err", err)
-	}
+	// Recorded beside the session, not before it: with thousands of
+	// agents connecting, the metadata store's writer queue must not delay
+	// HELLO_ACK.
+	go func() {
+		if err := s.markConnected(ctx, id); err != nil && ctx.Err() == nil {
+			s.log().Warn("record agent connection", "server", id, "err", err)
+		}
+	}()
 	s.log().Info("agent connected", "server", id, "remote", c.RemoteAddr().String())
 	if err := s.replicate(ctx, c, id); err != nil {
 		s.log().Warn("agent session ended", "server", id, "err", err)

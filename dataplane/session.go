@@ -146,7 +146,9 @@ func (s *Server) replicate(ctx context.Context, c net.Conn, id string) error {
 		s.setStep(ctx, id, ferry.StepCreateStagingDisks, ferry.StepFailed, err)
 		return ss.fail(protocol.ErrCodeStorage, err)
 	}
-	s.setStep(ctx, id, ferry.StepCreateStagingDisks, ferry.StepSucceeded, nil)
+	// The steps that succeeded by now (paired, connected, staging disks
+	// created) are recorded by the control loop's first update, in one
+	// write with the rest: HELLO_ACK never waits for the metadata store.
 	ss.lastRecv = make([]uint64, len(ss.disks))
 	ss.lastBarrier = make([]uint64, len(ss.disks))
 	ss.flushPoints = make([]flushPoint, len(ss.disks))
