@@ -40,6 +40,10 @@ func NewClient(addr, token string, tlsConf *tls.Config) (*Client, error) {
 	}, nil
 }
 
+// CloseIdleConnections closes the client's idle keep-alive connections: an
+// agent that has paired frees the server's connection at once.
+func (c *Client) CloseIdleConnections() { c.hc.CloseIdleConnections() }
+
 // Do sends a request with an optional JSON body and decodes a JSON answer
 // into out (if not nil). An error answer comes back as *Error.
 func (c *Client) Do(ctx context.Context, method, path string, query url.Values, body, out any) error {

@@ -49,8 +49,9 @@ type sample struct {
 
 // ring is a bounded history of one server; the oldest samples go first.
 type ring struct {
-	buf  []sample
-	next int  // where the next sample goes
+	buf  []sample // grows to size, then wraps
+	size int
+	next int  // where the next sample goes once full
 	full bool // buf has wrapped
 	// The raw counters of the previous sample, for rates.
 	prevAt       time.Time
@@ -60,17 +61,27 @@ type ring struct {
 }
 
 func (r *ring) add(s sample) {
-	r.buf[r.next] = s
-	r.next++
-	if r.next == len(r.buf) {
-		r.next, r.full = 0, true
+	// The buffer grows to its size as samples come (a server with 10,000
+	// agents would otherwise hold 2 h of empty slots for each from the
+	// start, about 350 MB).
+	if len(r.buf) < r.size {
+		if len(r.buf) == cap(r.buf) {
+			nb := make([]sample, len(r.buf), min(max(2*cap(r.buf), 8), r.size))
+			copy(nb, r.buf)
+			r.buf = nb
+		}
+		r.buf = append(r.buf, s)
+		return
 	}
+	r.buf[r.next] = s
+	r.next = (r.next + 1) % len(r.buf)
+	r.full = true
 }
 
 // samples returns the samples, oldest first.
 func (r *ring) samples() []sample {
 	if !r.full {
-		return append([]sample(nil), r.buf[:r.next]...)
+		return append([]sample(nil), r.buf...)
 	}
 	return append(append([]sample(nil), r.buf[r.next:]...), r.buf[:r.next]...)
 }
@@ -128,7 +139,7 @@ func (s *Server) SampleHistory(ctx context.Context) error {
 		live[srv.ID] = true
 		r := s.history.rings[srv.ID]
 		if r == nil {
-			r = &ring{buf: make([]sample, n)}
+			r = &ring{size: n}
 			s.history.rings[srv.ID] = r
 		}
 		var backlog, progress int64

@@ -2,6 +2,9 @@ package dataplane
 
 import (
 	"context"
+	"math"
+	"reflect"
+	"slices"
 	"time"
 
 	"github.com/ferrymigrate/ferry"
@@ -72,6 +75,8 @@ func (ss *session) controlLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		case <-ss.poke:
+			ss.readAt = time.Time{} // re-read the record now
 		}
 	}
 }
@@ -107,8 +112,9 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 	ss.mu.Unlock()
 
 	var settings protocol.Settings
-	end := false
-	_, err := ss.s.Store.UpdateServer(ctx, ss.id, func(srv *ferry.SourceServer) error {
+	end, readied := false, false
+	apply := func(srv *ferry.SourceServer) error {
+		readied = false
 		settings = protocol.Settings{BandwidthBytesPerSec: srv.ReplicationSetup.BandwidthBytesPerSec, Desired: desiredCode(srv.Desired)}
 		if srv.Lifecycle == ferry.LifecycleDisconnected || srv.Archived {
 			settings.Disconnect, end = true, false
@@ -152,6 +158,13 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 			srv.Replication.ErrorCode, srv.Replication.ErrorMessage = "", ""
 		}
 		srv.LastSeenAt = lastHeard
+		for i := range srv.Replication.Steps {
+			switch srv.Replication.Steps[i].Step {
+			case ferry.StepPairReplicationServerWithAgent, ferry.StepConnectAgentToReplicationServer:
+				srv.Replication.Steps[i].Status = ferry.StepSucceeded
+			}
+		}
+		setStep(srv, ferry.StepCreateStagingDisks, ferry.StepSucceeded)
 		if lastProgress.After(started) {
 			setStep(srv, ferry.StepStartDataTransfer, ferry.StepSucceeded)
 		}
@@ -161,14 +174,90 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 		}
 		if allSynced && srv.Lifecycle == ferry.LifecycleNotReady && ferry.CheckTransition(srv.Lifecycle, ferry.LifecycleReadyForTest) == nil {
 			srv.Lifecycle = ferry.LifecycleReadyForTest
-			ss.s.log().Info("initial sync complete; ready for test", "server", ss.id)
+			readied = true
 		}
 		return nil
-	})
-	if err != nil && ctx.Err() == nil {
-		ss.s.log().Warn("update replication state", "server", ss.id, "err", err)
+	}
+	// Most seconds change nothing an operator sees: apply the update to
+	// the record as last read or written (re-read every SettingsPoll, or
+	// at once after Notify) and write only when it differs. A server with
+	// thousands of agents would otherwise read and write thousands of
+	// records a second.
+	if ss.record == nil || now.Sub(ss.readAt) >= ss.s.settingsPoll() || now.Before(ss.readAt) {
+		if cur, err := ss.s.Store.Server(ctx, ss.id); err == nil {
+			ss.record, ss.readAt = cur, now
+		}
+	}
+	if ss.record != nil {
+		cur := cloneForUpdate(ss.record)
+		before := recordOf(cur)
+		if apply(cur) == nil && !needsWrite(before, recordOf(cur), now.Sub(ss.written)) {
+			return settings, end
+		}
+	}
+	out, err := ss.s.Store.UpdateServer(ctx, ss.id, apply)
+	if err != nil {
+		ss.record = nil
+		if ctx.Err() == nil {
+			ss.s.log().Warn("update replication state", "server", ss.id, "err", err)
+		}
+		return settings, end
+	}
+	ss.record, ss.readAt, ss.written = out, now, now
+	if readied {
+		ss.s.log().Info("initial sync complete; ready for test", "server", ss.id)
 	}
 	return settings, end
+}
+
+// refreshEvery is how stale the record's last-seen time, lag and ETA may
+// get when nothing else about the server changes.
+const refreshEvery = 30 * time.Second
+
+// cloneForUpdate copies srv deeply enough for update's apply, which
+// changes only the lifecycle, replication info (with its steps), disks and
+// last-seen time.
+func cloneForUpdate(srv *ferry.SourceServer) *ferry.SourceServer {
+	c := *srv
+	c.Disks = slices.Clone(srv.Disks)
+	c.Replication.Steps = slices.Clone(srv.Replication.Steps)
+	return &c
+}
+
+// liveRecord is the part of a server's record a session writes.
+type liveRecord struct {
+	lifecycle   ferry.LifecycleState
+	replication ferry.ReplicationInfo
+	disks       []ferry.Disk
+	lastSeen    time.Time
+}
+
+// recordOf copies the fields a session writes out of srv.
+func recordOf(srv *ferry.SourceServer) liveRecord {
+	r := liveRecord{lifecycle: srv.Lifecycle, replication: srv.Replication, disks: slices.Clone(srv.Disks), lastSeen: srv.LastSeenAt}
+	r.replication.Steps = slices.Clone(srv.Replication.Steps)
+	// A store may keep times to the microsecond (PostgreSQL) and in
+	// another location: compare instants at that precision.
+	r.replication.LastSnapshotAt = r.replication.LastSnapshotAt.Truncate(time.Microsecond).UTC()
+	r.lastSeen = r.lastSeen.Truncate(time.Microsecond).UTC()
+	return r
+}
+
+// needsWrite says whether a session's update from before to after must be
+// written, since written ago: any change but the last-seen time, lag and
+// ETA; those only when they moved by a second and a tenth, or every
+// refreshEvery.
+func needsWrite(before, after liveRecord, sinceWrite time.Duration) bool {
+	if sinceWrite >= refreshEvery {
+		return !reflect.DeepEqual(before, after)
+	}
+	moved := func(a, b float64) bool { return math.Abs(a-b) >= max(1, 0.1*math.Abs(a)) }
+	if moved(before.replication.LagSeconds, after.replication.LagSeconds) || moved(before.replication.ETASeconds, after.replication.ETASeconds) {
+		return true
+	}
+	before.replication.LagSeconds, before.replication.ETASeconds = after.replication.LagSeconds, after.replication.ETASeconds
+	before.lastSeen = after.lastSeen
+	return !reflect.DeepEqual(before, after)
 }
 
 // setDisk records a disk's figures on the server, adding the disk if the
@@ -225,6 +314,13 @@ func (ss *session) recordDisconnect(ctx context.Context) {
 	if err != nil {
 		ss.s.log().Warn("record agent disconnect", "server", ss.id, "err", err)
 	}
+}
+
+func (s *Server) settingsPoll() time.Duration {
+	if s.SettingsPoll > 0 {
+		return s.SettingsPoll
+	}
+	return defaultSettingsPoll
 }
 
 func (s *Server) stallAfter() time.Duration {

@@ -30,9 +30,15 @@ type Server struct {
 	// StallAfter is how long without progress (or without a message) makes
 	// a connected agent's replication STALLED; 0 means 60 s.
 	StallAfter time.Duration
-	// PollInterval is how often a session re-reads the operator's
-	// settings and records its state; 0 means 1 s.
+	// PollInterval is how often a session records its state (when it
+	// changed); 0 means 1 s.
 	PollInterval time.Duration
+	// SettingsPoll is how often a session re-reads its server's record
+	// for changes made elsewhere (the operator's settings, a disconnect);
+	// 0 means 10 s. Whoever changes a server in this process calls Notify
+	// so the session picks the change up at once; the poll catches
+	// changes made by another process sharing the database.
+	SettingsPoll time.Duration
 	// CreditBytes bounds the bytes an agent may have sent but not seen
 	// acknowledged; 0 means 16 MiB.
 	CreditBytes int64
@@ -66,6 +72,18 @@ func (s *Server) now() time.Time {
 		return s.Now().UTC()
 	}
 	return time.Now().UTC()
+}
+
+// Notify tells server id's session, if it has one here, that the server's
+// record changed: the session re-reads it (and sends new SETTINGS) within
+// moments instead of at its next SettingsPoll.
+func (s *Server) Notify(id string) {
+	if ss := s.session(id); ss != nil {
+		select {
+		case ss.poke <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // ReceivedBytes returns how many bytes of data (uncompressed) agents have
@@ -162,9 +180,14 @@ func (s *Server) handle(ctx context.Context, c *tls.Conn) {
 	if err != nil {
 		return
 	}
-	if err := s.markConnected(ctx, id); err != nil {
-		s.log().Warn("record agent connection", "server", id, "err", err)
-	}
+	// Recorded beside the session, not before it: with thousands of
+	// agents connecting, the metadata store's writer queue must not delay
+	// HELLO_ACK.
+	go func() {
+		if err := s.markConnected(ctx, id); err != nil && ctx.Err() == nil {
+			s.log().Warn("record agent connection", "server", id, "err", err)
+		}
+	}()
 	s.log().Info("agent connected", "server", id, "remote", c.RemoteAddr().String())
 	if err := s.replicate(ctx, c, id); err != nil {
 		s.log().Warn("agent session ended", "server", id, "err", err)

@@ -21,11 +21,23 @@ import (
 const (
 	defaultStallAfter   = 60 * time.Second
 	defaultPoll         = time.Second
+	defaultSettingsPoll = 10 * time.Second
 	heartbeatEvery      = 5 * time.Second
 	readTimeout         = 30 * time.Second
 	writeTimeout        = 30 * time.Second
 	defaultCreditBytes  = 16 << 20
-	ackQueue            = 4096
+	// ackQueue bounds the records read but not yet acknowledged. A
+	// session's queue is allocated whole, so it is kept small (6 KiB): a
+	// server holds thousands of sessions, and a group commit acknowledges
+	// everything queued at once, so a longer queue would not add
+	// throughput.
+	ackQueue = 256
+	// readBuffer and writeBuffer size each session's buffers. Frames
+	// larger than the read buffer (initial-sync WRITEs) are read straight
+	// into the frame body; what the server sends is small except
+	// HASH_REPLY, which bypasses the buffer.
+	readBuffer          = 16 << 10
+	writeBuffer         = 4 << 10
 	zeroHashBlockLength = 1 << 20
 )
 
@@ -73,7 +85,13 @@ type session struct {
 	lastBarrier  []uint64        // per-disk seq of the newest durable barrier; guarded by mu
 	flushPoints  []flushPoint    // per-disk barrier answering the newest FLUSH; guarded by mu
 	settings     protocol.Settings
-	traffic      *serverTraffic // this server's counters
+	// The control loop's: the server's record as last read or written,
+	// when, and when last written.
+	record  *ferry.SourceServer
+	readAt  time.Time
+	written time.Time
+	poke    chan struct{}  // Notify: the record changed elsewhere
+	traffic *serverTraffic // this server's counters
 }
 
 // send writes one frame.
@@ -99,8 +117,8 @@ func (ss *session) fail(code uint16, err error) error {
 // replicate runs the protocol on an authenticated connection of server id
 // until the connection ends.
 func (s *Server) replicate(ctx context.Context, c net.Conn, id string) error {
-	ss := &session{s: s, c: c, id: id, bw: bufio.NewWriterSize(c, 64<<10), acks: make(chan pending, ackQueue), traffic: s.trafficOf(id)}
-	r := protocol.NewReader(c)
+	ss := &session{s: s, c: c, id: id, bw: bufio.NewWriterSize(c, writeBuffer), acks: make(chan pending, ackQueue), traffic: s.trafficOf(id), poke: make(chan struct{}, 1)}
+	r := protocol.NewReaderSize(c, readBuffer)
 	_ = c.SetReadDeadline(time.Now().Add(readTimeout))
 	m, err := r.Read()
 	if err != nil {
@@ -129,7 +147,9 @@ func (s *Server) replicate(ctx context.Context, c net.Conn, id string) error {
 		s.setStep(ctx, id, ferry.StepCreateStagingDisks, ferry.StepFailed, err)
 		return ss.fail(protocol.ErrCodeStorage, err)
 	}
-	s.setStep(ctx, id, ferry.StepCreateStagingDisks, ferry.StepSucceeded, nil)
+	// The steps that succeeded by now (paired, connected, staging disks
+	// created) are recorded by the control loop's first update, in one
+	// write with the rest: HELLO_ACK never waits for the metadata store.
 	ss.lastRecv = make([]uint64, len(ss.disks))
 	ss.lastBarrier = make([]uint64, len(ss.disks))
 	ss.flushPoints = make([]flushPoint, len(ss.disks))

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 )
 
 // headerLen is the frame header: a 4-byte big-endian length of the type
@@ -47,16 +48,66 @@ func Decode(body []byte) (Message, error) {
 // Reader reads frames from a stream.
 type Reader struct {
 	r   *bufio.Reader
-	buf []byte
+	buf []byte  // body of the last frame, when it fit keepFrame
+	big *[]byte // pooled body of the last larger frame; back to its pool at the next Read
 }
 
-// NewReader returns a Reader of r.
-func NewReader(r io.Reader) *Reader { return &Reader{r: bufio.NewReaderSize(r, 256<<10)} }
+// keepFrame is the largest frame body a Reader keeps a buffer of its own
+// for. Larger bodies come from pools shared by every Reader and go back at
+// the next Read, so a server's thousands of idle sessions do not each hold
+// a buffer as large as the largest frame they ever read.
+const keepFrame = 4 << 10
+
+// frameClasses are the pooled body sizes, each four times the last, up
+// to MaxFrame.
+var frameClasses = [...]int{16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, MaxFrame}
+
+var framePools [len(frameClasses)]sync.Pool
+
+// getFrame returns a pooled buffer of at least n ≤ MaxFrame bytes.
+func getFrame(n int) *[]byte {
+	for i, c := range frameClasses {
+		if n <= c {
+			if b, ok := framePools[i].Get().(*[]byte); ok {
+				return b
+			}
+			b := make([]byte, c)
+			return &b
+		}
+	}
+	panic("protocol: frame larger than MaxFrame") // Read checks n first
+}
+
+// putFrame returns a buffer from getFrame to its pool.
+func putFrame(b *[]byte) {
+	for i, c := range frameClasses {
+		if cap(*b) == c {
+			framePools[i].Put(b)
+			return
+		}
+	}
+}
+
+// NewReader returns a Reader of r with a 256 KiB buffer, for a stream that
+// carries large frames back to back (an agent's initial sync).
+func NewReader(r io.Reader) *Reader { return NewReaderSize(r, 256<<10) }
+
+// NewReaderSize returns a Reader of r with a buffer of size bytes. A server
+// holding thousands of mostly idle sessions uses a small one: frames larger
+// than the buffer are read straight into the frame body, so the size only
+// decides how many small frames one read from r can bring in.
+func NewReaderSize(r io.Reader, size int) *Reader {
+	return &Reader{r: bufio.NewReaderSize(r, size)}
+}
 
 // Read reads the next message. The returned message's byte slices are only
 // valid until the next Read. At a clean end of stream it returns io.EOF; a
 // stream cut inside a frame is io.ErrUnexpectedEOF.
 func (r *Reader) Read() (Message, error) {
+	if r.big != nil {
+		putFrame(r.big)
+		r.big = nil
+	}
 	var h [headerLen]byte
 	if _, err := io.ReadFull(r.r, h[:]); err != nil {
 		return nil, err
@@ -65,10 +116,16 @@ func (r *Reader) Read() (Message, error) {
 	if n == 0 || n > MaxFrame {
 		return nil, fmt.Errorf("%w: frame length %d is not in 1..%d", ErrMalformed, n, MaxFrame)
 	}
-	if cap(r.buf) < int(n) {
-		r.buf = make([]byte, n)
+	var body []byte
+	if n <= keepFrame {
+		if r.buf == nil {
+			r.buf = make([]byte, keepFrame)
+		}
+		body = r.buf[:n]
+	} else {
+		r.big = getFrame(int(n))
+		body = (*r.big)[:n]
 	}
-	body := r.buf[:n]
 	if _, err := io.ReadFull(r.r, body); err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF

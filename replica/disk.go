@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
@@ -478,7 +479,10 @@ func (s *Store) startFolder(d *Disk) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		t := time.NewTicker(s.opts.FoldInterval)
+		// The first timed fold comes at a random point of the interval, so
+		// the disks of a server (opened together at start, or created as
+		// a fleet of agents connects) do not all fold in the same second.
+		t := time.NewTimer(rand.N(s.foldInterval()) + 1)
 		defer t.Stop()
 		check := time.NewTicker(min(s.opts.FoldInterval, time.Second))
 		defer check.Stop()
@@ -487,6 +491,7 @@ func (s *Store) startFolder(d *Disk) {
 			case <-s.ctx.Done():
 				return
 			case <-t.C:
+				t.Reset(s.foldInterval())
 			case <-check.C:
 				if d.unfoldedBytes() < s.opts.FoldBytes {
 					continue
@@ -502,6 +507,23 @@ func (s *Store) startFolder(d *Disk) {
 			}
 		}
 	}()
+}
+
+// maxTimedFolds bounds the timed folds a store starts per second: a
+// fold reads, hashes, compresses and seals every chunk a write touched
+// since the last one, so a server with 10,000 mostly idle disks folding
+// each every 10 s would spend its CPU rewriting the same chunks.
+const maxTimedFolds = 50
+
+// foldInterval is the time between a disk's timed folds: FoldInterval,
+// stretched so the store's disks together fold at most maxTimedFolds
+// times a second (200 s with 10,000 disks). Busy disks still fold early
+// at FoldBytes, and snapshots fold when they are taken.
+func (s *Store) foldInterval() time.Duration {
+	s.mu.Lock()
+	n := len(s.disks)
+	s.mu.Unlock()
+	return max(s.opts.FoldInterval, time.Duration(n)*time.Second/maxTimedFolds)
 }
 
 // unfoldedBytes estimates the journal bytes not yet folded.

@@ -152,10 +152,13 @@ func (d *Disk) foldChunks(ctx context.Context, cb *chunkBatch, r *Reader, dirty 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			buf := make([]byte, r.cs)
+			// Allocated on the first chunk that must be read: most of a
+			// fold's chunks are often linked or zero, and thousands of
+			// disks fold at once on a busy server.
+			var buf []byte
 			for c := range work {
 				n := min(r.cs, r.size-c*r.cs)
-				h, err := d.foldChunk(ctx, cb, r, c, buf[:n])
+				h, err := d.foldChunk(ctx, cb, r, c, n, &buf)
 				mu.Lock()
 				if err != nil && firstErr == nil {
 					firstErr = err
@@ -180,12 +183,14 @@ func (d *Disk) foldChunks(ctx context.Context, cb *chunkBatch, r *Reader, dirty 
 	return refs, firstErr
 }
 
-func (d *Disk) foldChunk(ctx context.Context, cb *chunkBatch, r *Reader, c int64, buf []byte) (Hash, error) {
-	if len(buf) <= 0 {
+// foldChunk stores chunk c (n bytes) as r shows it, reading it into *buf
+// (allocated here when nil) unless it can be linked or is all zeros.
+func (d *Disk) foldChunk(ctx context.Context, cb *chunkBatch, r *Reader, c, n int64, buf *[]byte) (Hash, error) {
+	if n <= 0 {
 		return Hash{}, errors.New("chunk past the end of the disk")
 	}
 	// A chunk last written whole by ingest is stored already: link it.
-	if ps := r.ov[c]; len(ps) == 1 && ps[0].off == c*r.cs && ps[0].len == r.cs && int64(len(buf)) == r.cs {
+	if ps := r.ov[c]; len(ps) == 1 && ps[0].off == c*r.cs && ps[0].len == r.cs && n == r.cs {
 		if ps[0].stored {
 			return ps[0].hash, nil
 		}
@@ -193,10 +198,14 @@ func (d *Disk) foldChunk(ctx context.Context, cb *chunkBatch, r *Reader, c int64
 			return Hash{}, nil
 		}
 	}
-	if err := r.readChunk(c, c*r.cs, buf); err != nil {
+	if *buf == nil {
+		*buf = make([]byte, r.cs)
+	}
+	b := (*buf)[:n]
+	if err := r.readChunk(c, c*r.cs, b); err != nil {
 		return Hash{}, err
 	}
-	return d.s.putChunk(ctx, cb, buf)
+	return d.s.putChunk(ctx, cb, b)
 }
 
 // tidyLocked trims the journal to its window and deletes block maps that

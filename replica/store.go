@@ -56,8 +56,9 @@ type Options struct {
 	// Window bounds the folded journal kept per disk.
 	Window Window
 	// FoldInterval is how often each disk's journal is folded into a new
-	// block map; default 10s. Negative disables background folding (call
-	// Disk.Fold).
+	// block map; default 10s, stretched on a store with more than 500
+	// disks so that at most 50 timed folds start a second. Negative
+	// disables background folding (call Disk.Fold).
 	FoldInterval time.Duration
 	// FoldBytes starts a fold early once this many journal bytes are
 	// unfolded; default 256 MiB.

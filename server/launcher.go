@@ -475,7 +475,7 @@ func (s *Server) startLaunches(ctx context.Context, cfg config.Server, log *slog
 	}
 	s.nbdLn = ln
 	s.launcher = newLauncher(ctx, s.replica, cfg.DataDir, sock, cfg.QEMUBinary, log)
-	s.jobs = &jobs.Runner{Store: s.store, Snapshots: s.data, Launcher: s.launcher, Logger: log}
+	s.jobs = &jobs.Runner{Store: s.notified, Snapshots: s.data, Launcher: s.launcher, Logger: log}
 	n, err := s.jobs.Recover(ctx)
 	if err != nil {
 		return err

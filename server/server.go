@@ -45,12 +45,13 @@ func OpenStore(ctx context.Context, database string) (ferry.Store, error) {
 
 // Server is a running `ferry server`.
 type Server struct {
-	cfg     config.Server
-	store   ferry.Store
-	replica *replica.Store
-	ca      *pki.CA
-	cert    tls.Certificate
-	log     *slog.Logger
+	cfg      config.Server
+	store    ferry.Store
+	notified ferry.Store // store for the control plane and jobs: tells the data plane of changes
+	replica  *replica.Store
+	ca       *pki.CA
+	cert     tls.Certificate
+	log      *slog.Logger
 
 	// APIAddr and DataAddr are the bound listen addresses, known after
 	// Start (useful with port 0).
@@ -107,6 +108,9 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 	s.APIAddr, s.DataAddr = s.apiLn.Addr().String(), s.dataLn.Addr().String()
 
 	s.data = &dataplane.Server{Store: s.store, CA: s.ca, Cert: s.cert, Logger: log, Replica: s.replica}
+	// The control plane and the jobs change servers through a store that
+	// tells the data plane, so settings reach connected agents at once.
+	s.notified = notifyingStore{Store: s.store, changed: s.data.Notify}
 	if err := s.startLaunches(ctx, cfg, log); err != nil {
 		return nil, err
 	}
@@ -124,7 +128,7 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 		return logical, u.StoredBytes, nil
 	}})
 	cp := &controlplane.Server{
-		Store: s.store, Signer: s.ca, DataPlaneAddr: advertised(cfg.Advertise, s.DataAddr),
+		Store: s.notified, Signer: s.ca, DataPlaneAddr: advertised(cfg.Advertise, s.DataAddr),
 		Version: Version, Logger: log, Observe: apiMetrics.Observe, Snapshots: s.data, Jobs: s.jobs,
 		DataPlane: dataPlaneFigures{s.data}, Usage: stagingUsage{s.replica}, Started: time.Now().UTC(),
 	}
