@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -150,6 +151,11 @@ type engine struct {
 	// thawing holds the file systems frozen once every barrier is decided,
 	// until the server acknowledges them durable; guarded by mu.
 	thawing *freezer
+
+	// timers say where the sender spends its time (STATS timing), and
+	// sendTiming whether the server's revision decodes it.
+	timers     senderTimers
+	sendTiming atomic.Bool
 }
 
 // Replicate replicates Devices to the server the agent paired with until
@@ -443,6 +449,7 @@ func (e *engine) session(ctx context.Context) error {
 		return fmt.Errorf("HELLO_ACK has %d disks, we sent %d", len(ack.Disks), len(e.disks))
 	}
 	e.resume(ack)
+	e.sendTiming.Store(ack.ProtocolVersion >= protocol.RevisionStatsTiming)
 	e.log.Info("replication session started", "server", nc.RemoteAddr().String())
 
 	hashReplies := make(chan *protocol.HashReply, 1)
@@ -650,7 +657,7 @@ func (e *engine) stats() *protocol.Stats {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	now := time.Now()
-	st := &protocol.Stats{SentAtUnixNano: now.UnixNano()}
+	st := &protocol.Stats{SentAtUnixNano: now.UnixNano(), Timing: e.timing()}
 	var oldest time.Time
 	for _, d := range e.disks {
 		ds := protocol.DiskStats{Phase: d.phase(e.o.BacklogBytes), ReplicatedBytes: d.prog.SyncCursor,

@@ -84,9 +84,9 @@ func (s *Server) UsageReport(ctx context.Context) (*api.UsageReport, error) {
 				u.Snapshots += d.Snapshots
 			}
 		}
-		if s.DataPlane != nil {
-			u.BytesSent = s.DataPlane.Traffic(srv.ID).ReceivedBytes
-		}
+		// The replication server adds to each disk's count about once a
+		// second, so the store's figure survives restarts of either side.
+		u.BytesSent = srv.SentBytes()
 		rep.Servers = append(rep.Servers, u)
 	}
 	return rep, nil

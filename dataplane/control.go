@@ -108,7 +108,9 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 
 	var settings protocol.Settings
 	end := false
+	sent := ss.unsavedSent()
 	_, err := ss.s.Store.UpdateServer(ctx, ss.id, func(srv *ferry.SourceServer) error {
+		ss.addSent(srv, sent)
 		settings = protocol.Settings{BandwidthBytesPerSec: srv.ReplicationSetup.BandwidthBytesPerSec, Desired: desiredCode(srv.Desired)}
 		if srv.Lifecycle == ferry.LifecycleDisconnected || srv.Archived {
 			settings.Disconnect, end = true, false
@@ -161,10 +163,53 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 		}
 		return nil
 	})
-	if err != nil && ctx.Err() == nil {
+	if err == nil {
+		ss.savedSent(sent)
+	} else if ctx.Err() == nil {
 		ss.s.log().Warn("update replication state", "server", ss.id, "err", err)
 	}
 	return settings, end
+}
+
+// unsavedSent returns each disk's bytes received that the server record
+// does not count yet.
+func (ss *session) unsavedSent() []int64 {
+	out := make([]int64, len(ss.disks))
+	for i, sd := range ss.disks {
+		out[i] = sd.unsaved.Load()
+	}
+	return out
+}
+
+// addSent adds sent (from unsavedSent) to the record's per-disk SentBytes.
+// The store may call an update function more than once; each call gets a
+// fresh record, so adding inside it counts once.
+func (ss *session) addSent(srv *ferry.SourceServer, sent []int64) {
+	for i, n := range sent {
+		if n == 0 {
+			continue
+		}
+		sd := ss.disks[i]
+		found := false
+		for j := range srv.Disks {
+			if srv.Disks[j].Name == sd.name {
+				srv.Disks[j].SentBytes += n
+				found = true
+				break
+			}
+		}
+		if !found {
+			srv.Disks = append(srv.Disks, ferry.Disk{Name: sd.name, SizeBytes: sd.size.Load(), SentBytes: n})
+		}
+	}
+}
+
+// savedSent takes what a successful update counted off the unsaved bytes;
+// bytes received meanwhile stay for the next update.
+func (ss *session) savedSent(sent []int64) {
+	for i, n := range sent {
+		ss.disks[i].unsaved.Add(-n)
+	}
 }
 
 // setDisk records a disk's figures on the server, adding the disk if the
@@ -212,7 +257,9 @@ func (s *Server) setStep(ctx context.Context, id string, step ferry.InitiationSt
 func (ss *session) recordDisconnect(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	sent := ss.unsavedSent()
 	_, err := ss.s.Store.UpdateServer(ctx, ss.id, func(srv *ferry.SourceServer) error {
+		ss.addSent(srv, sent)
 		srv.Replication.State = ferry.ReplicationDisconnected
 		srv.Replication.LagSeconds = 0
 		srv.Replication.ETASeconds = 0
@@ -220,7 +267,9 @@ func (ss *session) recordDisconnect(ctx context.Context) {
 	})
 	if err != nil {
 		ss.s.log().Warn("record agent disconnect", "server", ss.id, "err", err)
+		return
 	}
+	ss.savedSent(sent)
 }
 
 func (s *Server) stallAfter() time.Duration {

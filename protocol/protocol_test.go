@@ -32,6 +32,8 @@ func samples() []Message {
 		&Settings{BandwidthBytesPerSec: 10 << 20, Desired: DesiredPause, Disconnect: true},
 		&Heartbeat{UnixNano: 1700000000000000000},
 		&Stats{SentAtUnixNano: 5, OldestUnsentUnixNano: 3, Disks: []DiskStats{{Phase: PhaseBacklog, ReplicatedBytes: 1, RescannedBytes: 2, BackloggedBytes: 3, SyncDone: true, SyncSeq: 4}}},
+		&Stats{SentAtUnixNano: 6, Disks: []DiskStats{{Phase: PhaseContinuous, SyncDone: true}},
+			Timing: &AgentTiming{ReadNanos: 1e9, NetworkNanos: 2e9, ThrottleNanos: 3, IdleNanos: 4e9}},
 		&Error{Code: ErrCodeStorage, Message: "disk full"},
 	}
 }
@@ -64,6 +66,10 @@ func TestRoundTrip(t *testing.T) {
 			if b, ok := m.(*Barrier); ok && b.FlushID != 0 {
 				open = true
 			}
+			// So is STATS's timing block (revision 2).
+			if st, ok := m.(*Stats); ok && st.Timing != nil {
+				open = true
+			}
 			for n := 1; n < len(frame)-headerLen; n++ {
 				if _, err := Decode(frame[headerLen : headerLen+n]); err == nil && !open {
 					t.Fatalf("body truncated to %d bytes decoded", n)
@@ -90,6 +96,8 @@ func TestDecodeErrorsNameTheProblem(t *testing.T) {
 		{"lying disk count", []byte{byte(TypeHelloAck), 1, 0, 0xff, 0xff}, "HELLO_ACK: disks: count 65535"},
 		{"hash length", Append(nil, &HashRequest{BlockSize: 4096, Length: 1 << 40, Algo: HashBLAKE3})[headerLen:], "HASH_REQUEST: length"},
 		{"small credit", Append(nil, &Credit{Bytes: 10})[headerLen:], "CREDIT: bytes"},
+		{"stats timing cut short", append(Append(nil, &Stats{})[headerLen:], 1, 2, 3), "STATS: read ns: needs 8 bytes"},
+		{"stats timing negative", Append(nil, &Stats{Timing: &AgentTiming{IdleNanos: -1}})[headerLen:], "STATS: idle ns: negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
