@@ -69,6 +69,11 @@ type ReplicationInfo struct {
 	ETASeconds        float64               `json:"eta_seconds,omitempty"`
 	LastSnapshotAt    time.Time             `json:"last_snapshot_at,omitzero"`
 	ReplicationServer string                `json:"replication_server,omitempty"`
+	// ReplicatingSeconds is the time the agent has spent connected with
+	// replication running (not initiating, paused, stopped or
+	// disconnected), added up by the replication server and kept across
+	// restarts: the usage report's days replicated.
+	ReplicatingSeconds float64 `json:"replicating_seconds,omitempty"`
 }
 
 // InitiationStepState is the status of one initiation step.

@@ -217,13 +217,12 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 	for {
 		e.mu.Lock()
 		w, d := e.nextWorkLocked()
-		if w == workNone {
-			t0 := time.Now()
-			for w == workNone && ctx.Err() == nil {
-				e.cond.Wait()
-				w, d = e.nextWorkLocked()
-			}
-			since(&e.timers.idle, t0)
+		// Idle time is added at every wake-up (at least every 250 ms), so
+		// STATS see it while the wait lasts.
+		for t0 := time.Now(); w == workNone && ctx.Err() == nil; {
+			e.cond.Wait()
+			t0 = since(&e.timers.idle, t0)
+			w, d = e.nextWorkLocked()
 		}
 		if ctx.Err() != nil {
 			e.mu.Unlock()

@@ -438,7 +438,9 @@ type ServerUsage struct {
 	// servers count for each), plus their journals.
 	StoredBytes int64 `json:"stored_bytes"`
 	Snapshots   int   `json:"snapshots"`
-	// DaysReplicated is the days since the server paired.
+	// DaysReplicated is the time the agent has spent connected with
+	// replication running (not paused, stopped or disconnected), in days,
+	// kept across restarts.
 	DaysReplicated float64 `json:"days_replicated"`
 	// BytesSent is the data the agent has sent (WRITE payloads as they
 	// crossed the network, after compression) since the server paired,

@@ -161,6 +161,7 @@ func TestHistoryUsageConsole(t *testing.T) {
 	// data plane's counters since the process started.
 	if _, err := e.store.UpdateServer(ctx, "s-1", func(s *ferry.SourceServer) error {
 		s.Disks = []ferry.Disk{{Name: "vda", SentBytes: 50 << 20}, {Name: "vdb", SentBytes: 2 << 20}}
+		s.Replication.ReplicatingSeconds = 1.5 * 86400
 		return nil
 	}); err != nil {
 		t.Fatal(err)
@@ -174,7 +175,7 @@ func TestHistoryUsageConsole(t *testing.T) {
 	if err != nil || len(rows) != 2 {
 		t.Fatalf("usage csv %q: %v", body, err)
 	}
-	if want := []string{"s-1", "host-s-1", "0", "100", "42", "3", "0.00", "54525952"}; strings.Join(rows[1], ",") != strings.Join(want, ",") {
+	if want := []string{"s-1", "host-s-1", "0", "100", "42", "3", "1.50", "54525952"}; strings.Join(rows[1], ",") != strings.Join(want, ",") {
 		t.Errorf("usage row %v, want %v", rows[1], want)
 	}
 	status, _ = e.do(http.MethodGet, "/usage?format=xml", e.tokens[ferry.RoleViewer], nil)

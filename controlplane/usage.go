@@ -76,7 +76,7 @@ func (s *Server) UsageReport(ctx context.Context) (*api.UsageReport, error) {
 	rep := &api.UsageReport{Time: now, BytesSentSince: s.Started, Servers: make([]api.ServerUsage, 0, len(srvs)), StoreStoredBytes: stored}
 	for _, srv := range srvs {
 		u := api.ServerUsage{SourceServerID: srv.ID, Hostname: srv.Hostname, DiskBytes: srv.TotalBytes(),
-			DaysReplicated: max(now.Sub(srv.CreatedAt).Hours()/24, 0)}
+			DaysReplicated: srv.Replication.ReplicatingSeconds / 86400}
 		for _, d := range disks {
 			if strings.HasPrefix(d.DiskID, srv.ID+".") {
 				u.LogicalBytes += d.LogicalBytes

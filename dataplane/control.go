@@ -109,6 +109,12 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 	var settings protocol.Settings
 	end := false
 	sent := ss.unsavedSent()
+	// Replicating time counts from the previous update, at most a few
+	// polls (a gap longer than that was not spent replicating).
+	var elapsed time.Duration
+	if !ss.countedAt.IsZero() {
+		elapsed = min(max(now.Sub(ss.countedAt), 0), 5*ss.s.pollInterval())
+	}
 	_, err := ss.s.Store.UpdateServer(ctx, ss.id, func(srv *ferry.SourceServer) error {
 		ss.addSent(srv, sent)
 		settings = protocol.Settings{BandwidthBytesPerSec: srv.ReplicationSetup.BandwidthBytesPerSec, Desired: desiredCode(srv.Desired)}
@@ -140,6 +146,9 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 		}
 		in.Pending = remaining > 0
 		srv.Replication.State = DeriveState(in)
+		if countsAsReplicating(srv.Replication.State) {
+			srv.Replication.ReplicatingSeconds += elapsed.Seconds()
+		}
 		srv.Replication.LagSeconds = Lag(st, statsAt, now).Seconds()
 		srv.Replication.ETASeconds = ETA(remaining, rate).Seconds()
 		if !snapAt.IsZero() {
@@ -165,10 +174,23 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 	})
 	if err == nil {
 		ss.savedSent(sent)
+		ss.countedAt = now
 	} else if ctx.Err() == nil {
 		ss.s.log().Warn("update replication state", "server", ss.id, "err", err)
 	}
 	return settings, end
+}
+
+// countsAsReplicating says whether time in state counts as days
+// replicated: the agent is connected and replication runs (a STALLED
+// server is still meant to replicate).
+func countsAsReplicating(st ferry.ReplicationState) bool {
+	switch st {
+	case ferry.ReplicationInitialSync, ferry.ReplicationContinuous, ferry.ReplicationBacklog, ferry.ReplicationRescan,
+		ferry.ReplicationCreatingSnapshot, ferry.ReplicationStalled:
+		return true
+	}
+	return false
 }
 
 // unsavedSent returns each disk's bytes received that the server record
@@ -270,6 +292,13 @@ func (ss *session) recordDisconnect(ctx context.Context) {
 		return
 	}
 	ss.savedSent(sent)
+}
+
+func (s *Server) pollInterval() time.Duration {
+	if s.PollInterval > 0 {
+		return s.PollInterval
+	}
+	return defaultPoll
 }
 
 func (s *Server) stallAfter() time.Duration {

@@ -76,6 +76,9 @@ type session struct {
 	flushPoints  []flushPoint    // per-disk barrier answering the newest FLUSH; guarded by mu
 	settings     protocol.Settings
 	traffic      *serverTraffic // this server's counters
+	// countedAt is when the record's ReplicatingSeconds was last brought
+	// up to date; the control loop owns it.
+	countedAt time.Time
 }
 
 // send writes one frame.
