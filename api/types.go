@@ -50,6 +50,7 @@ func (e *Error) Error() string { return e.Code + ": " + e.Message }
 const (
 	CodeBadRequest        = "bad_request"
 	CodeUnauthorized      = "unauthorized"
+	CodeTokenExpired      = "token_expired" // a 401: the API token's time ran out; sign in again with a new one
 	CodeForbidden         = "forbidden"
 	CodeNotFound          = "not_found"
 	CodeConflict          = "conflict"
