@@ -257,11 +257,18 @@ func RunImport(ctx context.Context, o ImportOptions, out io.Writer) error {
 		size := st.Size()
 		label := fmt.Sprintf("uploading %s (%s)", filepath.Base(o.File), bytesIEC(size))
 		p.Update(0, label)
+		sent := false
 		body = &countingReader{r: f, onRead: func(n int64) {
+			// The last read (EOF) repeats the total; the upload is over
+			// once the whole file is read.
+			if sent {
+				return
+			}
 			if size > 0 {
 				p.Update(float64(n)/float64(size), label)
 			}
 			if n >= size {
+				sent = true
 				p.Update(-1, "the server checks every row of "+filepath.Base(o.File)+"…")
 			}
 		}}

@@ -111,7 +111,8 @@ func TestHubVerbs(t *testing.T) {
 			t.Errorf("bad import output lacks %q:\n%s", want, out.String())
 		}
 	}
-	if p := progress.String(); !strings.HasPrefix(p, "uploading bad.csv (") || !strings.Contains(p, "100%\n") || strings.ContainsAny(p, "\r\x1b") {
+	if p := progress.String(); !strings.HasPrefix(p, "uploading bad.csv (") || !strings.HasSuffix(p, " 100%\nthe server checks every row of bad.csv…\n") ||
+		strings.Count(p, "100%") != 1 || strings.ContainsAny(p, "\r\x1b") {
 		t.Errorf("import progress on a non-terminal:\n%q", p)
 	}
 	if s, _ := st.Server(ctx, "s-db"); s.ApplicationID != "" {
