@@ -138,6 +138,10 @@ type engine struct {
 	byPath  map[string]*rdisk
 	limiter *rate.Limiter
 	chunk   int64
+	// timers say where the sender spends its time (STATS timing), and
+	// sendTiming whether the server's revision decodes it.
+	timers     senderTimers
+	sendTiming atomic.Bool
 
 	mu        sync.Mutex
 	cond      *sync.Cond
@@ -151,11 +155,6 @@ type engine struct {
 	// thawing holds the file systems frozen once every barrier is decided,
 	// until the server acknowledges them durable; guarded by mu.
 	thawing *freezer
-
-	// timers say where the sender spends its time (STATS timing), and
-	// sendTiming whether the server's revision decodes it.
-	timers     senderTimers
-	sendTiming atomic.Bool
 }
 
 // Replicate replicates Devices to the server the agent paired with until
