@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -86,5 +87,61 @@ func TestEventStreamEnds(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("stream did not end after CloseStreams")
+	}
+}
+
+// A stream ends within a poll when its token expires or is revoked, and
+// reconnecting gets the 401 that says which: a dashboard left open notices
+// on its own.
+func TestEventStreamEndsWithItsToken(t *testing.T) {
+	for _, tt := range []struct {
+		name, code string
+		end        func(e *env, skew *atomic.Int64, id string)
+	}{
+		{"expired", api.CodeTokenExpired, func(_ *env, skew *atomic.Int64, _ string) { skew.Store(int64(2 * time.Minute)) }},
+		{"revoked", api.CodeUnauthorized, func(e *env, _ *atomic.Int64, id string) {
+			if err := e.store.RevokeToken(context.Background(), id, e.now); err != nil {
+				t.Error(err)
+			}
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.srv.EventPollInterval = 10 * time.Millisecond
+			e.srv.EventStreamMaxAge = time.Hour
+			var skew atomic.Int64
+			base := e.now
+			e.srv.Now = func() time.Time { return base.Add(time.Duration(skew.Load())) }
+			tok, err := CreateToken(context.Background(), e.store, "page", ferry.RoleViewer, base, time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan int)
+			go func() {
+				st, _ := e.do("GET", "/events", tok.Secret, nil)
+				done <- st
+			}()
+			time.Sleep(100 * time.Millisecond)
+			select {
+			case <-done:
+				t.Fatal("the stream ended while its token was good")
+			default:
+			}
+			tt.end(e, &skew, tok.Token.ID)
+			select {
+			case st := <-done:
+				if st != http.StatusOK {
+					t.Fatalf("status %d", st)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the stream outlived its token")
+			}
+			st, body := e.do("GET", "/events", tok.Secret, nil)
+			var ae api.Error
+			_ = json.Unmarshal(body, &ae)
+			if st != http.StatusUnauthorized || ae.Code != tt.code {
+				t.Fatalf("reconnect: %d %s, want 401 %s", st, body, tt.code)
+			}
+		})
 	}
 }
