@@ -59,15 +59,15 @@ func TestRoundTrip(t *testing.T) {
 			if _, ok := m.(*HashReply); ok {
 				open = true
 			}
+			// STATS's timing block (revision 2) is optional.
+			if st, ok := m.(*Stats); ok && st.Timing != nil {
+				open = true
+			}
 			// FLUSH's consistency and BARRIER's flush id are optional.
 			if f, ok := m.(*Flush); ok && f.Consistency != 0 {
 				open = true
 			}
 			if b, ok := m.(*Barrier); ok && b.FlushID != 0 {
-				open = true
-			}
-			// So is STATS's timing block (revision 2).
-			if st, ok := m.(*Stats); ok && st.Timing != nil {
 				open = true
 			}
 			for n := 1; n < len(frame)-headerLen; n++ {
