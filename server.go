@@ -53,6 +53,10 @@ type Disk struct {
 	ReplicatedBytes  int64  `json:"replicated_bytes"`
 	RescannedBytes   int64  `json:"rescanned_bytes"`
 	BackloggedBytes  int64  `json:"backlogged_bytes"`
+	// SentBytes is the data the agent has sent of this disk since it was
+	// first replicated (WRITE payloads as they crossed the network, so
+	// after compression), kept across restarts of either side.
+	SentBytes int64 `json:"sent_bytes"`
 }
 
 // ReplicationInfo is the live data-replication picture of a server.
@@ -65,12 +69,26 @@ type ReplicationInfo struct {
 	ETASeconds        float64               `json:"eta_seconds,omitempty"`
 	LastSnapshotAt    time.Time             `json:"last_snapshot_at,omitzero"`
 	ReplicationServer string                `json:"replication_server,omitempty"`
+	// ReplicatingSeconds is the time the agent has spent connected with
+	// replication running (not initiating, paused, stopped or
+	// disconnected), added up by the replication server and kept across
+	// restarts: the usage report's days replicated.
+	ReplicatingSeconds float64 `json:"replicating_seconds,omitempty"`
 }
 
 // InitiationStepState is the status of one initiation step.
 type InitiationStepState struct {
 	Step   InitiationStep `json:"step"`
 	Status StepStatus     `json:"status"`
+}
+
+// SentBytes is the sum of the data the agent sent of each disk.
+func (s *SourceServer) SentBytes() int64 {
+	var n int64
+	for _, d := range s.Disks {
+		n += d.SentBytes
+	}
+	return n
 }
 
 // TotalBytes is the sum of the sizes of the server's disks.

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -142,6 +143,10 @@ type engine struct {
 	byPath  map[string]*rdisk
 	limiter *rate.Limiter
 	chunk   int64
+	// timers say where the sender spends its time (STATS timing), and
+	// sendTiming whether the server's revision decodes it.
+	timers     senderTimers
+	sendTiming atomic.Bool
 
 	mu        sync.Mutex
 	cond      *sync.Cond
@@ -457,6 +462,7 @@ func (e *engine) session(ctx context.Context) error {
 		return fmt.Errorf("HELLO_ACK has %d disks, we sent %d", len(ack.Disks), len(e.disks))
 	}
 	e.resume(ack)
+	e.sendTiming.Store(ack.ProtocolVersion >= protocol.RevisionStatsTiming)
 	e.log.Info("replication session started", "server", nc.RemoteAddr().String())
 
 	hashReplies := make(chan *protocol.HashReply, 1)
@@ -664,7 +670,7 @@ func (e *engine) stats() *protocol.Stats {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	now := time.Now()
-	st := &protocol.Stats{SentAtUnixNano: now.UnixNano()}
+	st := &protocol.Stats{SentAtUnixNano: now.UnixNano(), Timing: e.timing()}
 	var oldest time.Time
 	for _, d := range e.disks {
 		ds := protocol.DiskStats{Phase: d.phase(e.o.BacklogBytes), ReplicatedBytes: d.prog.SyncCursor,

@@ -4,10 +4,35 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferrymigrate/ferry/protocol"
 )
+
+// senderTimers add up where the send loop's time goes, so the server can
+// tell a slow source disk from a slow network (STATS timing).
+type senderTimers struct {
+	read, network, throttle, idle atomic.Int64
+}
+
+// since adds the time since t0 to c and returns now, to chain spans.
+func since(c *atomic.Int64, t0 time.Time) time.Time {
+	now := time.Now()
+	c.Add(int64(now.Sub(t0)))
+	return now
+}
+
+// timing returns the STATS timing block, or nil when the server's revision
+// does not decode it.
+func (e *engine) timing() *protocol.AgentTiming {
+	if !e.sendTiming.Load() {
+		return nil
+	}
+	t := &e.timers
+	return &protocol.AgentTiming{ReadNanos: t.read.Load(), NetworkNanos: t.network.Load(),
+		ThrottleNanos: t.throttle.Load(), IdleNanos: t.idle.Load()}
+}
 
 // chunkResult is one initial-sync chunk, read (and compressed) ahead.
 type chunkResult struct {
@@ -192,8 +217,11 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 	for {
 		e.mu.Lock()
 		w, d := e.nextWorkLocked()
-		for w == workNone && ctx.Err() == nil {
+		// Idle time is added at every wake-up (at least every 250 ms), so
+		// STATS see it while the wait lasts.
+		for t0 := time.Now(); w == workNone && ctx.Err() == nil; {
 			e.cond.Wait()
+			t0 = since(&e.timers.idle, t0)
 			w, d = e.nextWorkLocked()
 		}
 		if ctx.Err() != nil {
@@ -206,7 +234,9 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 			d.sweep = x.Offset + x.Length
 			e.mu.Unlock()
 			b := buf[:x.Length]
+			t0 := time.Now()
 			err := d.dev.readAt(b, x.Offset)
+			since(&e.timers.read, t0)
 			if err == nil {
 				err = e.sendData(ctx, c, d, x.Offset, b, 0, kindDirty, comp, &zbuf)
 			}
@@ -236,6 +266,8 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 				pipe = e.startPipe(ctx, d, d.sent)
 			}
 			e.mu.Unlock()
+			// Waiting for the parallel readers is the source read.
+			t0 := time.Now()
 			var r chunkResult
 			select {
 			case f, ok := <-pipe.futs:
@@ -250,6 +282,7 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 			case <-ctx.Done():
 				return ctx.Err()
 			}
+			since(&e.timers.read, t0)
 			if r.err != nil {
 				return fmt.Errorf("initial sync of %s: %w", d.dev.name, r.err)
 			}
@@ -302,14 +335,17 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 // waitCredit blocks until n more bytes fit in the server's credit (a
 // single record always may go when nothing is in flight), then throttles.
 func (e *engine) waitCredit(ctx context.Context, n int64) error {
+	t0 := time.Now()
 	e.mu.Lock()
 	for e.inflightB > 0 && e.inflightB+n > e.credit && ctx.Err() == nil {
 		e.cond.Wait()
 	}
 	e.mu.Unlock()
+	t0 = since(&e.timers.network, t0)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
+	defer since(&e.timers.throttle, t0)
 	for left := n; left > 0; {
 		step := min(left, int64(e.limiter.Burst()))
 		if err := e.limiter.WaitN(ctx, int(step)); err != nil {
@@ -345,6 +381,7 @@ func (e *engine) sendChunk(ctx context.Context, c *conn, d *rdisk, r chunkResult
 		return err
 	}
 	seq := e.record(d, r.off, r.n, kindSync, int64(len(r.data)))
+	defer since(&e.timers.network, time.Now())
 	return c.send(&protocol.Write{Disk: uint16(d.idx), Seq: seq, Offset: r.off, Flags: protocol.FlagSync | r.flags, RawLen: uint32(r.n), Data: r.data})
 }
 
@@ -356,7 +393,9 @@ func (e *engine) sendData(ctx context.Context, c *conn, d *rdisk, off int64, dat
 		seq := e.record(d, off, n, kind, 0)
 		return c.send(&protocol.Zero{Disk: uint16(d.idx), Seq: seq, Offset: off, Length: n, Flags: flags})
 	}
+	t0 := time.Now()
 	payload, ok := comp.Compress(data, *zbuf)
+	since(&e.timers.read, t0)
 	if ok {
 		*zbuf = payload[:0]
 		flags |= protocol.FlagZstd
@@ -365,6 +404,7 @@ func (e *engine) sendData(ctx context.Context, c *conn, d *rdisk, off int64, dat
 		return err
 	}
 	seq := e.record(d, off, n, kind, int64(len(payload)))
+	defer since(&e.timers.network, time.Now())
 	return c.send(&protocol.Write{Disk: uint16(d.idx), Seq: seq, Offset: off, Flags: flags, RawLen: uint32(n), Data: payload})
 }
 
@@ -381,6 +421,9 @@ func (e *engine) rescanRange(ctx context.Context, c *conn, d *rdisk, off, length
 	if err := c.send(&protocol.HashRequest{ID: id, Disk: uint16(d.idx), Offset: off, Length: length, BlockSize: uint32(hb), Algo: protocol.HashBLAKE3}); err != nil {
 		return err
 	}
+	// The server hashes its replica while we wait: network (and staging
+	// read), not the source.
+	t0 := time.Now()
 	var reply *protocol.HashReply
 	for reply == nil {
 		select {
@@ -392,6 +435,7 @@ func (e *engine) rescanRange(ctx context.Context, c *conn, d *rdisk, off, length
 			return ctx.Err()
 		}
 	}
+	since(&e.timers.network, t0)
 	if reply.Count() != int(length/hb) {
 		return fmt.Errorf("rescan of %s: %d hashes for %d blocks", d.dev.name, reply.Count(), length/hb)
 	}
@@ -400,9 +444,11 @@ func (e *engine) rescanRange(ctx context.Context, c *conn, d *rdisk, off, length
 	for at := off; at < off+length; at += piece {
 		n := min(piece, off+length-at)
 		b := buf[:n]
+		t0 := time.Now()
 		if err := d.dev.readAt(b, at); err != nil {
 			return err
 		}
+		since(&e.timers.read, t0)
 		// Send each run of differing blocks.
 		runStart := int64(-1)
 		flush := func(end int64) error {

@@ -50,6 +50,7 @@ func (e *Error) Error() string { return e.Code + ": " + e.Message }
 const (
 	CodeBadRequest        = "bad_request"
 	CodeUnauthorized      = "unauthorized"
+	CodeTokenExpired      = "token_expired" // a 401: the API token's time ran out; sign in again with a new one
 	CodeForbidden         = "forbidden"
 	CodeNotFound          = "not_found"
 	CodeConflict          = "conflict"
@@ -391,6 +392,20 @@ type HistorySample struct {
 	// durable.
 	StagingBusy float64                `json:"staging_busy"`
 	State       ferry.ReplicationState `json:"state"`
+	// Agent is where the agent's sender spent the interval; absent when
+	// the agent does not report it (older agents) or was not connected.
+	Agent *AgentShares `json:"agent,omitempty"`
+}
+
+// AgentShares split the agent sender's time over an interval into shares
+// (0–1, summing to about 1): reading and compressing source data, waiting
+// on the network (the server's credit, hash replies, a full connection),
+// held back by the bandwidth throttle, and idle with nothing to send.
+type AgentShares struct {
+	Read     float64 `json:"read"`
+	Network  float64 `json:"network"`
+	Throttle float64 `json:"throttle"`
+	Idle     float64 `json:"idle"`
 }
 
 // Bottleneck names what limits a lagging server's replication.
@@ -403,7 +418,10 @@ const (
 	BottleneckNotSending      Bottleneck = "NOT_SENDING"       // paused, stopped, stalled or disconnected
 	BottleneckThrottle        Bottleneck = "THROTTLE"          // the bandwidth throttle
 	BottleneckStagingWrite    Bottleneck = "STAGING_WRITE"     // the replica store's writes
-	BottleneckSourceOrNetwork Bottleneck = "SOURCE_OR_NETWORK" // the agent's disk reads or the network
+	BottleneckSourceOrNetwork Bottleneck = "SOURCE_OR_NETWORK" // the agent's disk reads or the network (an agent that does not report its timing)
+	BottleneckSourceRead      Bottleneck = "SOURCE_READ"       // the agent reading the source disks
+	BottleneckNetwork         Bottleneck = "NETWORK"           // the network between agent and replication server
+	BottleneckAgentIdle       Bottleneck = "AGENT_IDLE"        // the agent had nothing to send: it learns of writes late
 )
 
 // Diagnosis says in plain words why a server's lag grows.
@@ -435,17 +453,22 @@ type ServerUsage struct {
 	// servers count for each), plus their journals.
 	StoredBytes int64 `json:"stored_bytes"`
 	Snapshots   int   `json:"snapshots"`
-	// DaysReplicated is the days since the server paired.
+	// DaysReplicated is the time the agent has spent connected with
+	// replication running (not paused, stopped or disconnected), in days,
+	// kept across restarts.
 	DaysReplicated float64 `json:"days_replicated"`
-	// BytesSent is the data the agent sent since the control plane last
-	// started (not kept across restarts).
+	// BytesSent is the data the agent has sent (WRITE payloads as they
+	// crossed the network, after compression) since the server paired,
+	// kept in the metadata store across restarts.
 	BytesSent int64 `json:"bytes_sent"`
 }
 
 // UsageReport is the usage of every live server.
 type UsageReport struct {
 	Time time.Time `json:"time"`
-	// BytesSentSince is when BytesSent started counting.
+	// BytesSentSince is when the control plane started. BytesSent used to
+	// count from then; it is now kept across restarts, so this is only
+	// informative.
 	BytesSentSince time.Time     `json:"bytes_sent_since"`
 	Servers        []ServerUsage `json:"servers"`
 	// StoreStoredBytes is what the whole staging store uses: shared chunks

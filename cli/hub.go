@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -224,6 +225,9 @@ type ImportOptions struct {
 	File   string
 	DryRun bool
 	Output string
+	// Progress receives the upload's progress (standard error): a bar on
+	// a terminal, plain lines otherwise; nil shows none.
+	Progress io.Writer
 }
 
 // RunImport sends an inventory CSV. When the file has problems it prints
@@ -238,11 +242,41 @@ func RunImport(ctx context.Context, o ImportOptions, out io.Writer) error {
 		return fmt.Errorf("open import file: %w", err)
 	}
 	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("open import file: %w", err)
+	}
 	cl, err := client()
 	if err != nil {
 		return err
 	}
-	task, err := cl.Import(ctx, f, o.DryRun)
+	var body io.Reader = f
+	var p *Progress
+	if o.Progress != nil {
+		p = NewProgress(o.Progress)
+		size := st.Size()
+		label := fmt.Sprintf("uploading %s (%s)", filepath.Base(o.File), bytesIEC(size))
+		p.Update(0, label)
+		sent := false
+		body = &countingReader{r: f, onRead: func(n int64) {
+			// The last read (EOF) repeats the total; the upload is over
+			// once the whole file is read.
+			if sent {
+				return
+			}
+			if size > 0 {
+				p.Update(float64(n)/float64(size), label)
+			}
+			if n >= size {
+				sent = true
+				p.Update(-1, "the server checks every row of "+filepath.Base(o.File)+"…")
+			}
+		}}
+	}
+	task, err := cl.Import(ctx, body, o.DryRun)
+	if p != nil {
+		p.Done("")
+	}
 	var ae *api.Error
 	if errors.As(err, &ae) && len(ae.Errors) > 0 {
 		if o.Output != FormatTable {
@@ -302,13 +336,41 @@ func RunImportsList(ctx context.Context, format string, out io.Writer) error {
 	return table(out, []string{"ID", "TIME", "STATUS", "ROWS", "CREATED", "MODIFIED", "ERRORS", "BY"}, rows)
 }
 
+// InventoryExportOptions are the options of `ferry export`.
+type InventoryExportOptions struct {
+	// Progress receives the download's progress (standard error): rows
+	// and bytes so far on a terminal, one summary line otherwise; nil
+	// shows none.
+	Progress io.Writer
+}
+
 // RunExport writes the inventory CSV to out.
-func RunExport(ctx context.Context, out io.Writer) error {
+func RunExport(ctx context.Context, o InventoryExportOptions, out io.Writer) error {
 	cl, err := client()
 	if err != nil {
 		return err
 	}
-	return cl.Export(ctx, out)
+	if o.Progress == nil {
+		return cl.Export(ctx, out)
+	}
+	p := NewProgress(o.Progress)
+	// The server streams the file and does not know its size up front, so
+	// this counts: rows (the header is one) and bytes.
+	cw := &csvCounter{w: out}
+	summary := func() string {
+		return fmt.Sprintf("exported %d servers (%s)", max(cw.records-1, 0), bytesIEC(cw.bytes))
+	}
+	cw.onWrite = func() {
+		if p.Live() {
+			p.Update(-1, "exporting: "+summary()[len("exported "):])
+		}
+	}
+	if err := cl.Export(ctx, cw); err != nil {
+		p.Done("")
+		return err
+	}
+	p.Done(summary())
+	return nil
 }
 
 // GroupLaunchOptions are the flags of `ferry waves test|cutover` and

@@ -110,22 +110,36 @@ func RunJobsWait(ctx context.Context, id, format string, out io.Writer) error {
 func waitJob(ctx context.Context, cl *api.Client, id, format string, out io.Writer) error {
 	seen := 0
 	start := time.Now()
+	// The log and a bar go to out only with table output: JSON and YAML
+	// are data, printed once at the end.
+	var p *Progress
+	if format == FormatTable {
+		p = NewProgress(out)
+	}
 	for {
 		var j api.JobWithLog
 		if err := cl.Do(ctx, "GET", "/jobs/"+url.PathEscape(id), nil, nil, &j); err != nil {
+			if p != nil {
+				p.Done("")
+			}
 			return err
 		}
-		if format == FormatTable {
+		if p != nil {
 			for _, l := range j.Log[seen:] {
 				srv := ""
 				if l.SourceServerID != "" {
 					srv = " " + l.SourceServerID
 				}
-				fmt.Fprintf(out, "%6.1fs  %-26s%s  %s\n", time.Since(start).Seconds(), l.Event, srv, l.Message)
+				p.Println(fmt.Sprintf("%6.1fs  %-26s%s  %s", time.Since(start).Seconds(), l.Event, srv, l.Message))
 			}
 			seen = len(j.Log)
+			frac, label := jobProgress(&j)
+			p.Update(frac, label)
 		}
 		if j.Status == ferry.JobCompleted {
+			if p != nil {
+				p.Done("")
+			}
 			if format != FormatTable {
 				if err := writeData(out, format, j); err != nil {
 					return err
@@ -147,10 +161,72 @@ func waitJob(ctx context.Context, cl *api.Client, id, format string, out io.Writ
 		}
 		select {
 		case <-ctx.Done():
+			if p != nil {
+				p.Done("")
+			}
 			return ctx.Err()
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// jobSteps ranks the log events a server passes through in a job, out of
+// jobStepsTotal: a launch snapshots, launches (converting on the way) and
+// runs its post-launch actions; a terminate cleans up.
+var jobSteps = map[ferry.JobEvent]int{
+	ferry.EventSnapshotStart: 1, ferry.EventSnapshotEnd: 2, ferry.EventUsingPreviousSnapshot: 2,
+	ferry.EventLaunchStart: 3, ferry.EventConversionStart: 4, ferry.EventConversionEnd: 5,
+	ferry.EventPostLaunchStart: 6, ferry.EventPostLaunchEnd: 7,
+	ferry.EventCleanupStart: 4,
+}
+
+const jobStepsTotal = 8
+
+// jobEnds are the events after which a server has nothing left to do in
+// the job.
+var jobEnds = map[ferry.JobEvent]bool{
+	ferry.EventSnapshotFail: true, ferry.EventLaunchFailed: true, ferry.EventConversionFail: true,
+	ferry.EventCleanupEnd: true, ferry.EventCleanupFail: true, ferry.EventJobCancel: true,
+}
+
+// jobProgress says how far a job is (0–1, the mean of its servers' steps)
+// and how many of its servers are done.
+func jobProgress(j *api.JobWithLog) (float64, string) {
+	step := map[string]int{}
+	for _, l := range j.Log {
+		if l.SourceServerID == "" {
+			continue
+		}
+		switch {
+		case jobEnds[l.Event]:
+			step[l.SourceServerID] = jobStepsTotal
+		case jobSteps[l.Event] > step[l.SourceServerID]:
+			step[l.SourceServerID] = jobSteps[l.Event]
+		}
+	}
+	n := len(j.Servers)
+	var sum float64
+	done := 0
+	for _, s := range j.Servers {
+		k := step[s.SourceServerID]
+		if j.Status == ferry.JobCompleted || s.LaunchStatus == ferry.LaunchFailed || s.LaunchStatus == ferry.LaunchTerminated {
+			k = jobStepsTotal
+		}
+		if k == jobStepsTotal {
+			done++
+		}
+		sum += float64(k) / jobStepsTotal
+	}
+	frac := 0.0
+	if n > 0 {
+		frac = sum / float64(n)
+	}
+	if j.Status == ferry.JobCompleted {
+		frac = 1
+	}
+	// The log lines say what happens; the label only counts, so plain
+	// output gets a new line when a server finishes or a tenth passes.
+	return frac, fmt.Sprintf("job %s %s: %d/%d servers done", j.ID, j.Status, done, n)
 }
 
 // RunJobsList lists jobs, newest first.

@@ -63,7 +63,7 @@ func TestWatchTable(t *testing.T) {
 			Disks: []ferry.Disk{{SizeBytes: 100, ReplicatedBytes: 50}}},
 		{Hostname: "db-1", Lifecycle: ferry.LifecycleReadyForTest, Replication: ferry.ReplicationInfo{State: ferry.ReplicationContinuous, LagSeconds: 2}},
 	}
-	if err := watchTable(&b, servers); err != nil {
+	if err := watchTable(&b, servers, 20); err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(b.String()), "\n")

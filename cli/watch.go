@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net/url"
-	"os"
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ferrymigrate/ferry"
 	"github.com/ferrymigrate/ferry/api"
@@ -25,9 +25,10 @@ type WatchOptions struct {
 	Times int
 }
 
-// RunServersWatch shows a live table of servers with progress bars,
-// refreshed every Interval. On a terminal the screen is redrawn in place;
-// otherwise each refresh is printed after the previous one.
+// RunServersWatch shows a live table of servers with progress bars and a
+// total, refreshed every Interval. On a terminal the screen is redrawn in
+// place and the bars fill its width; otherwise each refresh is printed
+// after the previous one, as plain text.
 func RunServersWatch(ctx context.Context, o WatchOptions, out io.Writer) error {
 	cl, err := client()
 	if err != nil {
@@ -42,7 +43,7 @@ func RunServersWatch(ctx context.Context, o WatchOptions, out io.Writer) error {
 			q.Set(k, v)
 		}
 	}
-	redraw := isTerminal(out)
+	term := TerminalOf(out)
 	t := time.NewTicker(o.Interval)
 	defer t.Stop()
 	for n := 1; ; n++ {
@@ -51,11 +52,7 @@ func RunServersWatch(ctx context.Context, o WatchOptions, out io.Writer) error {
 			return err
 		}
 		var b bytes.Buffer
-		if redraw {
-			b.WriteString("\x1b[H\x1b[2J")
-		}
-		fmt.Fprintf(&b, "%s  %d servers  (refresh every %s; Ctrl-C to stop)\n\n", time.Now().Format("15:04:05"), len(servers), o.Interval)
-		if err := watchTable(&b, servers); err != nil {
+		if err := watchFrame(&b, servers, term, o.Interval, time.Now()); err != nil {
 			return err
 		}
 		if _, err := out.Write(b.Bytes()); err != nil {
@@ -72,9 +69,47 @@ func RunServersWatch(ctx context.Context, o WatchOptions, out io.Writer) error {
 	}
 }
 
-// watchTable writes the servers with a progress bar each: initial sync
-// or rescan progress, full once the disks are replicated.
-func watchTable(w io.Writer, servers []ferry.SourceServer) error {
+// watchFrame writes one refresh of the watch: on a terminal it clears the
+// screen first and sizes the bars to its width; elsewhere it is plain text
+// with 20-cell bars, one frame after another.
+func watchFrame(w io.Writer, servers []ferry.SourceServer, term Terminal, interval time.Duration, now time.Time) error {
+	if term.TTY {
+		fmt.Fprint(w, "\x1b[H\x1b[2J")
+	}
+	var total, done int64
+	for _, s := range servers {
+		for _, d := range s.Disks {
+			total += d.SizeBytes
+			done += min(d.ReplicatedBytes, d.SizeBytes)
+		}
+	}
+	frac := 0.0
+	if total > 0 {
+		frac = float64(done) / float64(total)
+	}
+	fmt.Fprintf(w, "%s  %d servers  (refresh every %s; Ctrl-C to stop)\n", now.Format("15:04:05"), len(servers), interval)
+	width := 20
+	if term.TTY {
+		// Measure the table with the narrowest bars, then give the bars
+		// what the terminal has left.
+		var probe bytes.Buffer
+		if err := watchTable(&probe, servers, 10); err != nil {
+			return err
+		}
+		widest := 0
+		for _, l := range strings.Split(probe.String(), "\n") {
+			widest = max(widest, utf8.RuneCountInString(l))
+		}
+		width = min(max(10+term.Width-1-widest, 10), 50)
+	}
+	fmt.Fprintf(w, "replicated %s of %s  %s\n\n", bytesIEC(done), bytesIEC(total), progressBar(frac, width))
+	return watchTable(w, servers, width)
+}
+
+// watchTable writes the servers with a progress bar each, width cells
+// wide: initial sync or rescan progress, full once the disks are
+// replicated.
+func watchTable(w io.Writer, servers []ferry.SourceServer, width int) error {
 	sort.Slice(servers, func(i, j int) bool { return servers[i].Hostname < servers[j].Hostname })
 	rows := make([][]string, 0, len(servers))
 	for _, s := range servers {
@@ -93,7 +128,7 @@ func watchTable(w io.Writer, servers []ferry.SourceServer) error {
 			eta = (time.Duration(s.Replication.ETASeconds) * time.Second).String()
 		}
 		rows = append(rows, []string{s.Hostname, string(s.Lifecycle), string(s.Replication.State),
-			progressBar(frac, 20), fmt.Sprintf("%.0fs", s.Replication.LagSeconds), bytesIEC(backlog), eta})
+			progressBar(frac, width), fmt.Sprintf("%.0fs", s.Replication.LagSeconds), bytesIEC(backlog), eta})
 	}
 	return table(w, []string{"HOSTNAME", "LIFECYCLE", "REPLICATION", "PROGRESS", "LAG", "BACKLOG", "ETA"}, rows)
 }
@@ -103,16 +138,6 @@ func progressBar(frac float64, width int) string {
 	frac = min(max(frac, 0), 1)
 	full := int(frac*float64(width) + 0.5)
 	return "[" + strings.Repeat("#", full) + strings.Repeat(".", width-full) + fmt.Sprintf("] %3.0f%%", 100*frac)
-}
-
-// isTerminal reports whether w is a character device, such as a terminal.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
 // UsageOptions are the flags of `ferry usage`.
@@ -150,6 +175,6 @@ func RunUsage(ctx context.Context, o UsageOptions, out io.Writer) error {
 	if err := table(out, []string{"ID", "HOSTNAME", "DISKS", "LOGICAL", "STORED", "SNAPSHOTS", "DAYS", "SENT"}, rows); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "\nStaging store: %s stored (shared chunks once); bytes sent since %s.\n", bytesIEC(rep.StoreStoredBytes), when(rep.BytesSentSince))
+	fmt.Fprintf(out, "\nStaging store: %s stored (shared chunks once). DAYS: time connected and replicating; SENT: data the agent sent since pairing, after compression.\n", bytesIEC(rep.StoreStoredBytes))
 	return nil
 }

@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
@@ -30,9 +31,10 @@ const (
 // first event, "snapshot", holds every live server; after it, each poll
 // that finds changes sends one "servers" event with the changed servers
 // and the ids of those gone (deleted or archived). Comments are sent as
-// heartbeats. The stream ends when the client goes, after
-// EventStreamMaxAge, or when the server shuts down (CloseStreams).
-func (s *Server) events(w http.ResponseWriter, r *http.Request, _ *caller) error {
+// heartbeats. The stream ends when the client goes, when its token expires
+// or is revoked (checked every poll), after EventStreamMaxAge, or when the
+// server shuts down (CloseStreams).
+func (s *Server) events(w http.ResponseWriter, r *http.Request, c *caller) error {
 	if err := checkParams(r.URL.Query()); err != nil {
 		return err
 	}
@@ -108,6 +110,12 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, _ *caller) error
 			return nil
 		case <-poll.C:
 		}
+		if !s.stillActive(ctx, c) {
+			// The client reconnects and gets the 401 that says why
+			// (session expired, or revoked): a page left open notices
+			// within a poll.
+			return nil
+		}
 		if time.Since(lastSent) >= eventHeartbeat {
 			if _, err := fmt.Fprint(w, ": heartbeat\n\n"); err != nil {
 				return nil
@@ -118,6 +126,19 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, _ *caller) error
 			lastSent = time.Now()
 		}
 	}
+}
+
+// stillActive reports whether the token a stream was opened with may still
+// be used. A store error keeps the stream (the next poll asks again).
+func (s *Server) stillActive(ctx context.Context, c *caller) bool {
+	if c == nil || c.token == nil {
+		return true
+	}
+	tok, err := s.Store.Token(ctx, c.token.ID)
+	if err != nil {
+		return !isNotFound(err)
+	}
+	return tok.Active(s.now())
 }
 
 func nonNil(s []*ferry.SourceServer) []*ferry.SourceServer {

@@ -26,7 +26,18 @@ type Traffic struct {
 	// staging store and waiting for it to be durable.
 	StagingBusy time.Duration
 	Connected   bool
+	// Agent is where the agent's sender spent its time since the agent
+	// started, from its latest STATS; nil when the agent does not say.
+	Agent *AgentTiming
 }
+
+// AgentTiming is the agent sender's cumulative time by activity (see
+// protocol.AgentTiming).
+type AgentTiming struct {
+	Read, Network, Throttle, Idle time.Duration
+}
+
+func (a AgentTiming) total() time.Duration { return a.Read + a.Network + a.Throttle + a.Idle }
 
 // DataPlane reports the replication server's live figures; package server
 // adapts *dataplane.Server to it.
@@ -45,6 +56,9 @@ type sample struct {
 	throughput float32
 	busy       float32
 	state      ferry.ReplicationState
+	// The agent's shares of the interval; hasAgent says they are known.
+	hasAgent                        bool
+	read, network, throttle, idleSh float32
 }
 
 // ring is a bounded history of one server; the oldest samples go first.
@@ -58,6 +72,7 @@ type ring struct {
 	prevReceived int64
 	prevBusy     time.Duration
 	prevProgress int64
+	prevAgent    *AgentTiming
 }
 
 func (r *ring) add(s sample) {
@@ -163,8 +178,9 @@ func (s *Server) SampleHistory(ctx context.Context) error {
 				sm.throughput = float32(max(moved, 0)) / float32(dt)
 				sm.busy = float32(min(max((tr.StagingBusy-r.prevBusy).Seconds()/dt, 0), 1))
 			}
+			agentShares(&sm, r.prevAgent, tr.Agent)
 		}
-		r.prevAt, r.prevReceived, r.prevBusy, r.prevProgress = now, tr.ReceivedBytes, tr.StagingBusy, progress
+		r.prevAt, r.prevReceived, r.prevBusy, r.prevProgress, r.prevAgent = now, tr.ReceivedBytes, tr.StagingBusy, progress, tr.Agent
 		r.add(sm)
 	}
 	for id := range s.history.rings {
@@ -173,6 +189,28 @@ func (s *Server) SampleHistory(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// agentShares sets a sample's agent shares from two cumulative timings.
+// A restarted agent counts from zero again: its new figures are the
+// interval's.
+func agentShares(sm *sample, prev, cur *AgentTiming) {
+	if cur == nil {
+		return
+	}
+	d := *cur
+	if prev != nil && cur.total() >= prev.total() && cur.Read >= prev.Read && cur.Network >= prev.Network &&
+		cur.Throttle >= prev.Throttle && cur.Idle >= prev.Idle {
+		d = AgentTiming{Read: cur.Read - prev.Read, Network: cur.Network - prev.Network,
+			Throttle: cur.Throttle - prev.Throttle, Idle: cur.Idle - prev.Idle}
+	}
+	tot := d.total().Seconds()
+	if tot <= 0 {
+		return
+	}
+	sm.hasAgent = true
+	sm.read, sm.network = float32(d.Read.Seconds()/tot), float32(d.Network.Seconds()/tot)
+	sm.throttle, sm.idleSh = float32(d.Throttle.Seconds()/tot), float32(d.Idle.Seconds()/tot)
 }
 
 // historyOf returns a server's samples, oldest first.
@@ -186,10 +224,14 @@ func (s *Server) historyOf(id string) []api.HistorySample {
 	s.history.mu.Unlock()
 	out := make([]api.HistorySample, 0, len(raw))
 	for _, x := range raw {
-		out = append(out, api.HistorySample{
+		hs := api.HistorySample{
 			Time: time.Unix(0, x.unixNano).UTC(), LagSeconds: float64(x.lag), BacklogBytes: x.backlog,
 			ThroughputBytesPerSec: float64(x.throughput), StagingBusy: float64(x.busy), State: x.state,
-		})
+		}
+		if x.hasAgent {
+			hs.Agent = &api.AgentShares{Read: float64(x.read), Network: float64(x.network), Throttle: float64(x.throttle), Idle: float64(x.idleSh)}
+		}
+		out = append(out, hs)
 	}
 	return out
 }
@@ -212,11 +254,15 @@ func (s *Server) serverHistory(w http.ResponseWriter, r *http.Request, _ *caller
 const DiagnosisWindow = 5 * time.Minute
 
 // Diagnose says in plain words whether a server's lag grows and what
-// limits it, from its recent history: the bandwidth throttle (throughput
-// at the throttle), the staging write (the replication server busy writing
-// most of the time), or else the agent's side. The agent's STATS do not
-// say whether it waits on the source disk or on the network, so that case
-// is reported as limited.
+// limits it, from its recent history. The rules, in order: replication not
+// running; too little history; lag and backlog steady; the bandwidth
+// throttle (throughput at the throttle, or the agent mostly held back by
+// it); the staging write (the replication server busy writing most of the
+// time); then, from the agent's own timing, idle (it learns of writes
+// late), the network (waiting for credit, hash replies or the connection;
+// credit waits while the staging store is half busy count as staging
+// write), or the source read. An agent that does not report its timing
+// leaves source read and network together, marked Limited.
 func Diagnose(srv *ferry.SourceServer, samples []api.HistorySample, now time.Time) api.Diagnosis {
 	var win []api.HistorySample
 	for _, x := range samples {
@@ -240,15 +286,25 @@ func Diagnose(srv *ferry.SourceServer, samples []api.HistorySample, now time.Tim
 			Summary: fmt.Sprintf("Replication keeps up: lag %.0f s, backlog %s.", last.LagSeconds, humanBytes(last.BacklogBytes))}
 	}
 	var tput, busy float64
+	var ag api.AgentShares
+	agentN := 0
 	for _, x := range win[1:] {
 		tput += x.ThroughputBytesPerSec
 		busy += x.StagingBusy
+		if a := x.Agent; a != nil {
+			ag.Read, ag.Network, ag.Throttle, ag.Idle = ag.Read+a.Read, ag.Network+a.Network, ag.Throttle+a.Throttle, ag.Idle+a.Idle
+			agentN++
+		}
 	}
 	tput /= float64(len(win) - 1)
 	busy /= float64(len(win) - 1)
+	if agentN > 0 {
+		n := float64(agentN)
+		ag = api.AgentShares{Read: ag.Read / n, Network: ag.Network / n, Throttle: ag.Throttle / n, Idle: ag.Idle / n}
+	}
 	grow := fmt.Sprintf("Lag grew from %.0f s to %.0f s (backlog %s) over the last %s while %s/s arrived", first.LagSeconds, last.LagSeconds,
 		humanBytes(last.BacklogBytes), last.Time.Sub(first.Time).Round(time.Second), humanBytes(int64(tput)))
-	if bw := srv.ReplicationSetup.BandwidthBytesPerSec; bw > 0 && tput >= 0.9*float64(bw) {
+	if bw := srv.ReplicationSetup.BandwidthBytesPerSec; bw > 0 && (tput >= 0.9*float64(bw) || (agentN > 0 && ag.Throttle >= 0.5)) {
 		return api.Diagnosis{Bottleneck: api.BottleneckThrottle,
 			Summary: fmt.Sprintf("%s: the bandwidth throttle (%s/s) is the limit. Raise or remove it to catch up.", grow, humanBytes(bw))}
 	}
@@ -256,8 +312,25 @@ func Diagnose(srv *ferry.SourceServer, samples []api.HistorySample, now time.Tim
 		return api.Diagnosis{Bottleneck: api.BottleneckStagingWrite,
 			Summary: fmt.Sprintf("%s: staging write is the bottleneck; the replication server spent %.0f%% of the time writing to the staging store and waiting for it to be durable. Check the staging disk or object store.", grow, 100*busy)}
 	}
-	return api.Diagnosis{Bottleneck: api.BottleneckSourceOrNetwork, Limited: true,
-		Summary: fmt.Sprintf("%s: the replication server waited for data (staging busy only %.0f%% of the time), so the source disk read or the network is the bottleneck. The agent does not report which of the two it waits on, so Ferry cannot tell them apart yet.", grow, 100*busy)}
+	if agentN == 0 {
+		return api.Diagnosis{Bottleneck: api.BottleneckSourceOrNetwork, Limited: true,
+			Summary: fmt.Sprintf("%s: the replication server waited for data (staging busy only %.0f%% of the time), so the source disk read or the network is the bottleneck. This agent does not report where it waits (it predates protocol revision 2), so Ferry cannot tell the two apart; upgrade the agent.", grow, 100*busy)}
+	}
+	shares := fmt.Sprintf("the agent spent %.0f%% of its time reading the source, %.0f%% waiting on the network, %.0f%% idle", 100*ag.Read, 100*ag.Network, 100*ag.Idle)
+	switch {
+	case ag.Idle >= 0.5:
+		return api.Diagnosis{Bottleneck: api.BottleneckAgentIdle,
+			Summary: fmt.Sprintf("%s: %s. It had nothing to send most of the time, so it learns of writes late: its change tracker is probably the periodic rescan (eBPF did not load) or the backlog map is coarse. Check the agent's log for the tracker it uses.", grow, shares)}
+	case ag.Network >= ag.Read && busy >= 0.5:
+		return api.Diagnosis{Bottleneck: api.BottleneckStagingWrite,
+			Summary: fmt.Sprintf("%s: %s, mostly for credit that the replication server returns as its staging writes become durable (busy %.0f%% of the time): staging write is the bottleneck. Check the staging disk or object store.", grow, shares, 100*busy)}
+	case ag.Network >= ag.Read:
+		return api.Diagnosis{Bottleneck: api.BottleneckNetwork,
+			Summary: fmt.Sprintf("%s: %s, and the replication server's staging writes were busy only %.0f%% of the time: the network is the bottleneck. Check the link's bandwidth, latency and loss between the source and the replication server.", grow, shares, 100*busy)}
+	default:
+		return api.Diagnosis{Bottleneck: api.BottleneckSourceRead,
+			Summary: fmt.Sprintf("%s: %s: reading the source disk is the bottleneck. Check the source disk's load (iostat), or whether the agent is short of CPU for compression.", grow, shares)}
+	}
 }
 
 // humanBytes prints a byte count in IEC units.

@@ -177,6 +177,9 @@ func TestImportBadFiles(t *testing.T) {
 		{"no key column", "application\nbilling\n", "no source_server_id or hostname column", 400},
 		{"latin-1", "hostname,application\nh,caf\xe9\n", "line 2 is not valid UTF-8", 400},
 		{"utf-16", "\xff\xfeh\x00", "UTF-16", 400},
+		{"utf-16 big endian", "\xfe\xff\x00h\x00o", "UTF-16", 400},
+		{"utf-16 without a BOM", "h\x00o\x00s\x00t\x00", "NUL bytes", 400},
+		{"bad rows", "hostname,cpus,boot_mode\nhost-s-1,zero,\n,2,\nhost-s-dup1,2,FLOPPY\n", "row 2, column cpus", 400},
 		{"duplicate hostname in file", "hostname\nh1\nH1\n", "row 3, column hostname: hostname H1 is also on row 2", 400},
 		{"ambiguous hostname", "hostname,application\n" + dup.Hostname + ",x\n", "use source_server_id", 400},
 		{"id and hostname disagree", "source_server_id,hostname\ns-1,other\n", "row 2, column hostname", 400},
@@ -186,9 +189,13 @@ func TestImportBadFiles(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			before, _ := e.store.Server(context.Background(), "s-1")
 			status, body := e.postCSV("/import", op, []byte(tt.body))
 			if status != tt.status || !strings.Contains(string(body), tt.contains) {
 				t.Fatalf("status %d, body %s; want %d containing %q", status, body, tt.status, tt.contains)
+			}
+			if after, _ := e.store.Server(context.Background(), "s-1"); mustJSONString(t, before) != mustJSONString(t, after) {
+				t.Fatal("a refused import changed a server")
 			}
 		})
 	}

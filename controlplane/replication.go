@@ -37,7 +37,7 @@ func (s *Server) replicationControl(a replicationAction) handlerFunc {
 		srv, err := s.Store.UpdateServer(r.Context(), r.PathValue("id"), func(srv *ferry.SourceServer) error {
 			switch {
 			case srv.Archived:
-				return apiErr(http.StatusConflict, api.CodeConflict, "server %s is archived", srv.ID)
+				return archivedErr(srv.ID)
 			case srv.Lifecycle == ferry.LifecycleDisconnected || srv.Lifecycle == ferry.LifecycleCutover:
 				return apiErr(http.StatusConflict, api.CodeConflict, "cannot %s replication of server %s in lifecycle state %s", a.name, srv.ID, srv.Lifecycle)
 			}

@@ -260,7 +260,14 @@ func (s *Server) authorize(r *http.Request, rt route, c *caller) error {
 	now := s.now()
 	if !tok.Active(now) {
 		s.limiter.fail(c.ip, now)
-		return apiErr(http.StatusUnauthorized, api.CodeUnauthorized, "API token %s is revoked or expired", id)
+		// Say which: a dashboard left open past its token's expiry asks
+		// the user to sign in again rather than to find out what broke.
+		if tok.RevokedAt.IsZero() {
+			return apiErr(http.StatusUnauthorized, api.CodeTokenExpired, "session expired: API token %s expired at %s; sign in again with a new token",
+				id, tok.ExpiresAt.UTC().Format(time.RFC3339))
+		}
+		return apiErr(http.StatusUnauthorized, api.CodeUnauthorized, "API token %s was revoked at %s; sign in with another token",
+			id, tok.RevokedAt.UTC().Format(time.RFC3339))
 	}
 	c.token = tok
 	c.actor = "token:" + id + "(" + tok.Name + ")"

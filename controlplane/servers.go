@@ -62,6 +62,9 @@ func (s *Server) updateServer(w http.ResponseWriter, r *http.Request, _ *caller)
 	}
 	now := s.now()
 	srv, err := s.Store.UpdateServer(ctx, r.PathValue("id"), func(srv *ferry.SourceServer) error {
+		if srv.Archived {
+			return archivedErr(srv.ID)
+		}
 		if req.Tags != nil {
 			srv.Tags = *req.Tags
 		}
@@ -105,6 +108,12 @@ var manualLifecycleTargets = map[ferry.LifecycleState]bool{
 	ferry.LifecycleCutover:         true,
 }
 
+// archivedErr refuses an action on an archived server and says how to
+// bring it back.
+func archivedErr(id string) error {
+	return apiErr(http.StatusConflict, api.CodeConflict, "server %s is archived; unarchive it first (ferry servers unarchive %s, or POST /servers/%s/unarchive)", id, id, id)
+}
+
 func (s *Server) changeLifecycle(w http.ResponseWriter, r *http.Request, _ *caller) error {
 	var req api.ChangeLifecycleRequest
 	if err := decodeBody(w, r, &req); err != nil {
@@ -120,7 +129,7 @@ func (s *Server) transition(w http.ResponseWriter, r *http.Request, to ferry.Lif
 	now := s.now()
 	srv, err := s.Store.UpdateServer(r.Context(), r.PathValue("id"), func(srv *ferry.SourceServer) error {
 		if srv.Archived {
-			return apiErr(http.StatusConflict, api.CodeConflict, "server %s is archived; unarchive it first", srv.ID)
+			return archivedErr(srv.ID)
 		}
 		if err := ferry.CheckTransition(srv.Lifecycle, to); err != nil {
 			return err

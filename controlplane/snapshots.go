@@ -53,11 +53,14 @@ func (s *Server) takeSnapshot(w http.ResponseWriter, r *http.Request, _ *caller)
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), timeout)
 	defer cancel()
-	if _, err := s.Store.Server(ctx, r.PathValue("id")); err != nil {
+	srv, err := s.Store.Server(ctx, r.PathValue("id"))
+	if err != nil {
 		return err
 	}
+	if srv.Archived {
+		return archivedErr(srv.ID)
+	}
 	var snaps map[string]string
-	var err error
 	switch req.Consistency {
 	case "", api.ConsistencyCrash:
 		snaps, err = s.Snapshots.Snapshot(ctx, r.PathValue("id"), req.Drain)

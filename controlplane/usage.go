@@ -76,7 +76,7 @@ func (s *Server) UsageReport(ctx context.Context) (*api.UsageReport, error) {
 	rep := &api.UsageReport{Time: now, BytesSentSince: s.Started, Servers: make([]api.ServerUsage, 0, len(srvs)), StoreStoredBytes: stored}
 	for _, srv := range srvs {
 		u := api.ServerUsage{SourceServerID: srv.ID, Hostname: srv.Hostname, DiskBytes: srv.TotalBytes(),
-			DaysReplicated: max(now.Sub(srv.CreatedAt).Hours()/24, 0)}
+			DaysReplicated: srv.Replication.ReplicatingSeconds / 86400}
 		for _, d := range disks {
 			if strings.HasPrefix(d.DiskID, srv.ID+".") {
 				u.LogicalBytes += d.LogicalBytes
@@ -84,9 +84,9 @@ func (s *Server) UsageReport(ctx context.Context) (*api.UsageReport, error) {
 				u.Snapshots += d.Snapshots
 			}
 		}
-		if s.DataPlane != nil {
-			u.BytesSent = s.DataPlane.Traffic(srv.ID).ReceivedBytes
-		}
+		// The replication server adds to each disk's count about once a
+		// second, so the store's figure survives restarts of either side.
+		u.BytesSent = srv.SentBytes()
 		rep.Servers = append(rep.Servers, u)
 	}
 	return rep, nil

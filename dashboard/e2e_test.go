@@ -3,19 +3,28 @@ package dashboard_test
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ferrymigrate/ferry"
+	"github.com/ferrymigrate/ferry/agent"
+	"github.com/ferrymigrate/ferry/api"
 	"github.com/ferrymigrate/ferry/config"
 	"github.com/ferrymigrate/ferry/controlplane"
+	"github.com/ferrymigrate/ferry/pki"
 	"github.com/ferrymigrate/ferry/server"
 )
 
@@ -32,8 +41,10 @@ func skipOrFail(t *testing.T, format string, args ...any) {
 
 // TestDashboardInChromium starts a real server and drives the dashboard in
 // headless Chromium with Playwright: sign in, live progress, filters,
-// sorting, the server page, pausing replication as operator, no action
-// buttons for a viewer, and a token revoked while the page is open.
+// sorting, the server page, pausing replication as operator, a test launch
+// of a server an agent really replicates (snapshot, QEMU) and its job log,
+// no action buttons for a viewer, a token revoked and one expired while
+// the page is open.
 // Screenshots at 1280×800 and 390×844 are kept in the test's directory
 // (FERRY_SCREENSHOT_DIR overrides it, to keep them after the test).
 func TestDashboardInChromium(t *testing.T) {
@@ -68,6 +79,10 @@ func TestDashboardInChromium(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The control plane's clock, set before it serves: the test moves it
+	// forward to expire a token while its page is open, without sleeping.
+	var skew atomic.Int64
+	srv.ControlPlane().Now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx) }()
 	defer func() {
@@ -87,12 +102,18 @@ func TestDashboardInChromium(t *testing.T) {
 		t.Fatal(err)
 	}
 	seed(t, st, now)
+	began := time.Now()
+	realID, admin := startRealReplica(ctx, t, srv, filepath.Join(dir, "agent"))
+	t.Logf("real replica %s READY_FOR_TEST in %.1fs", realID, time.Since(began).Seconds())
+	// Before the server stops (defers run last first), even if the test
+	// fails: no QEMU outlives the test.
+	defer terminateInstance(ctx, t, srv, admin, realID)
 
 	cmd := exec.CommandContext(ctx, node, script)
 	cmd.Dir = filepath.Dir(script)
 	cmd.Env = append(os.Environ(),
 		"FERRY_URL=https://"+srv.APIAddr, "OP_TOKEN="+op.Secret, "VIEWER_TOKEN="+viewer.Secret,
-		"SHOT_DIR="+shots, "CHROMIUM="+chromium)
+		"SHOT_DIR="+shots, "CHROMIUM="+chromium, "REAL_ID="+realID)
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	var stderr strings.Builder
@@ -113,6 +134,15 @@ func TestDashboardInChromium(t *testing.T) {
 		if id, ok := strings.CutPrefix(what, "job-ended "); ok {
 			waitJob(ctx, t, st, id)
 			fmt.Fprintln(stdin, "done "+what)
+			continue
+		}
+		if what == "expiring-token" {
+			// A token that will run out while its page is open.
+			tok, err := controlplane.CreateToken(ctx, st, "ui-expiring", ferry.RoleViewer, time.Now().UTC(), time.Hour)
+			if err != nil {
+				t.Error(err)
+			}
+			fmt.Fprintf(stdin, "done %s %s\n", what, tok.Secret)
 			continue
 		}
 		switch what {
@@ -138,6 +168,9 @@ func TestDashboardInChromium(t *testing.T) {
 				}
 				time.Sleep(200 * time.Millisecond)
 			}
+		case "expire":
+			// Two hours later for the control plane: the hour is up.
+			skew.Store(int64(2 * time.Hour))
 		case "revoke-viewer":
 			if err := st.RevokeToken(ctx, viewer.ID, time.Now().UTC()); err != nil {
 				t.Error(err)
@@ -157,12 +190,127 @@ func TestDashboardInChromium(t *testing.T) {
 		t.Errorf("s-1 desired replication %q after the pause click, want PAUSE", s1.Desired)
 	}
 	for _, f := range []string{"servers-1280x800.png", "server-1280x800.png", "applications-1280x800.png", "servers-390x844.png", "server-390x844.png",
-		"server-lagging-1280x800.png", "server-joblog-1280x800.png", "usage-1280x800.png"} {
+		"server-lagging-1280x800.png", "server-joblog-1280x800.png", "usage-1280x800.png", "server-real-viewer-390x844.png", "session-expired-1280x800.png"} {
 		if fi, err := os.Stat(filepath.Join(shots, f)); err != nil || fi.Size() == 0 {
 			t.Errorf("screenshot %s missing", f)
 		}
 	}
 	t.Logf("screenshots in %s", shots)
+}
+
+// startRealReplica pairs an agent (in this process) with a file-backed
+// disk, replicates it over the real data plane into the real replica store
+// until the server is READY_FOR_TEST, and sets launch settings that boot
+// it under QEMU quickly (no conversion, no post-launch checks: the launch
+// end to end is e2e's job; this one is about the dashboard). It returns
+// the server's id and an admin API client; the agent runs until ctx ends.
+func startRealReplica(ctx context.Context, t *testing.T, srv *server.Server, dir string) (string, *api.Client) {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		skipOrFail(t, "qemu-system-x86_64 is not installed")
+	}
+	st := srv.Store()
+	admin, err := controlplane.CreateToken(ctx, st, "ui-admin", ferry.RoleAdmin, time.Now().UTC(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin, err := pki.ParseFingerprint(srv.CAFingerprint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := api.NewClient("https://"+srv.APIAddr, admin.Secret, pki.ClientTLSConfig(pin, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	it, err := cl.CreateInstallToken(ctx, &api.CreateInstallTokenRequest{Name: "ui-real", ExpiresInSeconds: 600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A 16 MiB disk: 4 MiB of random data, some text, zeros.
+	disk := filepath.Join(dir, "realdisk")
+	img := make([]byte, 16<<20)
+	rand.Read(img[:4<<20])
+	copy(img[8<<20:], strings.Repeat("ferry dashboard test ", 10000))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(disk, img, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "state")
+	paired, err := agent.PairFacts(ctx, agent.PairOptions{ServerURL: "https://" + srv.APIAddr, InstallToken: it.Secret, CAFingerprint: srv.CAFingerprint(), StateDir: state},
+		&agent.Facts{MachineID: "m-real", Hostname: "real-1", OS: "Debian GNU/Linux 12", Kernel: "6.1.0-28-amd64", CPUs: 1, RAMBytes: 1 << 30,
+			Disks: []api.PairDisk{{Name: "realdisk", SizeBytes: int64(len(img)), LogicalBlockSize: 512}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf, err := agent.DataPlaneTLS(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- agent.Replicate(ctx, agent.Options{StateDir: state, Devices: []string{disk}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			Dial: func(ctx context.Context) (net.Conn, error) {
+				d := tls.Dialer{Config: conf}
+				return d.DialContext(ctx, "tcp", srv.DataAddr)
+			}})
+	}()
+	t.Cleanup(func() {
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("agent: %v", err)
+		}
+	})
+	deadline := time.Now().Add(time.Minute)
+	for {
+		s, err := st.Server(ctx, paired.SourceServerID)
+		if err == nil && s.Lifecycle == ferry.LifecycleReadyForTest && s.Replication.State == ferry.ReplicationContinuous {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the real replica did not reach READY_FOR_TEST within a minute: %+v, %v", s, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if _, err := st.UpdateServer(ctx, paired.SourceServerID, func(s *ferry.SourceServer) error {
+		s.LaunchSetup.Convert, s.LaunchSetup.PostLaunchActions = false, nil
+		s.LaunchSetup.RightSizing, s.LaunchSetup.CPUs, s.LaunchSetup.MemoryMiB = ferry.RightSizingNone, 1, 128
+		s.ApplicationID, s.WaveID = "app-1", "wave-1"
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return paired.SourceServerID, cl
+}
+
+// terminateInstance ends the test instance the browser launched, so no
+// QEMU outlives the test.
+func terminateInstance(ctx context.Context, t *testing.T, srv *server.Server, cl *api.Client, id string) {
+	t.Helper()
+	s, err := srv.Store().Server(ctx, id)
+	if err != nil || s.Launched == nil || !s.Launched.TerminatedAt.IsZero() {
+		return
+	}
+	// The disk boots nothing, so no guest answers the ACPI power button
+	// and a terminate would wait its 30 s for one: stop the instance's
+	// QEMU first (only the process whose command line names the
+	// instance), then terminate through the API, which finds it gone and
+	// removes its files.
+	if b, err := os.ReadFile(filepath.Join(filepath.Dir(s.Launched.ConsoleLog), "qemu.pid")); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
+			if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(cmdline), s.Launched.ID) {
+				if p, err := os.FindProcess(pid); err == nil {
+					_ = p.Kill()
+				}
+			}
+		}
+	}
+	var j ferry.Job
+	if err := cl.Do(ctx, "POST", "/jobs/terminate", nil, api.StartJobRequest{SourceServerIDs: []string{id}}, &j); err != nil {
+		t.Errorf("terminate the test instance: %v", err)
+		return
+	}
+	waitJob(ctx, t, srv.Store(), j.ID)
 }
 
 // waitJob waits up to a minute for a job to end.

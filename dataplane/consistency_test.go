@@ -231,7 +231,10 @@ func TestAppConsistentSnapshot(t *testing.T) {
 	frozen := blocked.end.Sub(blocked.start)
 	t.Logf("snapshot call %v; writer blocked %v; barrier seq %d; durable seq %d before the blocked write, %d after",
 		took.Round(time.Millisecond), frozen.Round(time.Millisecond), info.Seq, blocked.durBefore, blocked.durAfter)
-	if frozen < 50*time.Millisecond {
+	// The freeze lasts until the barrier is durable: tens of
+	// milliseconds once the tracker vouches for the drained point at once
+	// (docs/ebpf.md), far above an unfrozen write with fsync here.
+	if frozen < 20*time.Millisecond {
 		t.Fatalf("no write was held by the freeze (longest %v)", frozen)
 	}
 	// 2 s of freeze plus the scheduling slack of a loaded 2-core runner.

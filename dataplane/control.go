@@ -113,8 +113,17 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 
 	var settings protocol.Settings
 	end, readied := false, false
+	sent := ss.unsavedSent()
+	// Replicating time counts from the previous written update, at most
+	// a few polls past the longest a session goes without writing (a
+	// longer gap was not spent replicating).
+	var elapsed time.Duration
+	if !ss.countedAt.IsZero() {
+		elapsed = min(max(now.Sub(ss.countedAt), 0), refreshEvery+5*ss.s.pollInterval())
+	}
 	apply := func(srv *ferry.SourceServer) error {
 		readied = false
+		ss.addSent(srv, sent)
 		settings = protocol.Settings{BandwidthBytesPerSec: srv.ReplicationSetup.BandwidthBytesPerSec, Desired: desiredCode(srv.Desired)}
 		if srv.Lifecycle == ferry.LifecycleDisconnected || srv.Archived {
 			settings.Disconnect, end = true, false
@@ -144,6 +153,9 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 		}
 		in.Pending = remaining > 0
 		srv.Replication.State = DeriveState(in)
+		if countsAsReplicating(srv.Replication.State) {
+			srv.Replication.ReplicatingSeconds += elapsed.Seconds()
+		}
 		srv.Replication.LagSeconds = Lag(st, statsAt, now).Seconds()
 		srv.Replication.ETASeconds = ETA(remaining, rate).Seconds()
 		if !snapAt.IsZero() {
@@ -204,6 +216,8 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 		return settings, end
 	}
 	ss.record, ss.readAt, ss.written = out, now, now
+	ss.savedSent(sent)
+	ss.countedAt = now
 	if readied {
 		ss.s.log().Info("initial sync complete; ready for test", "server", ss.id)
 	}
@@ -236,6 +250,13 @@ type liveRecord struct {
 func recordOf(srv *ferry.SourceServer) liveRecord {
 	r := liveRecord{lifecycle: srv.Lifecycle, replication: srv.Replication, disks: slices.Clone(srv.Disks), lastSeen: srv.LastSeenAt}
 	r.replication.Steps = slices.Clone(srv.Replication.Steps)
+	// Bytes sent and time replicating grow with every update: they are
+	// written with the next write that is due for another reason (at
+	// least every refreshEvery, and when the session ends), not each.
+	r.replication.ReplicatingSeconds = 0
+	for i := range r.disks {
+		r.disks[i].SentBytes = 0
+	}
 	// A store may keep times to the microsecond (PostgreSQL) and in
 	// another location: compare instants at that precision.
 	r.replication.LastSnapshotAt = r.replication.LastSnapshotAt.Truncate(time.Microsecond).UTC()
@@ -258,6 +279,59 @@ func needsWrite(before, after liveRecord, sinceWrite time.Duration) bool {
 	before.replication.LagSeconds, before.replication.ETASeconds = after.replication.LagSeconds, after.replication.ETASeconds
 	before.lastSeen = after.lastSeen
 	return !reflect.DeepEqual(before, after)
+}
+
+// countsAsReplicating says whether time in state counts as days
+// replicated: the agent is connected and replication runs (a STALLED
+// server is still meant to replicate).
+func countsAsReplicating(st ferry.ReplicationState) bool {
+	switch st {
+	case ferry.ReplicationInitialSync, ferry.ReplicationContinuous, ferry.ReplicationBacklog, ferry.ReplicationRescan,
+		ferry.ReplicationCreatingSnapshot, ferry.ReplicationStalled:
+		return true
+	}
+	return false
+}
+
+// unsavedSent returns each disk's bytes received that the server record
+// does not count yet.
+func (ss *session) unsavedSent() []int64 {
+	out := make([]int64, len(ss.disks))
+	for i, sd := range ss.disks {
+		out[i] = sd.unsaved.Load()
+	}
+	return out
+}
+
+// addSent adds sent (from unsavedSent) to the record's per-disk SentBytes.
+// The store may call an update function more than once; each call gets a
+// fresh record, so adding inside it counts once.
+func (ss *session) addSent(srv *ferry.SourceServer, sent []int64) {
+	for i, n := range sent {
+		if n == 0 {
+			continue
+		}
+		sd := ss.disks[i]
+		found := false
+		for j := range srv.Disks {
+			if srv.Disks[j].Name == sd.name {
+				srv.Disks[j].SentBytes += n
+				found = true
+				break
+			}
+		}
+		if !found {
+			srv.Disks = append(srv.Disks, ferry.Disk{Name: sd.name, SizeBytes: sd.size.Load(), SentBytes: n})
+		}
+	}
+}
+
+// savedSent takes what a successful update counted off the unsaved bytes;
+// bytes received meanwhile stay for the next update.
+func (ss *session) savedSent(sent []int64) {
+	for i, n := range sent {
+		ss.disks[i].unsaved.Add(-n)
+	}
 }
 
 // setDisk records a disk's figures on the server, adding the disk if the
@@ -305,7 +379,9 @@ func (s *Server) setStep(ctx context.Context, id string, step ferry.InitiationSt
 func (ss *session) recordDisconnect(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	sent := ss.unsavedSent()
 	_, err := ss.s.Store.UpdateServer(ctx, ss.id, func(srv *ferry.SourceServer) error {
+		ss.addSent(srv, sent)
 		srv.Replication.State = ferry.ReplicationDisconnected
 		srv.Replication.LagSeconds = 0
 		srv.Replication.ETASeconds = 0
@@ -313,7 +389,16 @@ func (ss *session) recordDisconnect(ctx context.Context) {
 	})
 	if err != nil {
 		ss.s.log().Warn("record agent disconnect", "server", ss.id, "err", err)
+		return
 	}
+	ss.savedSent(sent)
+}
+
+func (s *Server) pollInterval() time.Duration {
+	if s.PollInterval > 0 {
+		return s.PollInterval
+	}
+	return defaultPoll
 }
 
 func (s *Server) settingsPoll() time.Duration {

@@ -46,6 +46,9 @@ type harness struct {
 	dp      *dataplane.Server
 	addr    string
 	tlsConf *tls.Config
+	ca      *pki.CA
+	cert    tls.Certificate
+	stop    func() // ends the replication server serve started
 }
 
 func newHarness(t *testing.T) *harness {
@@ -90,21 +93,32 @@ func newHarness(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	h := &harness{t: t, st: st, rs: rs, tlsConf: conf, ca: ca, cert: cert}
+	h.serve()
+	t.Cleanup(func() {
+		h.stop()
+		rs.Close()
+	})
+	return h
+}
+
+// serve starts a replication server (a new process, as far as its
+// in-memory counters go) on the harness's stores.
+func (h *harness) serve() {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		h.t.Fatal(err)
 	}
-	dp := &dataplane.Server{Store: st, CA: ca, Cert: cert, Replica: rs, PollInterval: 200 * time.Millisecond,
+	h.dp = &dataplane.Server{Store: h.st, CA: h.ca, Cert: h.cert, Replica: h.rs, PollInterval: 200 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- dp.Serve(ctx, ln) }()
-	t.Cleanup(func() {
+	go func(dp *dataplane.Server) { done <- dp.Serve(ctx, ln) }(h.dp)
+	h.addr = ln.Addr().String()
+	h.stop = func() {
 		cancel()
 		<-done
-		rs.Close()
-	})
-	return &harness{t: t, st: st, rs: rs, dp: dp, addr: ln.Addr().String(), tlsConf: conf}
+	}
 }
 
 func (h *harness) runAgent(ctx context.Context, stateDir string, dev string, tr track.Tracker) chan error {
@@ -215,6 +229,78 @@ func TestReplicateFileDevice(t *testing.T) {
 	if resent := h.dp.ReceivedBytes() - before; resent > 64<<10 {
 		t.Fatalf("restart re-sent %d bytes for one 4 KiB change", resent)
 	}
+	cancel()
+	<-done
+}
+
+// The bytes an agent sent are added to the server's record as they arrive,
+// so a restarted replication server (whose in-memory counters start from
+// zero) keeps counting from the stored figure; the agent reports where its
+// sender spends its time (protocol revision 2) and the time replicating
+// is counted too.
+func TestSentBytesSurviveRestart(t *testing.T) {
+	h := newHarness(t)
+	dir := t.TempDir()
+	dev := filepath.Join(dir, "disk0")
+	const size = 8 << 20
+	img := make([]byte, size)
+	rand.Read(img[:4<<20]) // incompressible, so sent bytes ≈ data
+	if err := os.WriteFile(dev, img, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "state")
+	os.MkdirAll(state, 0o700)
+	tr := &manualTracker{ch: make(chan []track.Batch, 16)}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := h.runAgent(ctx, state, dev, tr)
+	id := dataplane.DiskID("s-1", "disk0")
+	eventually(t, 20*time.Second, "initial sync converges", func() bool { return h.replicaEquals(id, img) })
+	eventually(t, 10*time.Second, "sent bytes stored", func() bool {
+		s, _ := h.st.Server(t.Context(), "s-1")
+		return s.SentBytes() >= 4<<20
+	})
+	eventually(t, 10*time.Second, "agent timing reported", func() bool {
+		a := h.dp.Traffic("s-1").Agent
+		return a != nil && a.ReadNanos > 0 && a.IdleNanos > 0
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	h.stop()
+	first, err := h.st.Server(t.Context(), "s-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := first.SentBytes()
+	if sent < 4<<20 || sent > 4<<20+64<<10 {
+		t.Fatalf("stored %d sent bytes for 4 MiB of random data", sent)
+	}
+	if first.Replication.ReplicatingSeconds <= 0 {
+		t.Fatalf("no replicating time counted: %+v", first.Replication)
+	}
+
+	// A new replication server process: its counters start at zero, the
+	// stored figure does not.
+	h.serve()
+	if got := h.dp.Traffic("s-1").ReceivedBytes; got != 0 {
+		t.Fatalf("a new replication server starts with %d received bytes", got)
+	}
+	ctx, cancel = context.WithCancel(t.Context())
+	defer cancel()
+	done = h.runAgent(ctx, state, dev, tr)
+	f, _ := os.OpenFile(dev, os.O_RDWR, 0)
+	b := make([]byte, 256<<10)
+	rand.Read(b)
+	f.WriteAt(b, 6<<20)
+	f.Close()
+	copy(img[6<<20:], b)
+	tr.ch <- []track.Batch{{Device: dev, Extents: []track.Extent{{Offset: 6 << 20, Length: int64(len(b))}}}}
+	eventually(t, 20*time.Second, "tracked write converges", func() bool { return h.replicaEquals(id, img) })
+	eventually(t, 10*time.Second, "sent bytes keep counting", func() bool {
+		s, _ := h.st.Server(t.Context(), "s-1")
+		return s.SentBytes() >= sent+int64(len(b))
+	})
 	cancel()
 	<-done
 }

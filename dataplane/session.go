@@ -47,6 +47,9 @@ type sessDisk struct {
 	d    *replica.Disk
 	// size is the disk's size in bytes; it grows with RESIZE.
 	size atomic.Int64
+	// unsaved is the WRITE payload bytes received (as sent, compressed or
+	// not) that the server record's Disk.SentBytes does not count yet.
+	unsaved atomic.Int64
 	// last is the Commit of the last record appended; the reader goroutine
 	// owns it.
 	last replica.Commit
@@ -92,6 +95,9 @@ type session struct {
 	written time.Time
 	poke    chan struct{}  // Notify: the record changed elsewhere
 	traffic *serverTraffic // this server's counters
+	// countedAt is when the record's ReplicatingSeconds was last brought
+	// up to date; the control loop owns it.
+	countedAt time.Time
 }
 
 // send writes one frame.
@@ -237,7 +243,9 @@ func (ss *session) openDisks(ctx context.Context, h *protocol.Hello) (*protocol.
 	if ss.s.Replica == nil {
 		return nil, errors.New("this replication server has no replica store")
 	}
-	ack := &protocol.HelloAck{ProtocolVersion: protocol.Version}
+	// The version field carries the server's revision: the agent sends
+	// revision 2's STATS timing only when it sees it.
+	ack := &protocol.HelloAck{ProtocolVersion: protocol.Revision}
 	seen := map[string]bool{}
 	for _, hd := range h.Disks {
 		if seen[hd.Name] {
@@ -327,6 +335,7 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 			}
 			ss.s.received.Add(int64(len(data)))
 			ss.traffic.received.Add(int64(len(data)))
+			sd.unsaved.Add(int64(len(m.Data)))
 			t0 := time.Now()
 			c, err := sd.d.Append(m.Seq, m.Offset, data)
 			ss.traffic.stagingNano.Add(int64(time.Since(t0)))
@@ -394,6 +403,9 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 			ss.mu.Lock()
 			ss.stats, ss.statsAt = &st, ss.s.now()
 			ss.mu.Unlock()
+			if m.Timing != nil {
+				ss.traffic.setAgentTiming(*m.Timing)
+			}
 		case *protocol.Heartbeat:
 		case *protocol.Error:
 			return fmt.Errorf("agent: %w", m)

@@ -1,8 +1,11 @@
 package dataplane
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ferrymigrate/ferry/protocol"
 )
 
 // Traffic is what the replication server has seen of one server's agent
@@ -16,12 +19,25 @@ type Traffic struct {
 	StagingBusy time.Duration
 	// Connected says whether the agent has a session now.
 	Connected bool
+	// Agent is where the agent's sender spent its time, cumulative since
+	// the agent started, from its latest STATS; nil when the agent does not
+	// report it (before protocol revision 2, or no STATS yet).
+	Agent *protocol.AgentTiming
 }
 
 // serverTraffic is the live counters behind Traffic.
 type serverTraffic struct {
 	received    atomic.Int64
 	stagingNano atomic.Int64
+
+	mu    sync.Mutex
+	agent *protocol.AgentTiming // guarded by mu
+}
+
+func (t *serverTraffic) setAgentTiming(a protocol.AgentTiming) {
+	t.mu.Lock()
+	t.agent = &a
+	t.mu.Unlock()
 }
 
 // trafficOf returns the counters of server id, creating them.
@@ -48,7 +64,14 @@ func (s *Server) Traffic(id string) Traffic {
 	if t == nil {
 		return Traffic{Connected: connected}
 	}
-	return Traffic{ReceivedBytes: t.received.Load(), StagingBusy: time.Duration(t.stagingNano.Load()), Connected: connected}
+	tr := Traffic{ReceivedBytes: t.received.Load(), StagingBusy: time.Duration(t.stagingNano.Load()), Connected: connected}
+	t.mu.Lock()
+	if t.agent != nil {
+		a := *t.agent
+		tr.Agent = &a
+	}
+	t.mu.Unlock()
+	return tr
 }
 
 // Sessions returns the number of agents connected now.

@@ -126,7 +126,7 @@ func (r *Runner) Terminate(ctx context.Context, serverIDs []string) (*ferry.Job,
 // checkStart says why a server cannot take part in a job, or nil.
 func checkStart(srv *ferry.SourceServer, by ferry.JobInitiator) error {
 	if srv.Archived {
-		return fmt.Errorf("server %s is archived", srv.ID)
+		return fmt.Errorf("server %s is archived; unarchive it first", srv.ID)
 	}
 	switch by {
 	case ferry.InitiatedByStartTest:

@@ -25,6 +25,8 @@ var (
 		"Total size of a server's disks.", []string{"server_id", "hostname"}, nil)
 	descReplicated = prometheus.NewDesc("ferry_server_replicated_bytes",
 		"Bytes of a server's disks replicated so far.", []string{"server_id", "hostname"}, nil)
+	descSent = prometheus.NewDesc("ferry_server_sent_bytes_total",
+		"Data an agent has sent since pairing (WRITE payloads after compression), kept across restarts.", []string{"server_id", "hostname"}, nil)
 	descBacklog = prometheus.NewDesc("ferry_server_backlog_bytes",
 		"Bytes written on a server that are not replicated yet.", []string{"server_id", "hostname"}, nil)
 	descLag = prometheus.NewDesc("ferry_server_lag_seconds",
@@ -137,6 +139,7 @@ func (c *StoreCollector) read(ctx context.Context) ([]prometheus.Metric, error) 
 				prometheus.MustNewConstMetric(descTotal, prometheus.GaugeValue, float64(s.TotalBytes()), s.ID, s.Hostname),
 				prometheus.MustNewConstMetric(descReplicated, prometheus.GaugeValue, float64(replicated), s.ID, s.Hostname),
 				prometheus.MustNewConstMetric(descBacklog, prometheus.GaugeValue, float64(backlog), s.ID, s.Hostname),
+				prometheus.MustNewConstMetric(descSent, prometheus.CounterValue, float64(s.SentBytes()), s.ID, s.Hostname),
 				prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, s.Replication.LagSeconds, s.ID, s.Hostname),
 			)
 		}

@@ -18,7 +18,7 @@ func addServer(t *testing.T, st ferry.Store, id string, l ferry.LifecycleState, 
 	s := &ferry.SourceServer{
 		ID: id, MachineID: "m-" + id, Hostname: "host-" + id, Lifecycle: l,
 		Replication: ferry.ReplicationInfo{State: r, LagSeconds: 12.5},
-		Disks:       []ferry.Disk{{Name: "vda", SizeBytes: 1 << 30, ReplicatedBytes: 1 << 29, BackloggedBytes: 4096}},
+		Disks:       []ferry.Disk{{Name: "vda", SizeBytes: 1 << 30, ReplicatedBytes: 1 << 29, BackloggedBytes: 4096, SentBytes: 3 << 20}, {Name: "vdb", SentBytes: 1 << 20}},
 	}
 	if err := st.CreateServer(context.Background(), s); err != nil {
 		t.Fatal(err)
@@ -49,8 +49,11 @@ ferry_server_replicated_bytes{hostname="host-s-1",server_id="s-1"} 5.36870912e+0
 # HELP ferry_server_lag_seconds How far a server's replica is behind the source.
 # TYPE ferry_server_lag_seconds gauge
 ferry_server_lag_seconds{hostname="host-s-1",server_id="s-1"} 12.5
+# HELP ferry_server_sent_bytes_total Data an agent has sent since pairing (WRITE payloads after compression), kept across restarts.
+# TYPE ferry_server_sent_bytes_total counter
+ferry_server_sent_bytes_total{hostname="host-s-1",server_id="s-1"} 4.194304e+06
 `
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "ferry_server_backlog_bytes", "ferry_server_replicated_bytes", "ferry_server_lag_seconds"); err != nil {
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "ferry_server_backlog_bytes", "ferry_server_replicated_bytes", "ferry_server_lag_seconds", "ferry_server_sent_bytes_total"); err != nil {
 		t.Fatal(err)
 	}
 	count := func() float64 {

@@ -7,6 +7,19 @@ import (
 // Version is the protocol version this package speaks.
 const Version = 1
 
+// Revisions of version 1: additions a peer may use only when the other
+// side decodes them. The server states its revision in HELLO_ACK's version
+// field (agents before revision 2 ignore that field); HELLO's version
+// stays Version.
+const (
+	// RevisionBase is version 1 as first released.
+	RevisionBase = 1
+	// RevisionStatsTiming adds the agent's timing block to STATS.
+	RevisionStatsTiming = 2
+	// Revision is the newest revision this package speaks.
+	Revision = RevisionStatsTiming
+)
+
 // Limits the decoder enforces.
 const (
 	// MaxPayload is the largest data payload of a WRITE (and the largest
@@ -719,6 +732,24 @@ type DiskStats struct {
 	SyncSeq  uint64
 }
 
+// AgentTiming is where the agent's sender spent its time since the agent
+// started, in nanoseconds, cumulative (a restarted agent starts again from
+// zero). The server compares two STATS to see what limited the sender over
+// that interval.
+type AgentTiming struct {
+	// ReadNanos is time reading (and compressing) source data, including
+	// waiting for the initial sync's parallel readers.
+	ReadNanos int64
+	// NetworkNanos is time waiting for the server's credit (unacknowledged
+	// data at its limit), for a hash reply, or for the connection to take
+	// a frame.
+	NetworkNanos int64
+	// ThrottleNanos is time held back by the bandwidth throttle.
+	ThrottleNanos int64
+	// IdleNanos is time with nothing to send.
+	IdleNanos int64
+}
+
 // Stats (agent → server) reports progress, about once a second.
 type Stats struct {
 	// SentAtUnixNano is the agent's clock when it sent the message.
@@ -727,6 +758,9 @@ type Stats struct {
 	// on the source (agent's clock); 0 when nothing is waiting.
 	OldestUnsentUnixNano int64
 	Disks                []DiskStats
+	// Timing is optional (revision 2): nil when absent. An agent sends it
+	// only to a server whose HELLO_ACK states revision 2 or later.
+	Timing *AgentTiming
 }
 
 // Type implements Message.
@@ -743,6 +777,12 @@ func (m *Stats) appendBody(e *enc) {
 		e.i64(d.BackloggedBytes)
 		e.bool(d.SyncDone)
 		e.u64(d.SyncSeq)
+	}
+	if t := m.Timing; t != nil {
+		e.i64(t.ReadNanos)
+		e.i64(t.NetworkNanos)
+		e.i64(t.ThrottleNanos)
+		e.i64(t.IdleNanos)
 	}
 }
 
@@ -768,6 +808,18 @@ func (m *Stats) decodeBody(d *dec) {
 		if d.err == nil && (x.Phase < PhaseInitialSync || x.Phase > PhaseBacklog) {
 			d.fail("phase", fmt.Sprintf("unknown phase %d", x.Phase))
 		}
+	}
+	if d.err != nil || len(d.b) == 0 {
+		return
+	}
+	m.Timing = &AgentTiming{
+		ReadNanos:     d.nonneg("read ns"),
+		NetworkNanos:  d.nonneg("network ns"),
+		ThrottleNanos: d.nonneg("throttle ns"),
+		IdleNanos:     d.nonneg("idle ns"),
+	}
+	if d.err != nil {
+		m.Timing = nil
 	}
 }
 

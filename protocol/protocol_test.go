@@ -33,6 +33,8 @@ func samples() []Message {
 		&Settings{BandwidthBytesPerSec: 10 << 20, Desired: DesiredPause, Disconnect: true},
 		&Heartbeat{UnixNano: 1700000000000000000},
 		&Stats{SentAtUnixNano: 5, OldestUnsentUnixNano: 3, Disks: []DiskStats{{Phase: PhaseBacklog, ReplicatedBytes: 1, RescannedBytes: 2, BackloggedBytes: 3, SyncDone: true, SyncSeq: 4}}},
+		&Stats{SentAtUnixNano: 6, Disks: []DiskStats{{Phase: PhaseContinuous, SyncDone: true}},
+			Timing: &AgentTiming{ReadNanos: 1e9, NetworkNanos: 2e9, ThrottleNanos: 3, IdleNanos: 4e9}},
 		&Error{Code: ErrCodeStorage, Message: "disk full"},
 	}
 }
@@ -56,6 +58,10 @@ func TestRoundTrip(t *testing.T) {
 			// trailing payload of WRITE and HASH_REPLY has no length of its own.
 			_, open := m.(*Write)
 			if _, ok := m.(*HashReply); ok {
+				open = true
+			}
+			// STATS's timing block (revision 2) is optional.
+			if st, ok := m.(*Stats); ok && st.Timing != nil {
 				open = true
 			}
 			// FLUSH's consistency and BARRIER's flush id are optional.
@@ -95,6 +101,8 @@ func TestDecodeErrorsNameTheProblem(t *testing.T) {
 		{"lying disk count", []byte{byte(TypeHelloAck), 1, 0, 0xff, 0xff}, "HELLO_ACK: disks: count 65535"},
 		{"hash length", Append(nil, &HashRequest{BlockSize: 4096, Length: 1 << 40, Algo: HashBLAKE3})[headerLen:], "HASH_REQUEST: length"},
 		{"small credit", Append(nil, &Credit{Bytes: 10})[headerLen:], "CREDIT: bytes"},
+		{"stats timing cut short", append(Append(nil, &Stats{})[headerLen:], 1, 2, 3), "STATS: read ns: needs 8 bytes"},
+		{"stats timing negative", Append(nil, &Stats{Timing: &AgentTiming{IdleNanos: -1}})[headerLen:], "STATS: idle ns: negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/ferrymigrate/ferry/controlplane"
 	"github.com/ferrymigrate/ferry/dataplane"
@@ -16,7 +17,12 @@ var _ controlplane.DataPlane = dataPlaneFigures{}
 
 func (f dataPlaneFigures) Traffic(id string) controlplane.Traffic {
 	t := f.d.Traffic(id)
-	return controlplane.Traffic{ReceivedBytes: t.ReceivedBytes, StagingBusy: t.StagingBusy, Connected: t.Connected}
+	tr := controlplane.Traffic{ReceivedBytes: t.ReceivedBytes, StagingBusy: t.StagingBusy, Connected: t.Connected}
+	if a := t.Agent; a != nil {
+		tr.Agent = &controlplane.AgentTiming{Read: time.Duration(a.ReadNanos), Network: time.Duration(a.NetworkNanos),
+			Throttle: time.Duration(a.ThrottleNanos), Idle: time.Duration(a.IdleNanos)}
+	}
+	return tr
 }
 
 func (f dataPlaneFigures) Sessions() int { return f.d.Sessions() }

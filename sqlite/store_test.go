@@ -32,6 +32,11 @@ func TestReopen(t *testing.T) {
 	if err := s.CreateWave(ctx, &ferry.Wave{ID: "w", Name: "kept"}); err != nil {
 		t.Fatal(err)
 	}
+	// The usage counters the replication server adds to survive a restart.
+	if err := s.CreateServer(ctx, &ferry.SourceServer{ID: "s", Disks: []ferry.Disk{{Name: "vda", SentBytes: 7 << 30}},
+		Replication: ferry.ReplicationInfo{ReplicatingSeconds: 3 * 86400}}); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -43,6 +48,10 @@ func TestReopen(t *testing.T) {
 		w, err := s.Wave(ctx, "w")
 		if err != nil || w.Name != "kept" {
 			t.Fatalf("after reopen: %v, %v", w, err)
+		}
+		srv, err := s.Server(ctx, "s")
+		if err != nil || srv.SentBytes() != 7<<30 || srv.Replication.ReplicatingSeconds != 3*86400 {
+			t.Fatalf("usage counters after reopen: %+v, %v", srv, err)
 		}
 		s.Close()
 	}

@@ -233,6 +233,62 @@ func testServerUpdateConcurrent(t *testing.T, ctx context.Context, s ferry.Store
 	}
 }
 
+// testServerUsageCounters adds to the usage counters the way the
+// replication server does (a delta inside UpdateServer, about once a
+// second, alongside other writers): every delta of a successful update
+// counts once, a failed update adds nothing, and a large total is exact.
+func testServerUsageCounters(t *testing.T, ctx context.Context, s ferry.Store) {
+	srv := server("u")
+	srv.Disks = append(srv.Disks, ferry.Disk{Name: "vdb"})
+	ok(t, "create", s.CreateServer(ctx, srv))
+	const big = int64(1) << 60 // big + 10 has no exact float64: JSON numbers must stay integers
+	_, err := s.UpdateServer(ctx, "u", func(v *ferry.SourceServer) error {
+		v.Disks[1].SentBytes += big
+		return nil
+	})
+	ok(t, "first update", err)
+	var wg sync.WaitGroup
+	for i := range 10 {
+		wg.Go(func() {
+			_, err := s.UpdateServer(ctx, "u", func(v *ferry.SourceServer) error {
+				v.Disks[0].SentBytes += int64(i + 1)
+				v.Disks[1].SentBytes++
+				v.Replication.ReplicatingSeconds += 0.5
+				return nil
+			})
+			if err != nil {
+				t.Errorf("update %d: %v", i, err)
+			}
+		})
+		wg.Go(func() {
+			_, err := s.UpdateServer(ctx, "u", func(v *ferry.SourceServer) error {
+				v.Tags = map[string]string{"other": "writer"}
+				return nil
+			})
+			if err != nil {
+				t.Errorf("other writer: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	boom := errors.New("boom")
+	_, err = s.UpdateServer(ctx, "u", func(v *ferry.SourceServer) error {
+		v.Disks[0].SentBytes += 1000
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("failed update: %v, want boom", err)
+	}
+	got, err := s.Server(ctx, "u")
+	ok(t, "get", err)
+	if got.Disks[0].SentBytes != 55 || got.Disks[1].SentBytes != big+10 || got.SentBytes() != big+65 {
+		t.Fatalf("sent bytes %d and %d (total %d), want 55 and %d", got.Disks[0].SentBytes, got.Disks[1].SentBytes, got.SentBytes(), big+10)
+	}
+	if got.Replication.ReplicatingSeconds != 5 {
+		t.Fatalf("replicating seconds %v, want 5", got.Replication.ReplicatingSeconds)
+	}
+}
+
 func testServerDelete(t *testing.T, ctx context.Context, s ferry.Store) {
 	a := server("a")
 	a.MachineID = "m"

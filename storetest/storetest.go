@@ -20,6 +20,7 @@ func Run(t *testing.T, open func(t *testing.T) ferry.Store) {
 		{"Server/Conflict", testServerConflict},
 		{"Server/Update", testServerUpdate},
 		{"Server/UpdateConcurrent", testServerUpdateConcurrent},
+		{"Server/UsageCounters", testServerUsageCounters},
 		{"Server/Delete", testServerDelete},
 		{"Server/Pagination", testServerPagination},
 		{"Server/Filters", testServerFilters},

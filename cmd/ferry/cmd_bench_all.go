@@ -1,10 +1,14 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"strings"
 
+	"github.com/ferrymigrate/ferry/bench/scale"
 	"github.com/ferrymigrate/ferry/bench/suite"
 	"github.com/spf13/cobra"
 )
@@ -55,8 +59,9 @@ listed.`,
 			}
 			o.AgentCommand = []string{exe, "agent"}
 			o.Logf = stderrLogf(cmd)
-			// The scale-out and launch sections are wired here once their
-			// packages land: o.Scale = …, o.Launch = … (suite.SectionFunc).
+			o.Scale = benchScaleSection
+			// The launch section is wired here once a launch benchmark
+			// package lands (today: go test -bench BenchmarkLaunch ./e2e).
 			rep, runErr := suite.Run(cmd.Context(), o)
 			if rep == nil {
 				return runErr
@@ -117,4 +122,29 @@ listed.`,
 	f.BoolVar(&failOnReg, "fail-on-regression", false, "exit non-zero when a figure is more than --tolerance worse than the reference")
 	f.Float64Var(&tolerance, "tolerance", suite.DefaultTolerance, "how much worse than the reference a figure may get before it is flagged")
 	return cmd
+}
+
+// benchScaleSection runs bench/scale for the suite: 1,000 and 3,000
+// simulated agents (200 and 1,000 with --quick) against one server.
+func benchScaleSection(ctx context.Context, env suite.Env) ([]suite.Figure, error) {
+	o := scale.Options{Quick: env.Quick, Dir: env.Dir, Agents: []int{1000, 3000}}
+	if env.Quick {
+		o.Agents = nil
+	}
+	res, err := scale.Run(ctx, o, io.Discard)
+	if res == nil {
+		return nil, err
+	}
+	var out []suite.Figure
+	for _, f := range res.Figures() {
+		b := suite.None
+		switch {
+		case strings.Contains(f.Unit, "/s"):
+			b = suite.Higher
+		case f.Unit == "s" || f.Unit == "ms" || f.Unit == "MiB" || f.Unit == "% of a core" || f.Unit == "errors" || f.Unit == "threads" || f.Unit == "fds":
+			b = suite.Lower
+		}
+		out = append(out, suite.Figure{Section: suite.SectionScale, Name: f.Name, Value: f.Value, Unit: f.Unit, Better: b})
+	}
+	return out, err
 }

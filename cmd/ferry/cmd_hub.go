@@ -93,6 +93,7 @@ problem, each is listed by row and column and nothing is changed.
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.File = args[0]
+			o.Progress = cmd.ErrOrStderr()
 			return cli.RunImport(cmd.Context(), o, cmd.OutOrStdout())
 		},
 	}
@@ -121,7 +122,7 @@ func newExportCmd() *cobra.Command {
 			if format != "csv" {
 				return fmt.Errorf("export format %q: only csv", format)
 			}
-			return cli.RunExport(cmd.Context(), cmd.OutOrStdout())
+			return cli.RunExport(cmd.Context(), cli.InventoryExportOptions{Progress: cmd.ErrOrStderr()}, cmd.OutOrStdout())
 		},
 	}
 	cmd.Flags().StringVarP(&format, "output", "o", "csv", "output format: csv")

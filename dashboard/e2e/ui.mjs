@@ -6,8 +6,9 @@
 import { chromium } from 'playwright-core';
 import { createInterface } from 'node:readline';
 
-const { FERRY_URL, OP_TOKEN, VIEWER_TOKEN, SHOT_DIR, CHROMIUM } = process.env;
-const step = (m) => console.log('step: ' + m);
+const { FERRY_URL, OP_TOKEN, VIEWER_TOKEN, SHOT_DIR, CHROMIUM, REAL_ID } = process.env;
+const t0 = Date.now();
+const step = (m) => console.log(`step: [${((Date.now() - t0) / 1000).toFixed(1)}s] ${m}`);
 const errors = [];
 const stdin = createInterface({ input: process.stdin });
 const lines = stdin[Symbol.asyncIterator]();
@@ -16,6 +17,13 @@ async function need(what) {
   console.log('need: ' + what);
   const { value } = await lines.next();
   if (value !== 'done ' + what) throw new Error(`asked for ${what}, got ${value}`);
+}
+// needValue is need for a request the Go side answers with values.
+async function needValue(what) {
+  console.log('need: ' + what);
+  const { value } = await lines.next();
+  if (!value.startsWith('done ' + what + ' ')) throw new Error(`asked for ${what}, got ${value}`);
+  return value.slice(('done ' + what + ' ').length).split(' ');
 }
 
 function check(cond, msg) {
@@ -35,8 +43,11 @@ async function signedIn(token, viewport) {
   page.setDefaultTimeout(15000);
   page.on('pageerror', (e) => errors.push(String(e)));
   page.on('console', (m) => {
-    // 401s are expected: a wrong and a revoked token are part of the test.
-    if (m.type() === 'error' && !m.text().includes('status of 401')) errors.push('console: ' + m.text());
+    // 401s are expected: a wrong, a revoked and an expired token are part
+    // of the test. ERR_NETWORK_CHANGED too: the test launch adds a network
+    // interface on this host, Chromium drops open connections, and the
+    // live-update stream reconnects.
+    if (m.type() === 'error' && !m.text().includes('status of 401') && !m.text().includes('ERR_NETWORK_CHANGED')) errors.push('console: ' + m.text());
   });
   await page.goto(FERRY_URL + '/');
   await page.waitForSelector('#signin:not([hidden])');
@@ -81,7 +92,8 @@ try {
   await page.selectOption('select[name=replication]', '');
   await page.click('th[data-sort=hostname]'); // now descending
   const order = await page.$$eval('#servers tbody tr', (rs) => rs.map((r) => r.dataset.id));
-  check(order.join() === 's-1,s-2,s-3', 'hostname descending order, got ' + order);
+  // web-1, real-1 (the real replica), db-1, app-1.
+  check(order.join() === ['s-1', REAL_ID, 's-2', 's-3'].join(), 'hostname descending order, got ' + order);
   await page.click('th[data-sort=hostname]');
   step('filtered and sorted');
   await page.screenshot({ path: `${SHOT_DIR}/servers-1280x800.png` });
@@ -121,8 +133,9 @@ try {
   step('throughput and lag chart with a diagnosis');
   await page.screenshot({ path: `${SHOT_DIR}/server-lagging-1280x800.png`, fullPage: true });
 
-  // A test launch from the dashboard; then its job log.
-  await page.goto(FERRY_URL + '/#/servers/s-2');
+  // A test launch from the dashboard of the server an agent really
+  // replicates: a snapshot of its replica, booted under QEMU; then the log.
+  await page.goto(FERRY_URL + '/#/servers/' + REAL_ID);
   await page.waitForSelector('button[data-launch="start-test"]');
   check(!(await page.isVisible('button[data-launch="start-cutover"]')), 'no cutover before READY_FOR_CUTOVER');
   await page.click('button[data-launch="start-test"]');
@@ -135,8 +148,9 @@ try {
   await page.click(`tr[data-job="${jobId}"] button`);
   await page.waitForFunction((id) => document.querySelector(`tr[data-log="${id}"] pre`)?.textContent.includes('JOB_END'), jobId);
   const log = await page.textContent(`tr[data-log="${jobId}"] pre`);
-  check(log.includes('JOB_START') && log.includes('SNAPSHOT_START'), 'job log has its events: ' + log);
-  check((await page.textContent(`tr[data-job="${jobId}"]`)).includes('FAILED'), 'launch status shown in the history');
+  for (const ev of ['JOB_START', 'SNAPSHOT_START', 'SNAPSHOT_END', 'LAUNCH_START', 'JOB_END']) check(log.includes(ev), `job log has ${ev}: ` + log);
+  check(!log.includes('FAIL'), 'the launch of a real replica failed: ' + log);
+  check((await page.textContent(`tr[data-job="${jobId}"]`)).includes('LAUNCHED'), 'launch status LAUNCHED shown in the history');
   step('read the job log');
   await page.screenshot({ path: `${SHOT_DIR}/server-joblog-1280x800.png`, fullPage: true });
 
@@ -154,6 +168,14 @@ try {
   await v.page.waitForSelector('#server-view h1');
   check((await v.page.$$('button[data-action], button[data-launch]')).length === 0, 'viewer sees no action buttons');
   await v.page.screenshot({ path: `${SHOT_DIR}/server-390x844.png`, fullPage: true });
+  // The launched real replica: the viewer reads its job log, still with
+  // no action buttons (terminate included).
+  await v.page.goto(FERRY_URL + '/#/servers/' + REAL_ID);
+  await v.page.waitForSelector(`tr[data-job="${jobId}"] button`);
+  await v.page.click(`tr[data-job="${jobId}"] button`);
+  await v.page.waitForFunction((id) => document.querySelector(`tr[data-log="${id}"] pre`)?.textContent.includes('JOB_END'), jobId);
+  check((await v.page.$$('button[data-action], button[data-launch]')).length === 0, 'viewer sees no action buttons on a launched server');
+  await v.page.screenshot({ path: `${SHOT_DIR}/server-real-viewer-390x844.png`, fullPage: true });
   step('viewer sees no actions');
 
   // The token is revoked while the page is open: the page signs out with a message.
@@ -163,6 +185,19 @@ try {
   check((await v.page.textContent('#flash')).includes('Sign in'), 'revoked token message');
   step('revoked token signs out with a message');
   await v.ctx.close();
+
+  // A token that expires while the page is open: "session expired".
+  const [secret] = await needValue('expiring-token');
+  const x = await signedIn(secret, { width: 1280, height: 800 });
+  await need('expire');
+  // Nobody clicks: the live-update stream ends with the token and its
+  // reconnect is told the session expired.
+  await x.page.waitForSelector('#signin:not([hidden])');
+  const flashText = await x.page.textContent('#flash');
+  check(flashText.includes('Session expired, sign in again'), 'expired session message: ' + flashText);
+  await x.page.screenshot({ path: `${SHOT_DIR}/session-expired-1280x800.png` });
+  step('expired token: session expired, sign in again');
+  await x.ctx.close();
 
   check(errors.length === 0, 'page errors: ' + [...new Set(errors)].slice(0, 5).join('; '));
   console.log('ok');

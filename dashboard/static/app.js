@@ -83,6 +83,13 @@ class APIError extends Error {
   }
 }
 
+// authFailed signs out after a 401, saying why: a token whose time ran
+// out (the page may have been open for hours) asks to sign in again.
+function authFailed(body) {
+  if (body.code === 'token_expired') signOut('Session expired, sign in again. (' + (body.message || 'the API token expired') + ')');
+  else signOut('Signed out: ' + (body.message || 'the token is no longer valid') + '. Sign in with a valid token.');
+}
+
 async function api(path, opts = {}) {
   const res = await fetch(API + path, {
     ...opts,
@@ -90,7 +97,7 @@ async function api(path, opts = {}) {
   });
   if (res.status === 401) {
     const body = await res.json().catch(() => ({}));
-    signOut('Signed out: ' + (body.message || 'the token is no longer valid') + '. Sign in with a valid token.');
+    authFailed(body);
     throw new APIError(401, body);
   }
   if (!res.ok) throw new APIError(res.status, await res.json().catch(() => ({})));
@@ -113,8 +120,7 @@ async function streamEvents() {
     try {
       const res = await fetch(API + '/events', { headers: { Authorization: 'Bearer ' + state.token }, signal: ctl.signal });
       if (res.status === 401) {
-        const body = await res.json().catch(() => ({}));
-        signOut('Signed out: ' + (body.message || 'the token is no longer valid') + '. Sign in with a valid token.');
+        authFailed(await res.json().catch(() => ({})));
         return;
       }
       if (!res.ok) throw new Error('events: HTTP ' + res.status);
@@ -475,12 +481,23 @@ async function loadHistory(view, id) {
         ? h('div', {}, chart(hist.samples), h('p', { class: 'legend' }, h('span', { class: 'tput' }, '— throughput'), ' ', h('span', { class: 'lag' }, '— lag'),
           h('span', { class: 'muted' }, ` · one sample every ${hist.interval_seconds} s, last ${duration((new Date(hist.samples[hist.samples.length - 1].time) - new Date(hist.samples[0].time)) / 1000)}`)))
         : h('p', { class: 'muted' }, 'Collecting samples (one every ' + hist.interval_seconds + ' s)…'),
-      h('p', { id: 'diagnosis', class: 'diagnosis ' + (d.bottleneck === 'NONE' ? 'ok' : d.bottleneck === 'UNKNOWN' ? 'muted' : 'warn') },
+      h('p', { id: 'diagnosis', class: 'diagnosis ' + (d.bottleneck === 'NONE' ? 'ok' : d.bottleneck === 'UNKNOWN' ? 'muted' : 'warn'), 'data-bottleneck': d.bottleneck },
         h('strong', {}, d.bottleneck === 'NONE' ? 'Healthy. ' : d.bottleneck === 'UNKNOWN' ? '' : 'Why it lags: '), d.summary,
-        d.limited ? h('span', { class: 'muted' }, ' (limited diagnosis)') : ''));
+        d.limited ? h('span', { class: 'muted' }, ' (limited diagnosis)') : ''),
+      agentShares(hist.samples));
   } catch (e) {
     box.replaceChildren(h('h2', {}, 'Throughput and lag'), h('p', { class: 'error' }, e.message));
   }
+}
+
+// agentShares shows where the agent's sender spent the last interval, when
+// the agent reports it: the figures behind a source-read or network
+// diagnosis.
+function agentShares(samples) {
+  const a = samples.length ? samples[samples.length - 1].agent : null;
+  if (!a) return '';
+  const pct = (v) => Math.round(100 * v) + '%';
+  return h('p', { id: 'agent-shares', class: 'muted' }, `Agent, last sample: reading the source ${pct(a.read)}, waiting on the network ${pct(a.network)}, throttled ${pct(a.throttle)}, idle ${pct(a.idle)}.`);
 }
 
 async function loadJobs(view, id) {
@@ -570,7 +587,7 @@ async function usageView() {
       a.remove();
     };
     view.replaceChildren(h('h1', {}, 'Usage'),
-      h('p', {}, `Staging store: ${bytes(u.store_stored_bytes)} stored (shared chunks once). Bytes sent count since ${when(u.bytes_sent_since)}. `,
+      h('p', {}, `Staging store: ${bytes(u.store_stored_bytes)} stored (shared chunks once). Days: time connected and replicating. Sent: data the agent sent since pairing, after compression. `,
         h('button', { type: 'button', id: 'usage-csv', class: 'secondary', onclick: download }, 'Download CSV')),
       u.servers.length ? h('div', { class: 'card scroll', style: 'padding:0' }, h('table', { id: 'usage' },
         h('thead', {}, h('tr', {}, ['Server', 'Disks', 'Logical', 'Stored', 'Snapshots', 'Days', 'Sent'].map((c) => h('th', {}, c)))),
