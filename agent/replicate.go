@@ -154,6 +154,12 @@ type engine struct {
 	credit    int64             // guarded by mu
 	inflightB int64             // guarded by mu
 	dirtySave bool              // progress changed since saved; guarded by mu
+	// saveMu serialises progress saves with the removal of the state
+	// directory on disconnect: a save racing RemoveAll would put a file
+	// back into the directory being removed (and make it fail).
+	saveMu sync.Mutex
+	// stateRemoved stops every later save; guarded by saveMu.
+	stateRemoved bool
 	// fz holds the file systems frozen for an app-consistent point until
 	// every disk's barrier is decided; guarded by mu.
 	fz *freezer
@@ -270,8 +276,12 @@ func Replicate(ctx context.Context, o Options) error {
 		err := e.session(ctx)
 		if errors.Is(err, ErrDisconnected) {
 			e.log.Warn("the server disconnected this agent from the service; removing its state", "dir", o.StateDir)
-			if rerr := os.RemoveAll(o.StateDir); rerr != nil {
-				return fmt.Errorf("%w; removing state: %v", err, rerr)
+			e.saveMu.Lock()
+			e.stateRemoved = true
+			rerr := os.RemoveAll(o.StateDir)
+			e.saveMu.Unlock()
+			if rerr != nil {
+				return fmt.Errorf("%w; removing state: %w", err, rerr)
 			}
 			return err
 		}
@@ -383,6 +393,11 @@ func (e *engine) consume(ctx context.Context) {
 }
 
 func (e *engine) save() {
+	e.saveMu.Lock()
+	defer e.saveMu.Unlock()
+	if e.stateRemoved {
+		return
+	}
 	e.mu.Lock()
 	if !e.dirtySave {
 		e.mu.Unlock()

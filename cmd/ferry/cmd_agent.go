@@ -70,6 +70,9 @@ state directory (0600). Later runs reuse them and need no token.`,
 			}
 			err = agent.Replicate(ctx, agent.Options{StateDir: o.StateDir, Devices: devices, Tracker: tr, Logger: log})
 			if errors.Is(err, agent.ErrDisconnected) {
+				if _, serr := os.Stat(o.StateDir); serr == nil {
+					return fmt.Errorf("this agent was disconnected from the service, but its state directory %s could not be removed (%w): remove it by hand, then run 'ferry agent uninstall'", o.StateDir, err)
+				}
 				fmt.Fprintln(cmd.OutOrStdout(), "This agent was disconnected from the service; its state was removed. Run 'ferry agent uninstall' to remove the service.")
 				return nil
 			}

@@ -286,15 +286,17 @@ func build(ctx context.Context, tmp, deb, busybox string, qga *guestAgent) error
 		return fmt.Errorf("testimage: %w", err)
 	}
 	untar.Stdin = pipe
-	var stderr bytes.Buffer
-	deball.Stderr, untar.Stderr = &stderr, &stderr
+	// One buffer each: exec copies each command's stderr in its own
+	// goroutine, and a shared bytes.Buffer would be written by both at once.
+	var debErr, tarErr bytes.Buffer
+	deball.Stderr, untar.Stderr = &debErr, &tarErr
 	if err := deball.Start(); err != nil {
 		return fmt.Errorf("testimage: dpkg-deb: %w", err)
 	}
 	errTar := untar.Run()
 	errDeb := deball.Wait()
 	if err := errors.Join(errDeb, errTar); err != nil {
-		return fmt.Errorf("testimage: unpack %s: %w: %s", deb, err, stderr.Bytes())
+		return fmt.Errorf("testimage: unpack %s: %w: %s%s", deb, err, debErr.Bytes(), tarErr.Bytes())
 	}
 	kernels, _ := filepath.Glob(filepath.Join(kx, "boot", "vmlinuz-*"))
 	mods, _ := filepath.Glob(filepath.Join(kx, "lib", "modules", "*"))
