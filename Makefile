@@ -21,7 +21,9 @@ build:
 # run against the real thing; FERRY_TEST_REQUIRE_ALL=1 turns any skipped
 # integration test into a failure.
 test: setup
-	@. scripts/test-services.sh && $(GO) test -race -count=1 -timeout 30m ./...
+	@mkdir -p bin; rm -f bin/faults-summary.txt; . scripts/test-services.sh && \
+	  FERRY_FAULTS_SUMMARY=$(CURDIR)/bin/faults-summary.txt $(GO) test -race -count=1 -timeout 30m ./...; rc=$$?; \
+	  if [ -s bin/faults-summary.txt ]; then echo "== fault-injection summary"; cat bin/faults-summary.txt; fi; exit $$rc
 
 test-short:
 	$(GO) test -short -count=1 ./...
