@@ -35,7 +35,13 @@ type Options struct {
 // (from its UUID or name) picks its identity directory, so a VM keeps its
 // source server across connector restarts and QMP socket moves.
 func Open(ctx context.Context, o Options, socket string) (*Source, error) {
-	s := &Source{Socket: socket, Logger: o.Logger}
+	return open(ctx, o, &Source{Socket: socket})
+}
+
+// open discovers and pairs s, whose Socket (and DialMonitor) are set.
+func open(ctx context.Context, o Options, s *Source) (*Source, error) {
+	socket := s.Socket
+	s.Logger = o.Logger
 	f, err := s.Facts(ctx)
 	if err != nil {
 		return nil, err
@@ -59,6 +65,7 @@ func Open(ctx context.Context, o Options, socket string) (*Source, error) {
 		work = filepath.Join(o.StateDir, "work")
 	}
 	s.StateDir, s.ServerID, s.WorkDir = dir, st.SourceServerID, filepath.Join(work, st.SourceServerID)
+	s.roots = []string{o.StateDir, work}
 	s.Name, s.MachineID = f.Hostname(socket), id
 	s.Dial = func(ctx context.Context) (net.Conn, error) { return agent.Connect(ctx, dir) }
 	return s, nil

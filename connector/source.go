@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -20,8 +21,13 @@ var Version = "dev"
 // Source is one QEMU process the connector replicates as one source
 // server. Its methods may be called concurrently; runs are serialised.
 type Source struct {
-	// Socket is the QEMU process's QMP socket ("unix:" prefix allowed).
+	// Socket is the QEMU process's QMP socket ("unix:" prefix allowed),
+	// or, with DialMonitor set, where the VM is reached (a libvirt
+	// domain: "URI#NAME"), shown in the catalog.
 	Socket string
+	// DialMonitor, when set, reaches the VM's monitor instead of dialing
+	// Socket (a libvirt domain's monitor).
+	DialMonitor func(ctx context.Context) (Monitor, error)
 	// StateDir is the VM's paired identity (see package agent) and its
 	// connector state (connector.json).
 	StateDir string
@@ -45,8 +51,12 @@ type Source struct {
 	// means "qemu-img" on PATH.
 	QemuImg string
 
+	// roots are the connector's state and work roots: directories it may
+	// let QEMU's user search (see prepareWorkDir).
+	roots []string
+
 	mu    sync.Mutex // serialises runs; guards the fields below
-	qmp   *qmp.Client
+	mon   Monitor
 	facts *Facts
 	st    *vmState
 	link  *link
@@ -142,17 +152,17 @@ func (s *Source) Facts(ctx context.Context) (*Facts, error) {
 }
 
 func (s *Source) discoverLocked(ctx context.Context) (*Facts, error) {
-	if s.qmp == nil {
-		c, err := qmp.Dial(ctx, s.Socket)
+	if s.mon == nil {
+		m, err := s.dialMonitor(ctx)
 		if err != nil {
 			return nil, err
 		}
-		s.qmp = c
+		s.mon = m
 	}
-	f, err := Discover(ctx, s.qmp)
+	f, err := Discover(ctx, s.mon)
 	if errors.Is(err, qmp.ErrClosed) {
-		s.qmp.Close()
-		s.qmp = nil
+		// QEMU closed the QMP socket (restarted): dial it again.
+		s.closeMonitorLocked()
 		return s.discoverLocked(ctx)
 	}
 	if err != nil {
@@ -177,7 +187,7 @@ func (s *Source) DropTracking(ctx context.Context) {
 		s.log().Warn("remove dirty bitmaps of a deleted job", "server", s.ServerID, "err", err)
 		return
 	}
-	nodes, err := namedNodes(ctx, s.qmp)
+	nodes, err := namedNodes(ctx, s.mon)
 	if err != nil {
 		s.log().Warn("remove dirty bitmaps of a deleted job", "server", s.ServerID, "err", err)
 		return
@@ -187,7 +197,7 @@ func (s *Source) DropTracking(ctx context.Context) {
 			if !strings.HasPrefix(b.Name, fleecePrefix) {
 				continue
 			}
-			if err := s.qmp.Execute(ctx, "block-dirty-bitmap-remove", map[string]any{"node": d.Node, "name": b.Name}, nil); err != nil {
+			if err := s.mon.Execute(ctx, "block-dirty-bitmap-remove", map[string]any{"node": d.Node, "name": b.Name}, nil); err != nil {
 				s.log().Warn("remove dirty bitmap of a deleted job", "server", s.ServerID, "disk", d.Name, "bitmap", b.Name, "err", err)
 			}
 		}
@@ -219,11 +229,26 @@ func (s *Source) Close() error {
 		s.link.close()
 		s.link = nil
 	}
-	if s.qmp != nil {
-		s.qmp.Close()
-		s.qmp = nil
-	}
+	s.closeMonitorLocked()
 	return nil
+}
+
+func (s *Source) dialMonitor(ctx context.Context) (Monitor, error) {
+	if s.DialMonitor != nil {
+		return s.DialMonitor(ctx)
+	}
+	c, err := qmp.Dial(ctx, s.Socket)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (s *Source) closeMonitorLocked() {
+	if c, ok := s.mon.(io.Closer); ok {
+		c.Close()
+	}
+	s.mon = nil
 }
 
 // stats builds the STATS message from the figures of the last run.

@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/ferrymigrate/ferry"
-	"github.com/ferrymigrate/ferry/qmp"
 )
 
 // Facts is what the connector learns of a VM over QMP.
@@ -70,7 +69,7 @@ func sanitize(s string) string {
 const fleecePrefix = "ferry-"
 
 // Discover reads a VM's facts over QMP.
-func Discover(ctx context.Context, c *qmp.Client) (*Facts, error) {
+func Discover(ctx context.Context, c Monitor) (*Facts, error) {
 	f := &Facts{}
 	var name struct {
 		Name string `json:"name"`
@@ -113,6 +112,13 @@ func Discover(ctx context.Context, c *qmp.Client) (*Facts, error) {
 	if err != nil {
 		return nil, fmt.Errorf("discover: %w", err)
 	}
+	if n, ok := c.(DiskNamer); ok {
+		names, err := n.DiskNames(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("discover: %w", err)
+		}
+		disks = renameDisks(disks, names)
+	}
 	f.Disks = disks
 	return f, nil
 }
@@ -137,7 +143,7 @@ type bitmapInfo struct {
 	Granularity  int64  `json:"granularity"`
 }
 
-func namedNodes(ctx context.Context, c *qmp.Client) (map[string]namedNode, error) {
+func namedNodes(ctx context.Context, c Monitor) (map[string]namedNode, error) {
 	var nodes []namedNode
 	if err := c.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
 		return nil, err
@@ -152,7 +158,7 @@ func namedNodes(ctx context.Context, c *qmp.Client) (map[string]namedNode, error
 // discoverDisks finds the root format nodes: those a guest device uses
 // (query-block) and those nothing uses (a -machine none process that only
 // holds images), skipping the connector's own nodes.
-func discoverDisks(ctx context.Context, c *qmp.Client) ([]Disk, error) {
+func discoverDisks(ctx context.Context, c Monitor) ([]Disk, error) {
 	nodes, err := namedNodes(ctx, c)
 	if err != nil {
 		return nil, err
@@ -209,4 +215,25 @@ func discoverDisks(ctx context.Context, c *qmp.Client) ([]Disk, error) {
 		disks = append(disks, Disk{Name: dname, Node: n.Name, Size: nn.Image.VirtualSize, Format: nn.Driver})
 	}
 	return disks, nil
+}
+
+// renameDisks gives disks the names a DiskNamer knows and drops those it
+// says are not disks; a name taken twice falls back to the node's.
+func renameDisks(disks []Disk, names map[string]string) []Disk {
+	var out []Disk
+	seen := map[string]bool{}
+	for _, d := range disks {
+		name, ok := names[d.Node]
+		if ok && name == "" {
+			continue
+		}
+		if ok {
+			if n := sanitize(name); n != "" && !seen[n] {
+				d.Name = n
+			}
+		}
+		seen[d.Name] = true
+		out = append(out, d)
+	}
+	return out
 }

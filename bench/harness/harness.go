@@ -36,6 +36,7 @@ type Harness struct {
 	Addr string
 
 	tlsConf                *tls.Config
+	ca                     *pki.CA
 	keyPEM, certPEM, caPEM []byte
 	cancel                 context.CancelFunc
 	done                   chan error
@@ -82,7 +83,7 @@ func New(ctx context.Context, dir string, obs dataplane.Observer) (*Harness, err
 	if h.tlsConf, err = pki.ClientTLSConfigWithCA(ca.CertPEM(), &agentCert); err != nil {
 		return fail(err)
 	}
-	h.keyPEM, h.certPEM, h.caPEM = keyPEM, certPEM, ca.CertPEM()
+	h.keyPEM, h.certPEM, h.caPEM, h.ca = keyPEM, certPEM, ca.CertPEM(), ca
 	srv := &ferry.SourceServer{ID: ServerID, MachineID: "bench", Hostname: "bench", Lifecycle: ferry.LifecycleNotReady,
 		AgentCertSerial: serial.String(), Replication: ferry.ReplicationInfo{State: ferry.ReplicationStopped}}
 	if err := st.CreateServer(ctx, srv); err != nil {
@@ -109,6 +110,37 @@ func New(ctx context.Context, dir string, obs dataplane.Observer) (*Harness, err
 	h.Addr, h.cancel, h.done = ln.Addr().String(), cancel, make(chan error, 1)
 	go func() { h.done <- h.DP.Serve(sctx, ln) }()
 	return h, nil
+}
+
+// AddServer creates another paired source server (NOT_READY) and returns
+// what dials the data plane with its certificate: benchmarks with many
+// sources (the connector's VMs) use one each.
+func (h *Harness) AddServer(ctx context.Context, id, name string) (func(context.Context) (net.Conn, error), error) {
+	keyPEM, csrPEM, err := pki.NewKeyAndCSR(name)
+	if err != nil {
+		return nil, err
+	}
+	certPEM, serial, err := h.ca.SignAgentCSR(csrPEM, id, 24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("harness: certificate of %s: %w", id, err)
+	}
+	conf, err := pki.ClientTLSConfigWithCA(h.caPEM, &cert)
+	if err != nil {
+		return nil, err
+	}
+	srv := &ferry.SourceServer{ID: id, MachineID: "bench-" + id, Hostname: name, Lifecycle: ferry.LifecycleNotReady,
+		AgentCertSerial: serial.String(), Replication: ferry.ReplicationInfo{State: ferry.ReplicationStopped}}
+	if err := h.Store.CreateServer(ctx, srv); err != nil {
+		return nil, fmt.Errorf("harness: %w", err)
+	}
+	return func(ctx context.Context) (net.Conn, error) {
+		d := tls.Dialer{Config: conf}
+		return d.DialContext(ctx, "tcp", h.Addr)
+	}, nil
 }
 
 // Close stops the data plane and closes the stores.

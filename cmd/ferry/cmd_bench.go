@@ -32,7 +32,7 @@ func newBenchCmd() *cobra.Command {
 	f.IntVar(&o.RandomWrites, "random-writes", 0, "random 4 KiB writes (default 16384)")
 	f.Int64Var(&o.ImageBytes, "image-bytes", 0, "image size for the dedup measurement (default 64 MiB)")
 	f.IntVar(&o.Copies, "copies", 0, "copies of the image (default 20)")
-	cmd.AddCommand(store, newBenchReplicationCmd(), newBenchAllCmd(), newBenchScaleCmd())
+	cmd.AddCommand(store, newBenchReplicationCmd(), newBenchAllCmd(), newBenchScaleCmd(), newBenchConnectorCmd())
 	return cmd
 }
 

@@ -17,6 +17,10 @@ import (
 
 const defaultConnectorStateDir = "/var/lib/ferry-connector"
 
+// libvirtRediscover is how often 'connector run --libvirt' lists the
+// host's domains for new ones.
+const libvirtRediscover = 3 * time.Second
+
 func newConnectorCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "connector",
@@ -30,6 +34,7 @@ func newConnectorCmd() *cobra.Command {
 type connectorRunOptions struct {
 	connector.Options
 	QMP         []string
+	Libvirt     string
 	Frequency   time.Duration
 	FirstRun    string
 	Once        bool
@@ -44,7 +49,11 @@ func newConnectorRunCmd() *cobra.Command {
 		Short: "Register each VM as a source server and run its replication job",
 		Long: `Run Ferry's connector beside a QEMU/KVM host.
 
-Each --qmp socket is one VM. On first contact the connector registers the VM
+Each --qmp socket is one VM; with --libvirt URI (qemu:///system) each running
+QEMU domain of that libvirt host is one VM, reached through libvirtd's
+qemu-monitor-command, and domains started later are registered within
+seconds (a domain that stops fails its job's runs with the reason, until it
+runs again). On first contact the connector registers the VM
 with the install token (one token use per VM) as a DISCOVERED source server
 with its facts (name, disks, CPUs, memory, NICs), and keeps its key and
 certificate under --state-dir/vms/<machine id>/.
@@ -68,6 +77,7 @@ starts a run at once. Jobs and runs: 'ferry connector jobs'.`,
 	f.StringVar(&o.StateDir, "state-dir", defaultConnectorStateDir, "state directory")
 	f.StringVar(&o.WorkDir, "work-dir", "", "directory for fleecing images and NBD sockets; QEMU must be able to write there (default STATE-DIR/work)")
 	f.StringArrayVar(&o.QMP, "qmp", nil, "QMP socket of a VM, unix:PATH (repeatable)")
+	f.StringVar(&o.Libvirt, "libvirt", "", "replicate every running QEMU domain of this libvirt host, qemu:///system (the connector runs on that host)")
 	f.DurationVar(&o.Frequency, "frequency", 0, "create a recurring job with this frequency for every VM that has none")
 	f.StringVar(&o.FirstRun, "first-run", "", "first run of the jobs --frequency or --once create, RFC 3339 (default now)")
 	f.BoolVar(&o.Once, "once", false, "create a run-once job for every VM that has none, and exit when every job is finished")
@@ -77,8 +87,13 @@ starts a run at once. Jobs and runs: 'ferry connector jobs'.`,
 }
 
 func runConnector(cmd *cobra.Command, o connectorRunOptions) error {
-	if len(o.QMP) == 0 {
-		return errors.New("no VM to replicate\nTry: ferry connector run --qmp unix:/path/to/vm.qmp …")
+	if len(o.QMP) == 0 && o.Libvirt == "" {
+		return errors.New("no VM to replicate\nTry: ferry connector run --qmp unix:/path/to/vm.qmp … or --libvirt qemu:///system")
+	}
+	if o.Libvirt != "" {
+		if _, _, err := connector.ParseLibvirtURI(o.Libvirt); err != nil {
+			return fmt.Errorf("--libvirt: %w", err)
+		}
 	}
 	if o.Concurrency <= 0 {
 		return fmt.Errorf("--concurrency %d: want at least 1", o.Concurrency)
@@ -114,50 +129,109 @@ func runConnector(cmd *cobra.Command, o connectorRunOptions) error {
 		return fmt.Errorf("create state directory: %w", err)
 	}
 	sched := &connector.Scheduler{StateDir: o.StateDir, Concurrency: o.Concurrency}
-	var srcs []*connector.Source
+	var until func(*connector.Job) bool
+	if o.Once {
+		until = connector.Finished
+	}
+	var (
+		mu   sync.Mutex
+		srcs []*connector.Source
+		all  []error
+		wg   sync.WaitGroup
+	)
 	defer func() {
 		for _, s := range srcs {
 			s.Close()
 		}
 	}()
-	for _, sock := range o.QMP {
-		src, err := connector.Open(ctx, o.Options, sock)
-		if err != nil {
-			return err
-		}
-		srcs = append(srcs, src)
+	// serve registers src, gives it the job the flags ask for and runs it.
+	serve := func(src *connector.Source, where string) error {
 		if err := sched.Register(src); err != nil {
+			src.Close()
 			return err
 		}
-		fmt.Fprintf(cmd.OutOrStdout(), "VM %s (%s) is source server %s\n", src.Name, sock, src.ServerID)
+		mu.Lock()
+		srcs = append(srcs, src)
+		mu.Unlock()
+		fmt.Fprintf(cmd.OutOrStdout(), "VM %s (%s) is source server %s\n", src.Name, where, src.ServerID)
 		if spec != nil {
 			_, err := sched.Book().Create(src.ServerID, *spec, time.Now())
 			if err != nil && !strings.Contains(err.Error(), "already has a replication job") {
 				return err
 			}
 		}
-	}
-	var until func(*connector.Job) bool
-	if o.Once {
-		until = connector.Finished
-	}
-	var wg sync.WaitGroup
-	errs := make(chan error, len(srcs))
-	for _, src := range srcs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			if err := sched.Serve(ctx, src, until); err != nil {
-				errs <- fmt.Errorf("VM %s: %w", src.Name, err)
+				mu.Lock()
+				all = append(all, fmt.Errorf("VM %s: %w", src.Name, err))
+				mu.Unlock()
 			}
 		}()
+		return nil
+	}
+	for _, sock := range o.QMP {
+		src, err := connector.Open(ctx, o.Options, sock)
+		if err != nil {
+			return err
+		}
+		if err := serve(src, sock); err != nil {
+			return err
+		}
+	}
+	if o.Libvirt != "" {
+		h, err := connector.DialLibvirt(ctx, o.Libvirt)
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		seen := map[string]bool{} // domain UUIDs with a source
+		discover := func() error {
+			doms, err := h.Domains(ctx)
+			if err != nil {
+				return err
+			}
+			for _, d := range doms {
+				if seen[d.UUID] {
+					continue
+				}
+				src, err := connector.OpenLibvirt(ctx, o.Options, h, d)
+				if err != nil {
+					// Tried again at the next look.
+					log.Warn("libvirt domain not registered", "domain", d.Name, "err", err)
+					continue
+				}
+				seen[d.UUID] = true
+				if err := serve(src, h.Address(d)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		if err := discover(); err != nil {
+			return err
+		}
+		if !o.Once {
+			// New domains are registered as they start; a domain that
+			// stops keeps its source, whose runs fail saying so.
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-time.After(libvirtRediscover):
+					}
+					if err := discover(); err != nil {
+						log.Warn("list libvirt domains", "uri", o.Libvirt, "err", err)
+					}
+				}
+			}()
+		}
 	}
 	wg.Wait()
-	close(errs)
-	var all []error
-	for err := range errs {
-		all = append(all, err)
-	}
 	if o.Once {
 		jobs, err := sched.Book().List()
 		if err != nil {
