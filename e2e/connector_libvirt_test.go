@@ -68,6 +68,8 @@ func TestConnectorLibvirtRegistersDomains(t *testing.T) {
 	}
 	t.Cleanup(func() { l.Disconnect() }) // after the domains' cleanups
 	first := startLibvirtDomain(t, l, dir, "ferry-e2e-lv1")
+	// A domain --domain leaves out: never registered.
+	other := startLibvirtDomain(t, l, dir, "ferry-e2e-other")
 
 	s := startServer(t, filepath.Join(dir, "server"))
 	ctx := t.Context()
@@ -82,7 +84,7 @@ func TestConnectorLibvirtRegistersDomains(t *testing.T) {
 	state := filepath.Join(dir, "connector")
 	clog := &bytes.Buffer{}
 	conn := exec.Command(bin, "connector", "run", "--server", s.addr, "--install-token", it.Secret, "--ca-fingerprint", s.fingerprint,
-		"--state-dir", state, "--libvirt", "qemu:///system")
+		"--state-dir", state, "--libvirt", "qemu:///system", "--domain", "ferry-e2e-lv*")
 	conn.Stdout, conn.Stderr = clog, clog
 	if err := conn.Start(); err != nil {
 		t.Fatal(err)
@@ -96,7 +98,7 @@ func TestConnectorLibvirtRegistersDomains(t *testing.T) {
 			t.Logf("connector log:\n%s", clog)
 		}
 	}()
-	// Other domains of the host may be registered too; ours must be.
+	// Only the domains --domain names are registered.
 	waitDiscovered := func(name, uuid string) {
 		t.Helper()
 		start := time.Now()
@@ -122,6 +124,18 @@ func TestConnectorLibvirtRegistersDomains(t *testing.T) {
 	waitDiscovered("ferry-e2e-lv1", first)
 	second := startLibvirtDomain(t, l, dir, "ferry-e2e-lv2")
 	waitDiscovered("ferry-e2e-lv2", second)
+	list, err := admin.ListServers(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, srv := range list.Items {
+		if srv.MachineID == "qemu-"+other || srv.Hostname == "ferry-e2e-other" {
+			t.Errorf("domain ferry-e2e-other registered though --domain leaves it out: %+v", srv)
+		}
+	}
+	if len(list.Items) != 2 {
+		t.Errorf("%d servers registered, want the 2 --domain names", len(list.Items))
+	}
 	out := run(t, nil, "connector", "vms", "--state-dir", state)
 	for _, n := range []string{"ferry-e2e-lv1", "ferry-e2e-lv2", "qemu:///system#ferry-e2e-lv2"} {
 		if !strings.Contains(out, n) {

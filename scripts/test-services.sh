@@ -31,6 +31,21 @@ if [ -z "${FERRY_TEST_S3_ENDPOINT:-}" ] && [ -x "$_gw" ]; then
     done
   fi
 fi
+# libvirtd and virtlogd (Debian's libvirt-daemon-system; no systemd here):
+# started once for the whole run, so that no package's tests start and stop
+# them under another package's tests running at the same time.
+if [ "$(id -u)" = 0 ] && command -v libvirtd >/dev/null 2>&1; then
+  if [ ! -S /run/libvirt/virtlogd-sock ] && command -v virtlogd >/dev/null 2>&1; then
+    virtlogd -d || echo "test-services: virtlogd did not start" >&2
+  fi
+  if [ ! -S /run/libvirt/libvirt-sock ]; then
+    libvirtd -d || echo "test-services: libvirtd did not start" >&2
+    for _i in $(seq 1 75); do
+      [ -S /run/libvirt/libvirt-sock ] && break
+      sleep 0.2
+    done
+  fi
+fi
 if [ "${CI:-}" = true ]; then
   export FERRY_TEST_REQUIRE_ALL=1
 fi

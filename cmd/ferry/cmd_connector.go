@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path"
 	"strings"
 	"sync"
 	"time"
@@ -35,6 +36,7 @@ type connectorRunOptions struct {
 	connector.Options
 	QMP         []string
 	Libvirt     string
+	Domains     []string
 	Frequency   time.Duration
 	FirstRun    string
 	Once        bool
@@ -78,6 +80,7 @@ starts a run at once. Jobs and runs: 'ferry connector jobs'.`,
 	f.StringVar(&o.WorkDir, "work-dir", "", "directory for fleecing images and NBD sockets; QEMU must be able to write there (default STATE-DIR/work)")
 	f.StringArrayVar(&o.QMP, "qmp", nil, "QMP socket of a VM, unix:PATH (repeatable)")
 	f.StringVar(&o.Libvirt, "libvirt", "", "replicate every running QEMU domain of this libvirt host, qemu:///system (the connector runs on that host)")
+	f.StringArrayVar(&o.Domains, "domain", nil, "with --libvirt: only domains whose name matches this pattern (shell glob, repeatable; default every domain)")
 	f.DurationVar(&o.Frequency, "frequency", 0, "create a recurring job with this frequency for every VM that has none")
 	f.StringVar(&o.FirstRun, "first-run", "", "first run of the jobs --frequency or --once create, RFC 3339 (default now)")
 	f.BoolVar(&o.Once, "once", false, "create a run-once job for every VM that has none, and exit when every job is finished")
@@ -93,6 +96,14 @@ func runConnector(cmd *cobra.Command, o connectorRunOptions) error {
 	if o.Libvirt != "" {
 		if _, _, err := connector.ParseLibvirtURI(o.Libvirt); err != nil {
 			return fmt.Errorf("--libvirt: %w", err)
+		}
+	}
+	if len(o.Domains) > 0 && o.Libvirt == "" {
+		return errors.New("--domain filters the domains of a libvirt host\nTry: ferry connector run --libvirt qemu:///system --domain 'web-*'")
+	}
+	for _, p := range o.Domains {
+		if _, err := path.Match(p, ""); err != nil {
+			return fmt.Errorf("--domain %q: %w\nTry: a shell pattern such as 'web-*' or an exact domain name", p, err)
 		}
 	}
 	if o.Concurrency <= 0 {
@@ -193,7 +204,7 @@ func runConnector(cmd *cobra.Command, o connectorRunOptions) error {
 				return err
 			}
 			for _, d := range doms {
-				if seen[d.UUID] {
+				if seen[d.UUID] || !domainWanted(o.Domains, d.Name) {
 					continue
 				}
 				src, err := connector.OpenLibvirt(ctx, o.Options, h, d)
@@ -375,4 +386,19 @@ a second.`,
 		verb("stop", "Stop scheduling the job's runs (a FLUSH from the server still gets a run)", (*connector.Jobs).Stop),
 		verb("delete", "Delete the job: no more runs; the VM's dirty bitmaps are removed", (*connector.Jobs).Delete))
 	return cmd
+}
+
+// domainWanted reports whether a libvirt domain's name matches one of the
+// --domain patterns (no pattern: every domain). The patterns were checked
+// when the command started.
+func domainWanted(patterns []string, name string) bool {
+	if len(patterns) == 0 {
+		return true
+	}
+	for _, p := range patterns {
+		if ok, _ := path.Match(p, name); ok {
+			return true
+		}
+	}
+	return false
 }
