@@ -61,6 +61,7 @@ const (
 	barrierEvery     = time.Second
 	maxBackoff       = 30 * time.Second
 	growPoll         = 3 * time.Second
+	ackSaveEvery     = 5 * time.Second
 	rescanRange      = 16 << 20
 	rescanBlock      = 32 << 10
 )
@@ -154,6 +155,14 @@ type engine struct {
 	credit    int64             // guarded by mu
 	inflightB int64             // guarded by mu
 	dirtySave bool              // progress changed since saved; guarded by mu
+	// dirtyAck says only acknowledged sequence numbers changed since the
+	// last save, and lastSave when that was; guarded by mu. Those are
+	// saved at most every ackSaveEvery: an agent that restarts compares
+	// every replicated block by hash anyway, so a stale AckedSeq loses
+	// nothing, and saving it with every ack cost a file create and an
+	// fsync 20 times a second during continuous replication.
+	dirtyAck bool
+	lastSave time.Time
 	// saveMu serialises progress saves with the removal of the state
 	// directory on disconnect: a save racing RemoveAll would put a file
 	// back into the directory being removed (and make it fail).
@@ -254,7 +263,7 @@ func Replicate(ctx context.Context, o Options) error {
 		e.log.Warn("no change tracker: writes after the initial sync are found only by rescans")
 	}
 	go e.watchSizes(ctx)
-	defer e.save()
+	defer e.save(true)
 	// Progress is saved often: what the server acknowledged but we did not
 	// save is sent again after a crash.
 	go func() {
@@ -265,7 +274,7 @@ func Replicate(ctx context.Context, o Options) error {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				e.save()
+				e.save(false)
 			}
 		}
 	}()
@@ -392,14 +401,16 @@ func (e *engine) consume(ctx context.Context) {
 	}
 }
 
-func (e *engine) save() {
+// save writes the progress when it changed; acknowledged sequence numbers
+// alone only every ackSaveEvery, unless final.
+func (e *engine) save(final bool) {
 	e.saveMu.Lock()
 	defer e.saveMu.Unlock()
 	if e.stateRemoved {
 		return
 	}
 	e.mu.Lock()
-	if !e.dirtySave {
+	if !e.dirtySave && !(e.dirtyAck && (final || time.Since(e.lastSave) >= ackSaveEvery)) {
 		e.mu.Unlock()
 		return
 	}
@@ -407,7 +418,7 @@ func (e *engine) save() {
 	for _, d := range e.disks {
 		m[d.dev.name] = d.prog
 	}
-	e.dirtySave = false
+	e.dirtySave, e.dirtyAck, e.lastSave = false, false, time.Now()
 	e.mu.Unlock()
 	if err := saveProgress(e.o.StateDir, m); err != nil {
 		e.log.Warn("save replication progress", "err", err)
@@ -422,15 +433,55 @@ type conn struct {
 	wbuf []byte
 }
 
+// send writes m and flushes it, with everything queued before it.
 func (c *conn) send(m protocol.Message) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if err := c.writeLocked(m); err != nil {
+		return err
+	}
+	if err := c.bw.Flush(); err != nil {
+		return fmt.Errorf("send %s: %w", m.Type(), err)
+	}
+	return nil
+}
+
+// queue writes m into the connection's buffer without flushing it: the
+// send loop queues data records while it has more to send and flushes when
+// it runs out of work or must wait (credit, throttle), so that a backlog of
+// small writes leaves in full TLS records instead of one record and one
+// system call per 4 KiB write.
+func (c *conn) queue(m protocol.Message) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.writeLocked(m)
+}
+
+// buffered reports whether records are queued.
+func (c *conn) buffered() bool {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.bw.Buffered() > 0
+}
+
+// flush sends whatever is queued.
+func (c *conn) flush() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.bw.Buffered() == 0 {
+		return nil
+	}
+	_ = c.c.SetWriteDeadline(time.Now().Add(agentReadTimeout))
+	if err := c.bw.Flush(); err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	return nil
+}
+
+func (c *conn) writeLocked(m protocol.Message) error {
 	c.wbuf = protocol.Append(c.wbuf[:0], m)
 	_ = c.c.SetWriteDeadline(time.Now().Add(agentReadTimeout))
 	if _, err := c.bw.Write(c.wbuf); err != nil {
-		return fmt.Errorf("send %s: %w", m.Type(), err)
-	}
-	if err := c.bw.Flush(); err != nil {
 		return fmt.Errorf("send %s: %w", m.Type(), err)
 	}
 	return nil
@@ -579,8 +630,11 @@ func (e *engine) ackLocked(d *rdisk, seq uint64) {
 		if f.seq > seq {
 			break
 		}
-		if f.kind == kindSync {
-			d.prog.SyncCursor = max(d.prog.SyncCursor, f.off+f.len)
+		if f.kind == kindSync && f.off+f.len > d.prog.SyncCursor {
+			// Where a restarted agent resumes its initial sync: saved
+			// at once (every 50 ms), unlike the sequence number alone.
+			d.prog.SyncCursor = f.off + f.len
+			e.dirtySave = true
 		}
 		e.inflightB -= f.bytes
 		n++
@@ -588,11 +642,12 @@ func (e *engine) ackLocked(d *rdisk, seq uint64) {
 	d.inflight = d.inflight[n:]
 	if seq > d.prog.AckedSeq {
 		d.prog.AckedSeq = seq
-		e.dirtySave = true
+		e.dirtyAck = true
 	}
 	if d.syncSeq != 0 && seq >= d.syncSeq && !d.prog.SyncDone {
 		d.prog.SyncDone = true
 		d.prog.SyncCursor = d.size
+		e.dirtySave = true
 		e.log.Info("initial sync complete", "disk", d.dev.name)
 	}
 	e.maybeThawLocked(false)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ferrymigrate/ferry/protocol"
+	"golang.org/x/time/rate"
 )
 
 // senderTimers add up where the send loop's time goes, so the server can
@@ -64,6 +65,7 @@ func (e *engine) startPipe(ctx context.Context, d *rdisk, from int64) *syncPipe 
 		go func() {
 			defer p.wg.Done()
 			comp, err := protocol.NewCompressor()
+			var gate compressGate
 			buf := alignedBuf(int(e.chunk))
 			for j := range jobs {
 				r := chunkResult{off: j.off, n: j.n, err: err}
@@ -73,7 +75,12 @@ func (e *engine) startPipe(ctx context.Context, d *rdisk, from int64) *syncPipe 
 					if r.err == nil {
 						r.zero = isZero(b)
 						if !r.zero {
-							z, ok := comp.Compress(b, nil)
+							var z []byte
+							ok := gate.try()
+							if ok {
+								z, ok = comp.Compress(b, nil)
+								gate.result(ok)
+							}
 							if ok {
 								r.data, r.flags = z, protocol.FlagZstd
 							} else {
@@ -197,6 +204,7 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 	}
 	buf := alignedBuf(int(e.chunk))
 	var zbuf []byte
+	var gate compressGate
 	var pipe *syncPipe
 	defer func() { pipe.stop() }()
 	tick := time.NewTicker(250 * time.Millisecond)
@@ -214,9 +222,35 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 		}
 	}()
 	var hashID uint32
+	var lingerEnd time.Time // when queued records must leave
 	for {
 		e.mu.Lock()
 		w, d := e.nextWorkLocked()
+		if w == workNone && ctx.Err() == nil && c.buffered() {
+			// Out of work with records queued: linger a moment for the
+			// next writes to share their TLS record and system call,
+			// then send them.
+			if lingerEnd.IsZero() {
+				lingerEnd = time.Now().Add(sendLinger)
+				time.AfterFunc(sendLinger, func() {
+					e.mu.Lock()
+					e.cond.Broadcast()
+					e.mu.Unlock()
+				})
+			}
+			if time.Now().Before(lingerEnd) {
+				e.cond.Wait()
+				e.mu.Unlock()
+				continue
+			}
+			lingerEnd = time.Time{}
+			e.mu.Unlock()
+			if err := c.flush(); err != nil {
+				return err
+			}
+			e.mu.Lock()
+			w, d = e.nextWorkLocked()
+		}
 		// Idle time is added at every wake-up (at least every 250 ms), so
 		// STATS see it while the wait lasts.
 		for t0 := time.Now(); w == workNone && ctx.Err() == nil; {
@@ -238,7 +272,7 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 			err := d.dev.readAt(b, x.Offset)
 			since(&e.timers.read, t0)
 			if err == nil {
-				err = e.sendData(ctx, c, d, x.Offset, b, 0, kindDirty, comp, &zbuf)
+				err = e.sendData(ctx, c, d, x.Offset, b, 0, kindDirty, comp, &gate, &zbuf)
 			}
 			if err != nil {
 				// The extent left the dirty map but may not have been
@@ -254,7 +288,7 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 			x, _ := d.rescan.Take(0, rescanRange)
 			e.mu.Unlock()
 			hashID++
-			if err := e.rescanRange(ctx, c, d, x.Offset, x.Length, hashID, hashes, buf, comp, &zbuf); err != nil {
+			if err := e.rescanRange(ctx, c, d, x.Offset, x.Length, hashID, hashes, buf, comp, &gate, &zbuf); err != nil {
 				e.mu.Lock()
 				d.rescan.Add(x.Offset, x.Length, time.Now())
 				e.mu.Unlock()
@@ -332,11 +366,24 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 	}
 }
 
+// sendLinger is how long the send loop, out of work, keeps queued records
+// for more to join them: at most that much added to the RPO.
+const sendLinger = 2 * time.Millisecond
+
 // waitCredit blocks until n more bytes fit in the server's credit (a
 // single record always may go when nothing is in flight), then throttles.
-func (e *engine) waitCredit(ctx context.Context, n int64) error {
+func (e *engine) waitCredit(ctx context.Context, c *conn, n int64) error {
 	t0 := time.Now()
 	e.mu.Lock()
+	if e.inflightB > 0 && e.inflightB+n > e.credit {
+		// The server grants credit for what it received: send what is
+		// queued before waiting for it.
+		e.mu.Unlock()
+		if err := c.flush(); err != nil {
+			return err
+		}
+		e.mu.Lock()
+	}
 	for e.inflightB > 0 && e.inflightB+n > e.credit && ctx.Err() == nil {
 		e.cond.Wait()
 	}
@@ -346,6 +393,12 @@ func (e *engine) waitCredit(ctx context.Context, n int64) error {
 		return ctx.Err()
 	}
 	defer since(&e.timers.throttle, t0)
+	if e.limiter.Limit() != rate.Inf {
+		// A throttled sender may wait here: nothing queued waits with it.
+		if err := c.flush(); err != nil {
+			return err
+		}
+	}
 	for left := n; left > 0; {
 		step := min(left, int64(e.limiter.Burst()))
 		if err := e.limiter.WaitN(ctx, int(step)); err != nil {
@@ -375,42 +428,46 @@ func (e *engine) record(d *rdisk, off, length int64, kind int, bytes int64) uint
 func (e *engine) sendChunk(ctx context.Context, c *conn, d *rdisk, r chunkResult) error {
 	if r.zero {
 		seq := e.record(d, r.off, r.n, kindSync, 0)
-		return c.send(&protocol.Zero{Disk: uint16(d.idx), Seq: seq, Offset: r.off, Length: r.n, Flags: protocol.FlagSync})
+		return c.queue(&protocol.Zero{Disk: uint16(d.idx), Seq: seq, Offset: r.off, Length: r.n, Flags: protocol.FlagSync})
 	}
-	if err := e.waitCredit(ctx, int64(len(r.data))); err != nil {
+	if err := e.waitCredit(ctx, c, int64(len(r.data))); err != nil {
 		return err
 	}
 	seq := e.record(d, r.off, r.n, kindSync, int64(len(r.data)))
 	defer since(&e.timers.network, time.Now())
-	return c.send(&protocol.Write{Disk: uint16(d.idx), Seq: seq, Offset: r.off, Flags: protocol.FlagSync | r.flags, RawLen: uint32(r.n), Data: r.data})
+	return c.queue(&protocol.Write{Disk: uint16(d.idx), Seq: seq, Offset: r.off, Flags: protocol.FlagSync | r.flags, RawLen: uint32(r.n), Data: r.data})
 }
 
 // sendData sends data read from off: as ZERO when it is all zeros,
 // compressed when that pays.
-func (e *engine) sendData(ctx context.Context, c *conn, d *rdisk, off int64, data []byte, flags uint8, kind int, comp *protocol.Compressor, zbuf *[]byte) error {
+func (e *engine) sendData(ctx context.Context, c *conn, d *rdisk, off int64, data []byte, flags uint8, kind int, comp *protocol.Compressor, gate *compressGate, zbuf *[]byte) error {
 	n := int64(len(data))
 	if isZero(data) {
 		seq := e.record(d, off, n, kind, 0)
-		return c.send(&protocol.Zero{Disk: uint16(d.idx), Seq: seq, Offset: off, Length: n, Flags: flags})
+		return c.queue(&protocol.Zero{Disk: uint16(d.idx), Seq: seq, Offset: off, Length: n, Flags: flags})
 	}
 	t0 := time.Now()
-	payload, ok := comp.Compress(data, *zbuf)
+	payload, ok := data, false
+	if gate.try() {
+		payload, ok = comp.Compress(data, *zbuf)
+		gate.result(ok)
+	}
 	since(&e.timers.read, t0)
 	if ok {
 		*zbuf = payload[:0]
 		flags |= protocol.FlagZstd
 	}
-	if err := e.waitCredit(ctx, int64(len(payload))); err != nil {
+	if err := e.waitCredit(ctx, c, int64(len(payload))); err != nil {
 		return err
 	}
 	seq := e.record(d, off, n, kind, int64(len(payload)))
 	defer since(&e.timers.network, time.Now())
-	return c.send(&protocol.Write{Disk: uint16(d.idx), Seq: seq, Offset: off, Flags: flags, RawLen: uint32(n), Data: payload})
+	return c.queue(&protocol.Write{Disk: uint16(d.idx), Seq: seq, Offset: off, Flags: flags, RawLen: uint32(n), Data: payload})
 }
 
 // rescanRange compares [off, off+length) of the device with the replica's
 // block hashes and sends the blocks that differ.
-func (e *engine) rescanRange(ctx context.Context, c *conn, d *rdisk, off, length int64, id uint32, hashes <-chan *protocol.HashReply, buf []byte, comp *protocol.Compressor, zbuf *[]byte) error {
+func (e *engine) rescanRange(ctx context.Context, c *conn, d *rdisk, off, length int64, id uint32, hashes <-chan *protocol.HashReply, buf []byte, comp *protocol.Compressor, gate *compressGate, zbuf *[]byte) error {
 	hb := int64(rescanBlock)
 	if off%hb != 0 || length%hb != 0 {
 		hb = d.bs
@@ -457,7 +514,7 @@ func (e *engine) rescanRange(ctx context.Context, c *conn, d *rdisk, off, length
 			}
 			s := runStart
 			runStart = -1
-			return e.sendData(ctx, c, d, at+s, b[s:end], protocol.FlagRescan, kindDirty, comp, zbuf)
+			return e.sendData(ctx, c, d, at+s, b[s:end], protocol.FlagRescan, kindDirty, comp, gate, zbuf)
 		}
 		for i := int64(0); i < n; i += hb {
 			local = protocol.AppendBlockHash(local[:0], protocol.HashBLAKE3, b[i:i+hb])
@@ -479,4 +536,41 @@ func (e *engine) rescanRange(ctx context.Context, c *conn, d *rdisk, off, length
 	d.rescanned += length
 	e.mu.Unlock()
 	return nil
+}
+
+// compressGate stops trying to compress a stream of incompressible
+// records (random or already compressed data): after gateFails failures
+// in a row it tries one record in gateProbe, until one compresses again.
+// Compressing 4 KiB of random data that then goes out as it was cost the
+// agent about a fifth of its CPU under random writes; a stream that turns
+// compressible again is noticed within gateProbe records.
+type compressGate struct {
+	fails int // failures in a row
+	skip  int // records to send without trying
+}
+
+const (
+	gateFails = 8
+	gateProbe = 16
+)
+
+// try reports whether to try compressing the next record.
+func (g *compressGate) try() bool {
+	if g.skip > 0 {
+		g.skip--
+		return false
+	}
+	return true
+}
+
+// result notes whether a tried record compressed.
+func (g *compressGate) result(ok bool) {
+	if ok {
+		g.fails = 0
+		return
+	}
+	g.fails++
+	if g.fails >= gateFails {
+		g.skip = gateProbe - 1
+	}
 }

@@ -20,12 +20,13 @@ const defaultReference = "bench/reference.json"
 // newBenchAllCmd is `ferry bench all`.
 func newBenchAllCmd() *cobra.Command {
 	var (
-		o         suite.Options
-		jsonOut   string
-		svgOut    string
-		refPath   string
-		failOnReg bool
-		tolerance float64
+		o            suite.Options
+		jsonOut      string
+		svgOut       string
+		refPath      string
+		failOnReg    bool
+		tolerance    float64
+		agentProfile string
 	)
 	cmd := &cobra.Command{
 		Use:   "all",
@@ -58,6 +59,9 @@ listed.`,
 				return fmt.Errorf("find this ferry binary for the agent process: %w", err)
 			}
 			o.AgentCommand = []string{exe, "agent"}
+			if agentProfile != "" {
+				o.AgentCommand = append(o.AgentCommand, "--cpuprofile", agentProfile)
+			}
 			o.Logf = stderrLogf(cmd)
 			o.Scale = benchScaleSection
 			// The launch section is wired here once a launch benchmark
@@ -106,6 +110,7 @@ listed.`,
 		},
 	}
 	f := cmd.Flags()
+	f.StringVar(&agentProfile, "agent-cpuprofile", "", "write a CPU profile of the RPO section's agent process to `FILE` (go tool pprof)")
 	f.StringVar(&o.Dir, "dir", "", "directory on the data disk for images and stores (default: a temporary directory)")
 	f.BoolVar(&o.Quick, "quick", false, "scale everything down: a run in under 3 minutes")
 	f.StringSliceVar(&o.Only, "only", nil, "run only these sections (limits, replication, rpo, dedup, scale, launch)")
