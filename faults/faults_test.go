@@ -954,9 +954,20 @@ func (c *cluster) waitJob(id string, within time.Duration) (ferry.LaunchStatus, 
 		err := c.client.Do(ctx, "GET", "/jobs/"+url.PathEscape(id), nil, nil, &jl)
 		cancel()
 		if err == nil && jl.Status == ferry.JobCompleted {
+			// Why it failed, when it did: the first failure event, else
+			// the last line.
 			last := ""
 			if n := len(jl.Log); n > 0 {
 				last = string(jl.Log[n-1].Event) + ": " + jl.Log[n-1].Message
+			}
+			for _, e := range jl.Log {
+				switch e.Event {
+				case ferry.EventSnapshotFail, ferry.EventConversionFail, ferry.EventLaunchFailed, ferry.EventPostLaunchFail, ferry.EventCleanupFail:
+					last = string(e.Event) + ": " + e.Message
+				default:
+					continue
+				}
+				break
 			}
 			if len(jl.Servers) == 1 {
 				return jl.Servers[0].LaunchStatus, last
