@@ -7,10 +7,10 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ferrymigrate/ferry/internal/libvirttest"
 	"github.com/ferrymigrate/ferry/internal/testimage"
 	"github.com/ferrymigrate/ferry/launch"
 	"github.com/ferrymigrate/ferry/launch/targettest"
@@ -31,53 +31,16 @@ func skipOrFail(t *testing.T, msg string) {
 // output to; systemd starts both on a host) when they are installed but
 // not running, and stops the ones it started afterwards.
 func TestMain(m *testing.M) {
-	stopLogd := startDaemon("virtlogd", func() bool {
-		_, err := os.Stat(virtlogdSocket)
-		return err == nil
-	})
-	stop := startDaemon("libvirtd", func() bool {
+	libvirttest.Start(func() bool {
 		_, err := (&libvirt.Target{}).Available(context.Background())
 		return err == nil
 	})
 	code := m.Run()
-	stop()
-	stopLogd()
+	libvirttest.Stop()
 	os.Exit(code)
 }
 
-const virtlogdSocket = "/run/libvirt/virtlogd-sock"
-
-// startDaemon runs name in the foreground as a child unless up reports it
-// already runs, and waits until up does.
-func startDaemon(name string, up func() bool) (stop func()) {
-	nothing := func() {}
-	if up() {
-		return nothing
-	}
-	bin, err := exec.LookPath(name)
-	if err != nil || os.Geteuid() != 0 {
-		return nothing // requireLibvirt says why
-	}
-	cmd := exec.Command(bin)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return nothing
-	}
-	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline) && !up(); {
-		time.Sleep(100 * time.Millisecond)
-	}
-	return func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	}
-}
+const virtlogdSocket = libvirttest.VirtlogdSocket
 
 // requireLibvirt skips (loudly) unless libvirtd answers and QEMU is
 // installed.
