@@ -137,7 +137,9 @@ func TestConnectorRunAndTestLaunch(t *testing.T) {
 	if _, err := ferryCmd(t, nil, "connector", "jobs", "create", "conn-e2e", stateFlag); err == nil || !strings.Contains(err.Error(), "Try:") {
 		t.Fatalf("a job without a frequency: %v", err)
 	}
-	run(t, nil, "connector", "jobs", "create", "conn-e2e", "--frequency", "1h", "--keep", "3", stateFlag)
+	// Keep enough recent snapshots that the first run's is still there when
+	// every point is compared at the end (test launch and cutover add two each).
+	run(t, nil, "connector", "jobs", "create", "conn-e2e", "--frequency", "1h", "--keep", "6", stateFlag)
 	waitServer(t, admin, 60*time.Second, func(s *ferry.SourceServer) bool { return s.Lifecycle == ferry.LifecycleReadyForTest })
 	jobs := func() []connector.Job {
 		t.Helper()
@@ -202,6 +204,33 @@ func TestConnectorRunAndTestLaunch(t *testing.T) {
 	points = append(points, point{seq, atLaunch})
 	run(t, env, "launch", "terminate", srv.ID)
 	waitServer(t, admin, 30*time.Second, func(s *ferry.SourceServer) bool { return s.Launched != nil && !s.Launched.TerminatedAt.IsZero() })
+
+	// Cutover works as for an agent: its drain is a FLUSH the connector
+	// answers with a run at once, carrying what was written since.
+	if err := admin.Do(ctx, "POST", "/servers/"+url.PathEscape(srv.ID)+"/lifecycle", nil, api.ChangeLifecycleRequest{State: ferry.LifecycleReadyForCutover}, nil); err != nil {
+		t.Fatal(err)
+	}
+	v.write(t, 12<<20, 1<<20)
+	atCutover := v.copyDisk(t, "cutover")
+	out = run(t, env, "launch", "cutover", srv.ID)
+	if strings.Contains(out, "USING_PREVIOUS_SNAPSHOT") || !strings.Contains(out, "SNAPSHOT_END") || !strings.Contains(out, "JOB_END") {
+		t.Fatalf("cutover did not get a drained point:\n%s", out)
+	}
+	srv = waitServer(t, admin, 10*time.Second, func(s *ferry.SourceServer) bool {
+		return s.Lifecycle == ferry.LifecycleCuttingOver && s.Launched != nil && s.Launched.TerminatedAt.IsZero()
+	})
+	j = jobs()[0]
+	if r := j.Runs[len(j.Runs)-1]; !strings.Contains(r.Reason, "FLUSH") || r.State != connector.RunCompleted || r.Result.Disks[0].RawSentBytes != 1<<20 {
+		t.Fatalf("the run that answered the cutover's FLUSH: %+v", r)
+	}
+	if _, err := fmt.Sscanf(srv.Launched.Snapshots["disk0"], "%x", &seq); err != nil {
+		t.Fatalf("cutover snapshot id %q: %v", srv.Launched.Snapshots["disk0"], err)
+	}
+	points = append(points, point{seq, atCutover})
+	run(t, env, "cutover", "finalize", srv.ID)
+	waitServer(t, admin, 10*time.Second, func(s *ferry.SourceServer) bool { return s.Lifecycle == ferry.LifecycleCutover })
+	// The cutover instance is kept by design: stop it ourselves.
+	exec.Command("pkill", "-f", srv.Launched.ID).Run()
 
 	run(t, nil, "connector", "jobs", "delete", "conn-e2e", stateFlag)
 	eventually(t, 10*time.Second, "DELETED", func() bool { return jobs()[0].State == connector.JobDeleted })
