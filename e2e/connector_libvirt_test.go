@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"os/exec"
@@ -14,7 +13,6 @@ import (
 	"github.com/digitalocean/go-libvirt/socket/dialers"
 
 	"github.com/ferrymigrate/ferry"
-	"github.com/ferrymigrate/ferry/api"
 	"github.com/ferrymigrate/ferry/connector"
 	"github.com/ferrymigrate/ferry/internal/libvirttest"
 )
@@ -77,27 +75,8 @@ func TestConnectorLibvirtRegistersDomains(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	it, err := admin.CreateInstallToken(ctx, &api.CreateInstallTokenRequest{Name: "connector", ExpiresInSeconds: 600})
-	if err != nil {
-		t.Fatal(err)
-	}
 	state := filepath.Join(dir, "connector")
-	clog := &bytes.Buffer{}
-	conn := exec.Command(bin, "connector", "run", "--server", s.addr, "--install-token", it.Secret, "--ca-fingerprint", s.fingerprint,
-		"--state-dir", state, "--libvirt", "qemu:///system", "--domain", "ferry-e2e-lv*")
-	conn.Stdout, conn.Stderr = clog, clog
-	if err := conn.Start(); err != nil {
-		t.Fatal(err)
-	}
-	connDone := make(chan error, 1)
-	go func() { connDone <- conn.Wait() }()
-	defer func() {
-		conn.Process.Kill()
-		<-connDone
-		if t.Failed() {
-			t.Logf("connector log:\n%s", clog)
-		}
-	}()
+	runConnector(t, s, admin, state, "--libvirt", "qemu:///system", "--domain", "ferry-e2e-lv*")
 	// Only the domains --domain names are registered.
 	waitDiscovered := func(name, uuid string) {
 		t.Helper()

@@ -105,27 +105,8 @@ func TestConnectorRunAndTestLaunch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	it, err := admin.CreateInstallToken(ctx, &api.CreateInstallTokenRequest{Name: "connector", ExpiresInSeconds: 600})
-	if err != nil {
-		t.Fatal(err)
-	}
 	state := filepath.Join(dir, "connector")
-	clog := &bytes.Buffer{}
-	conn := exec.Command(bin, "connector", "run", "--server", s.addr, "--install-token", it.Secret, "--ca-fingerprint", s.fingerprint,
-		"--state-dir", state, "--qmp", "unix:"+v.sock)
-	conn.Stdout, conn.Stderr = clog, clog
-	if err := conn.Start(); err != nil {
-		t.Fatal(err)
-	}
-	connDone := make(chan error, 1)
-	go func() { connDone <- conn.Wait() }()
-	defer func() {
-		conn.Process.Kill()
-		<-connDone
-		if t.Failed() {
-			t.Logf("connector log:\n%s", clog)
-		}
-	}()
+	runConnector(t, s, admin, state, "--qmp", "unix:"+v.sock)
 	srv := waitServer(t, admin, 30*time.Second, func(s *ferry.SourceServer) bool { return s.Lifecycle == ferry.LifecycleDiscovered })
 	if srv.Hostname != "conn-e2e" || srv.CPUs != 1 || srv.RAMBytes != 64<<20 || len(srv.Disks) != 1 || srv.Disks[0].SizeBytes != 32<<20 {
 		t.Fatalf("registered VM: %+v", srv)
@@ -278,4 +259,32 @@ func eventually(t *testing.T, d time.Duration, what string, f func() bool) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// runConnector starts 'ferry connector run' against s with a new install
+// token, its state in state and the given VM sources (--qmp, --libvirt,
+// --domain ...). It is killed when the test ends, and its log shown if the
+// test failed.
+func runConnector(t *testing.T, s *server, admin *api.Client, state string, sources ...string) {
+	t.Helper()
+	it, err := admin.CreateInstallToken(t.Context(), &api.CreateInstallTokenRequest{Name: "connector", ExpiresInSeconds: 600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clog := &bytes.Buffer{}
+	args := append([]string{"connector", "run", "--server", s.addr, "--install-token", it.Secret, "--ca-fingerprint", s.fingerprint, "--state-dir", state}, sources...)
+	conn := exec.Command(bin, args...)
+	conn.Stdout, conn.Stderr = clog, clog
+	if err := conn.Start(); err != nil {
+		t.Fatal(err)
+	}
+	connDone := make(chan error, 1)
+	go func() { connDone <- conn.Wait() }()
+	t.Cleanup(func() {
+		conn.Process.Kill()
+		<-connDone
+		if t.Failed() {
+			t.Logf("connector log:\n%s", clog)
+		}
+	})
 }
