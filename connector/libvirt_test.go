@@ -18,13 +18,6 @@ import (
 	"github.com/ferrymigrate/ferry/internal/libvirttest"
 )
 
-// TestMain stops the libvirtd and virtlogd that requireLibvirt started.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	libvirttest.Stop()
-	os.Exit(code)
-}
-
 func libvirtdUp() bool {
 	h, err := DialLibvirt(context.Background(), "qemu:///system")
 	if err != nil {
@@ -46,6 +39,9 @@ func requireLibvirt(t *testing.T) {
 	libvirttest.Start(libvirtdUp)
 	if !libvirtdUp() {
 		skip(t, "libvirtd is not reachable on "+DefaultLibvirtSocket+" and could not be started (needs root)")
+	}
+	if !libvirttest.VirtlogdUp() {
+		skip(t, "virtlogd is not listening on "+libvirttest.VirtlogdSocket+" and could not be started (needs root)")
 	}
 }
 

@@ -52,9 +52,11 @@ func TestConnectorLibvirtRegistersDomains(t *testing.T) {
 		}
 	}
 	libvirttest.Start(libvirtdUp)
-	t.Cleanup(libvirttest.Stop)
 	if !libvirtdUp() {
 		skip(t, "libvirtd is not reachable on "+connector.DefaultLibvirtSocket+" and could not be started (needs root)")
+	}
+	if !libvirttest.VirtlogdUp() {
+		skip(t, "virtlogd is not listening on "+libvirttest.VirtlogdSocket+" and could not be started (needs root)")
 	}
 	dir := t.TempDir()
 	for _, d := range []string{filepath.Dir(dir), dir} {

@@ -27,21 +27,6 @@ func skipOrFail(t *testing.T, msg string) {
 	t.Skip("SKIP: " + msg)
 }
 
-// TestMain starts libvirtd and virtlogd (which libvirtd hands QEMU's
-// output to; systemd starts both on a host) when they are installed but
-// not running, and stops the ones it started afterwards.
-func TestMain(m *testing.M) {
-	libvirttest.Start(func() bool {
-		_, err := (&libvirt.Target{}).Available(context.Background())
-		return err == nil
-	})
-	code := m.Run()
-	libvirttest.Stop()
-	os.Exit(code)
-}
-
-const virtlogdSocket = libvirttest.VirtlogdSocket
-
 // requireLibvirt skips (loudly) unless libvirtd answers and QEMU is
 // installed.
 func requireLibvirt(t *testing.T) {
@@ -51,12 +36,18 @@ func requireLibvirt(t *testing.T) {
 			skipOrFail(t, b+" not installed (scripts/setup.sh installs libvirt-daemon-system, qemu-system-x86 and qemu-utils)")
 		}
 	}
+	// virtlogd takes QEMU's output from libvirtd; systemd starts both on
+	// a host, libvirttest does here when they are not running.
+	libvirttest.Start(func() bool {
+		_, err := (&libvirt.Target{}).Available(context.Background())
+		return err == nil
+	})
 	v, err := (&libvirt.Target{}).Available(context.Background())
 	if err != nil {
 		skipOrFail(t, "libvirtd not reachable and could not be started (needs root): "+err.Error())
 	}
-	if _, err := os.Stat(virtlogdSocket); err != nil {
-		skipOrFail(t, "virtlogd not running and could not be started: "+err.Error())
+	if !libvirttest.VirtlogdUp() {
+		skipOrFail(t, "virtlogd is not listening on "+libvirttest.VirtlogdSocket+" and could not be started (needs root)")
 	}
 	t.Log(v)
 }

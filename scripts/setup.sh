@@ -25,6 +25,7 @@ want sfdisk fdisk
 want filefrag e2fsprogs
 want blkdiscard util-linux
 want setpriv util-linux
+want pgrep procps
 want node nodejs
 want npm npm
 # Debian's Chromium drives the dashboard's browser test (never a

@@ -35,16 +35,21 @@ fi
 # started once for the whole run, so that no package's tests start and stop
 # them under another package's tests running at the same time.
 if [ "$(id -u)" = 0 ] && command -v libvirtd >/dev/null 2>&1; then
-  if [ ! -S /run/libvirt/virtlogd-sock ] && command -v virtlogd >/dev/null 2>&1; then
+  # A socket file alone proves nothing: a daemon that died leaves it
+  # behind, and QEMU domains then fail with "Connection refused".
+  if ! pgrep -x virtlogd >/dev/null && command -v virtlogd >/dev/null 2>&1; then
+    rm -f /run/libvirt/virtlogd-sock /run/libvirt/virtlogd-admin-sock
     virtlogd -d || echo "test-services: virtlogd did not start" >&2
   fi
-  if [ ! -S /run/libvirt/libvirt-sock ]; then
+  if ! pgrep -x libvirtd >/dev/null; then
+    rm -f /run/libvirt/libvirt-sock /run/libvirt/libvirt-sock-ro /run/libvirt/libvirt-admin-sock
     libvirtd -d || echo "test-services: libvirtd did not start" >&2
     for _i in $(seq 1 75); do
       [ -S /run/libvirt/libvirt-sock ] && break
       sleep 0.2
     done
   fi
+  pgrep -x virtlogd >/dev/null || echo "test-services: virtlogd is not running: libvirt tests will fail" >&2
 fi
 if [ "${CI:-}" = true ]; then
   export FERRY_TEST_REQUIRE_ALL=1

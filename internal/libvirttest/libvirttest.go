@@ -5,11 +5,11 @@ package libvirttest
 import (
 	"crypto/rand"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
@@ -19,33 +19,35 @@ import (
 // output to.
 const VirtlogdSocket = "/run/libvirt/virtlogd-sock"
 
-var (
-	once  sync.Once
-	stops []func()
-	mu    sync.Mutex
-)
+var mu sync.Mutex
 
-// Start runs virtlogd and libvirtd as children when they are installed
-// but not running (up says whether libvirtd answers), once per process;
-// Stop ends the ones it started.
+// Start makes sure virtlogd and libvirtd are running when they are
+// installed (up says whether libvirtd answers). It checks on every call,
+// so that a daemon that died between two tests is started again, and it
+// leaves the daemons it starts running: go test runs packages in
+// parallel, and a package that stopped them at its end would pull them
+// from under another package's tests. A socket file that nothing
+// listens on (a daemon that died) is removed before the restart.
 func Start(up func() bool) {
-	once.Do(func() {
-		startDaemon("virtlogd", func() bool { _, err := os.Stat(VirtlogdSocket); return err == nil })
-		startDaemon("libvirtd", up)
-	})
-}
-
-// Stop stops the daemons Start started (call it from TestMain).
-func Stop() {
 	mu.Lock()
 	defer mu.Unlock()
-	for i := len(stops) - 1; i >= 0; i-- {
-		stops[i]()
-	}
-	stops = nil
+	startDaemon("virtlogd", VirtlogdSocket, func() bool { return listening(VirtlogdSocket) })
+	startDaemon("libvirtd", "", up)
 }
 
-func startDaemon(name string, up func() bool) {
+// VirtlogdUp reports whether virtlogd accepts connections on its socket.
+func VirtlogdUp() bool { return listening(VirtlogdSocket) }
+
+func listening(socket string) bool {
+	c, err := net.DialTimeout("unix", socket, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+func startDaemon(name, socket string, up func() bool) {
 	if up() {
 		return
 	}
@@ -53,27 +55,22 @@ func startDaemon(name string, up func() bool) {
 	if err != nil || os.Geteuid() != 0 {
 		return // the caller's check says why
 	}
-	cmd := exec.Command(bin)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	if socket != "" {
+		if _, err := os.Stat(socket); err == nil {
+			fmt.Fprintf(os.Stderr, "libvirttest: %s is not listening on %s (it died); starting it again\n", name, socket)
+			os.Remove(socket)
+		}
+	}
+	// -d: the daemon detaches into its own session, outliving this test
+	// process like the one scripts/test-services.sh starts.
+	out, err := exec.Command(bin, "-d").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "libvirttest: %s -d: %v: %s\n", name, err, out)
 		return
 	}
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline) && !up(); {
 		time.Sleep(100 * time.Millisecond)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	stops = append(stops, func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
 }
 
 // NewUUID is a random version-4 UUID.
