@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 )
 
 // A block map says which chunk holds each chunk-sized piece of a disk at
@@ -19,6 +20,7 @@ const (
 	mapMagic       = "FMP1"
 	mapHeaderSize  = 4 + 8 + 8 + 4 + 4 + 8 + 8 + 8 + 4
 	pageMagic      = "FPG1"
+	pageMagicDelta = "FPG2"
 	pageHeaderSize = 8
 	maxDiskSize    = 1 << 50 // 1 PiB
 )
@@ -108,53 +110,155 @@ func decodeMap(b []byte) (*blockMap, error) {
 	return m, nil
 }
 
-// encodePage encodes a page: "FPG1" | entry count u32 | entries × 32 bytes.
-func encodePage(entries []Hash) []byte {
-	b := make([]byte, pageHeaderSize, pageHeaderSize+32*len(entries))
-	copy(b, pageMagic)
-	binary.LittleEndian.PutUint32(b[4:], uint32(len(entries)))
+// entry is one chunk's place in a page: the chunk object h, or, for a
+// delta entry, the patch object h laid over the full chunk base (a zero
+// base is all zeros). A delta is always against a full chunk, never
+// against another delta, so a read costs at most two objects.
+type entry struct {
+	h, base Hash
+	delta   bool
+}
+
+// full is the entry's full chunk: the chunk itself or a delta's base.
+func (e entry) full() Hash {
+	if e.delta {
+		return e.base
+	}
+	return e.h
+}
+
+// isZero reports whether the entry reads as all zeros.
+func (e entry) isZero() bool { return !e.delta && e.h.IsZero() }
+
+// encodePage encodes a page. Without delta entries it is
+//
+//	"FPG1" | entry count u32 | entries × 32-byte chunk hash
+//
+// and with any (store format 3) it is
+//
+//	"FPG2" | entry count u32 | delta bitmap (count/8 bytes, rounded up) |
+//	entries: 32-byte hash, followed by the 32-byte base for a delta
+//
+// so pages of maps without deltas keep format 2's bytes (and hashes).
+func encodePage(entries []entry) []byte {
+	deltas := 0
 	for _, e := range entries {
-		b = append(b, e[:]...)
+		if e.delta {
+			deltas++
+		}
+	}
+	if deltas == 0 {
+		b := make([]byte, pageHeaderSize, pageHeaderSize+32*len(entries))
+		copy(b, pageMagic)
+		binary.LittleEndian.PutUint32(b[4:], uint32(len(entries)))
+		for _, e := range entries {
+			b = append(b, e.h[:]...)
+		}
+		return b
+	}
+	bm := (len(entries) + 7) / 8
+	b := make([]byte, pageHeaderSize+bm, pageHeaderSize+bm+32*(len(entries)+deltas))
+	copy(b, pageMagicDelta)
+	binary.LittleEndian.PutUint32(b[4:], uint32(len(entries)))
+	for i, e := range entries {
+		b = append(b, e.h[:]...)
+		if e.delta {
+			b[pageHeaderSize+i/8] |= 1 << (i % 8)
+			b = append(b, e.base[:]...)
+		}
 	}
 	return b
 }
 
 // checkPage validates a page's encoding and returns its entry count.
 func checkPage(b []byte) (int, error) {
-	if len(b) < pageHeaderSize || string(b[:4]) != pageMagic {
+	if len(b) < pageHeaderSize || (string(b[:4]) != pageMagic && string(b[:4]) != pageMagicDelta) {
 		return 0, errors.New("bad page header")
 	}
 	n := int(binary.LittleEndian.Uint32(b[4:]))
 	if n < 1 || n > pageEntries {
 		return 0, fmt.Errorf("page has %d entries", n)
 	}
-	if len(b) != pageHeaderSize+32*n {
-		return 0, fmt.Errorf("page is %d bytes, want %d", len(b), pageHeaderSize+32*n)
+	want := pageHeaderSize + 32*n
+	if string(b[:4]) == pageMagicDelta {
+		bm := (n + 7) / 8
+		if len(b) < pageHeaderSize+bm {
+			return 0, errors.New("page delta bitmap truncated")
+		}
+		bits := b[pageHeaderSize : pageHeaderSize+bm]
+		deltas := 0
+		for _, x := range bits {
+			deltas += onesCount8(x)
+		}
+		if n%8 != 0 && bits[bm-1]>>(n%8) != 0 {
+			return 0, errors.New("page delta bitmap flags entries past its count")
+		}
+		if deltas == 0 {
+			return 0, errors.New("delta page without deltas")
+		}
+		want = pageHeaderSize + bm + 32*(n+deltas)
+	}
+	if len(b) != want {
+		return 0, fmt.Errorf("page is %d bytes, want %d", len(b), want)
 	}
 	return n, nil
 }
 
 // decodePage decodes a page's entries.
-func decodePage(b []byte) ([]Hash, error) {
+func decodePage(b []byte) ([]entry, error) {
 	n, err := checkPage(b)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Hash, n)
+	out := make([]entry, n)
+	if string(b[:4]) == pageMagic {
+		for i := range out {
+			copy(out[i].h[:], b[pageHeaderSize+32*i:])
+		}
+		return out, nil
+	}
+	bm := (n + 7) / 8
+	off := pageHeaderSize + bm
 	for i := range out {
-		copy(out[i][:], b[pageHeaderSize+32*i:])
+		copy(out[i].h[:], b[off:])
+		off += 32
+		if b[pageHeaderSize+i/8]&(1<<(i%8)) != 0 {
+			out[i].delta = true
+			copy(out[i].base[:], b[off:])
+			off += 32
+		}
 	}
 	return out, nil
 }
 
-// pageEntry returns entry i of a page checked by checkPage; past the end is zero.
-func pageEntry(b []byte, i int) Hash {
-	var h Hash
-	if off := pageHeaderSize + 32*i; off+32 <= len(b) {
-		copy(h[:], b[off:])
+// pageEntry returns entry i of a page checked by checkPage; past the end
+// is zero.
+func pageEntry(b []byte, i int) entry {
+	var e entry
+	n := int(binary.LittleEndian.Uint32(b[4:]))
+	if i < 0 || i >= n {
+		return e
 	}
-	return h
+	if string(b[:4]) == pageMagic {
+		copy(e.h[:], b[pageHeaderSize+32*i:])
+		return e
+	}
+	bits := b[pageHeaderSize : pageHeaderSize+(n+7)/8]
+	before := 0
+	for _, x := range bits[:i/8] {
+		before += onesCount8(x)
+	}
+	before += onesCount8(bits[i/8] & (1<<(i%8) - 1))
+	off := pageHeaderSize + len(bits) + 32*(i+before)
+	copy(e.h[:], b[off:])
+	if bits[i/8]&(1<<(i%8)) != 0 {
+		e.delta = true
+		copy(e.base[:], b[off+32:])
+	}
+	return e
 }
+
+func onesCount8(x byte) int { return bits.OnesCount8(x) }
 
 func validChunkSize(n int) bool {
 	return n >= 64<<10 && n <= 4<<20 && n&(n-1) == 0

@@ -76,7 +76,7 @@ func (d *Disk) foldLocked(ctx context.Context, seq uint64) error {
 	for i := 0; i < len(dirty); {
 		p := dirty[i] / pageEntries
 		n := min(int64(pageEntries), nChunks-p*pageEntries)
-		entries := make([]Hash, n)
+		entries := make([]entry, n)
 		if p < int64(len(r.base.pages)) && !r.base.pages[p].IsZero() {
 			raw, err := s.getChunk(ctx, r.base.pages[p])
 			if err != nil {
@@ -93,7 +93,7 @@ func (d *Disk) foldLocked(ctx context.Context, seq uint64) error {
 		}
 		allZero := true
 		for _, e := range entries {
-			if !e.IsZero() {
+			if !e.isZero() {
 				allZero = false
 				break
 			}
@@ -136,9 +136,9 @@ func (d *Disk) foldLocked(ctx context.Context, seq uint64) error {
 }
 
 // foldChunks stores the content of the dirty chunks as r shows them, in
-// parallel, and returns their hashes.
-func (d *Disk) foldChunks(ctx context.Context, cb *chunkBatch, r *Reader, dirty []int64) (map[int64]Hash, error) {
-	refs := make(map[int64]Hash, len(dirty))
+// parallel, and returns their entries.
+func (d *Disk) foldChunks(ctx context.Context, cb *chunkBatch, r *Reader, dirty []int64) (map[int64]entry, error) {
+	refs := make(map[int64]entry, len(dirty))
 	var mu sync.Mutex
 	var firstErr error
 	work := make(chan int64)
@@ -184,18 +184,20 @@ func (d *Disk) foldChunks(ctx context.Context, cb *chunkBatch, r *Reader, dirty 
 }
 
 // foldChunk stores chunk c (n bytes) as r shows it, reading it into *buf
-// (allocated here when nil) unless it can be linked or is all zeros.
-func (d *Disk) foldChunk(ctx context.Context, cb *chunkBatch, r *Reader, c, n int64, buf *[]byte) (Hash, error) {
+// (allocated here when nil) unless it can be linked or is all zeros. When
+// at most 1/maxDeltaFraction of its pages differ from its full chunk in
+// the base map, only those pages are stored, as a delta over that chunk.
+func (d *Disk) foldChunk(ctx context.Context, cb *chunkBatch, r *Reader, c, n int64, buf *[]byte) (entry, error) {
 	if n <= 0 {
-		return Hash{}, errors.New("chunk past the end of the disk")
+		return entry{}, errors.New("chunk past the end of the disk")
 	}
 	// A chunk last written whole by ingest is stored already: link it.
 	if ps := r.ov[c]; len(ps) == 1 && ps[0].off == c*r.cs && ps[0].len == r.cs && n == r.cs {
 		if ps[0].stored {
-			return ps[0].hash, nil
+			return entry{h: ps[0].hash}, nil
 		}
 		if ps[0].zero {
-			return Hash{}, nil
+			return entry{}, nil
 		}
 	}
 	if *buf == nil {
@@ -203,9 +205,47 @@ func (d *Disk) foldChunk(ctx context.Context, cb *chunkBatch, r *Reader, c, n in
 	}
 	b := (*buf)[:n]
 	if err := r.readChunk(c, c*r.cs, b); err != nil {
-		return Hash{}, err
+		return entry{}, err
 	}
-	return d.s.putChunk(ctx, cb, b)
+	// The base of a delta is the chunk's full chunk in the base map or a
+	// whole chunk an ingest record in the journal stored (an initial sync
+	// followed by scattered writes before the first fold), whichever
+	// differs from the content in fewer pages. Both are usually cached:
+	// readChunk just read them. A zero full chunk (never written) is
+	// diffed too: a few writes into an empty region store a few pages.
+	old, err := r.ref(c)
+	if err != nil {
+		return entry{}, err
+	}
+	cands := []Hash{old.full()}
+	for _, p := range r.ov[c] {
+		if p.stored && !slices.Contains(cands, p.hash) {
+			cands = append(cands, p.hash)
+		}
+	}
+	best, bestChanged := Hash{}, -1
+	var bestMap []byte
+	for _, full := range cands {
+		var base []byte
+		if !full.IsZero() {
+			if base, err = d.s.getChunk(ctx, full); err != nil {
+				return entry{}, err
+			}
+		}
+		bitmap, changed := diffPages(b, base)
+		if bestChanged < 0 || changed < bestChanged {
+			best, bestChanged, bestMap = full, changed, bitmap
+		}
+	}
+	switch {
+	case bestChanged == 0:
+		return entry{h: best}, nil
+	case bestChanged*maxDeltaFraction <= patchPages(len(b)):
+		h, err := d.s.putChunk(ctx, cb, encodePatch(b, bestMap, bestChanged))
+		return entry{h: h, base: best, delta: true}, err
+	}
+	h, err := d.s.putChunk(ctx, cb, b)
+	return entry{h: h}, err
 }
 
 // tidyLocked trims the journal to its window and deletes block maps that

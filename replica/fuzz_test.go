@@ -50,8 +50,9 @@ func FuzzDecodeMap(f *testing.F) {
 }
 
 func FuzzDecodePage(f *testing.F) {
-	f.Add(encodePage([]Hash{{1}, {}, {2}}))
-	f.Add(encodePage(make([]Hash, pageEntries)))
+	f.Add(encodePage([]entry{{h: Hash{1}}, {}, {h: Hash{2}}}))
+	f.Add(encodePage(make([]entry, pageEntries)))
+	f.Add(encodePage([]entry{{h: Hash{1}}, {h: Hash{3}, base: Hash{4}, delta: true}, {}, {h: Hash{5}, delta: true}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		entries, err := decodePage(b)
 		if err != nil {
@@ -64,6 +65,43 @@ func FuzzDecodePage(f *testing.F) {
 			if pageEntry(b, i) != entries[i] {
 				t.Fatalf("pageEntry(%d) differs", i)
 			}
+		}
+	})
+}
+
+// FuzzDecodePatch feeds arbitrary bytes to the delta patch decoder: a patch
+// that decodes applies to any range without panicking and re-encodes to
+// the same bytes.
+func FuzzDecodePatch(f *testing.F) {
+	f.Add(encodePatch(bytes.Repeat([]byte{1}, 3*patchPage), []byte{0b101}, 2), int64(0), 100)
+	f.Add(encodePatch(bytes.Repeat([]byte{2}, patchPage+100), []byte{0b10}, 1), int64(4000), 200)
+	f.Fuzz(func(t *testing.T, b []byte, at int64, n int) {
+		p, err := decodePatch(b, 1<<20)
+		if err != nil {
+			return
+		}
+		full := make([]byte, p.n)
+		p.apply(full, 0)
+		changed := 0
+		for i := 0; i < patchPages(p.n); i++ {
+			if p.bitmap[i/8]&(1<<(i%8)) != 0 {
+				changed++
+			}
+		}
+		if !bytes.Equal(encodePatch(full, p.bitmap, changed), b) {
+			t.Fatalf("re-encoding differs")
+		}
+		if at < 0 || at > int64(p.n) || n < 0 || n > 1<<20 {
+			return
+		}
+		part := make([]byte, n)
+		p.apply(part, at)
+		want := make([]byte, n)
+		if at < int64(len(full)) {
+			copy(want, full[at:])
+		}
+		if !bytes.Equal(part, want) {
+			t.Fatalf("apply at %d of %d bytes differs from the whole chunk", at, n)
 		}
 	})
 }
@@ -117,8 +155,9 @@ func TestWriteFuzzCorpus(t *testing.T) {
 			encodeMap(&blockMap{seq: 1, chunkSize: 64 << 10}),
 		},
 		"FuzzDecodePage": {
-			encodePage([]Hash{{1}, {}, {2}}),
-			encodePage([]Hash{{9}})[:20],
+			encodePage([]entry{{h: Hash{1}}, {}, {h: Hash{2}}}),
+			encodePage([]entry{{h: Hash{9}}})[:20],
+			encodePage([]entry{{h: Hash{1}}, {h: Hash{3}, base: Hash{4}, delta: true}, {}, {h: Hash{5}, delta: true}}),
 		},
 	}
 	for target, inputs := range corpus {
@@ -133,7 +172,21 @@ func TestWriteFuzzCorpus(t *testing.T) {
 			}
 		}
 	}
-	dir := filepath.Join("testdata", "fuzz", "FuzzOpenChunk")
+	dir := filepath.Join("testdata", "fuzz", "FuzzDecodePatch")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i, in := range [][]byte{
+		encodePatch(bytes.Repeat([]byte{1}, 3*patchPage), []byte{0b101}, 2),
+		encodePatch(bytes.Repeat([]byte{2}, patchPage+100), []byte{0b10}, 1),
+		[]byte("FDL1\x00\x10\x00\x00\x01"),
+	} {
+		data := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\nint64(%d)\nint(%d)\n", in, 4000*i, 300)
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("seed-%d", i)), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir = filepath.Join("testdata", "fuzz", "FuzzOpenChunk")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -61,8 +61,9 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 			}
 			marked[p] = true
 			for _, e := range entries {
-				if !e.IsZero() {
-					marked[e] = true
+				marked[e.h] = true
+				if e.delta {
+					marked[e.base] = true
 				}
 			}
 		}
@@ -122,7 +123,7 @@ func (s *Store) readMap(ctx context.Context, name string) (*blockMap, error) {
 	return m, nil
 }
 
-func (s *Store) readPage(ctx context.Context, h Hash) ([]Hash, error) {
+func (s *Store) readPage(ctx context.Context, h Hash) ([]entry, error) {
 	raw, err := s.getChunk(ctx, h)
 	if err != nil {
 		return nil, err
@@ -132,6 +133,18 @@ func (s *Store) readPage(ctx context.Context, h Hash) ([]Hash, error) {
 		return nil, corrupt(chunkName(h), err)
 	}
 	return entries, nil
+}
+
+// checkPatch reads the patch chunk h and checks its encoding.
+func (s *Store) checkPatch(ctx context.Context, h Hash) error {
+	raw, err := s.getChunk(ctx, h)
+	if err != nil {
+		return err
+	}
+	if _, err := decodePatch(raw, s.cfg.ChunkSize); err != nil {
+		return fmt.Errorf("delta patch: %w", err)
+	}
+	return nil
 }
 
 // Problem is one damaged or missing object found by Verify.
@@ -250,6 +263,7 @@ func (s *Store) Verify(ctx context.Context) (Report, error) {
 	}
 	mapSet := map[string]bool{}
 	pagesOK := map[Hash]bool{}
+	patchOK := map[Hash]bool{}
 	used := map[Hash]bool{}
 	for _, name := range maps {
 		m, err := s.readMap(ctx, name)
@@ -277,10 +291,20 @@ func (s *Store) Verify(ctx context.Context) (Report, error) {
 			}
 			ok := true
 			for _, e := range entries {
-				used[e] = true
-				if !e.IsZero() && !good[e] {
-					ok = false
-					problem(name, fmt.Errorf("chunk %s is missing or corrupt", chunkName(e)))
+				for _, h := range []Hash{e.h, e.base} {
+					used[h] = true
+					if !h.IsZero() && !good[h] {
+						ok = false
+						problem(name, fmt.Errorf("chunk %s is missing or corrupt", chunkName(h)))
+					}
+				}
+				if e.delta && good[e.h] && !patchOK[e.h] {
+					if err := s.checkPatch(ctx, e.h); err != nil {
+						ok = false
+						problem(chunkName(e.h), err)
+					} else {
+						patchOK[e.h] = true
+					}
 				}
 			}
 			pagesOK[p] = ok
@@ -477,15 +501,17 @@ func (s *Store) Usage(ctx context.Context) (Usage, error) {
 					return u, fmt.Errorf("usage of disk %s: %w", d.id, err)
 				}
 				for _, e := range entries {
-					if e.IsZero() {
+					if e.isZero() {
 						continue
 					}
 					if i == len(maps)-1 {
 						du.Allocated += int64(s.cfg.ChunkSize)
 					}
-					if !seen[e] {
-						seen[e] = true
-						du.Referenced += sizes[e]
+					for _, h := range []Hash{e.h, e.base} {
+						if !h.IsZero() && !seen[h] {
+							seen[h] = true
+							du.Referenced += sizes[h]
+						}
 					}
 				}
 			}

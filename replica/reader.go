@@ -289,20 +289,51 @@ func (r *Reader) closed() bool {
 	return r.close
 }
 
-// ref returns the base map's chunk hash for chunk c.
-func (r *Reader) ref(c int64) (Hash, error) {
+// ref returns the base map's entry for chunk c.
+func (r *Reader) ref(c int64) (entry, error) {
 	p := c / pageEntries
 	if p >= int64(len(r.base.pages)) || r.base.pages[p].IsZero() {
-		return Hash{}, nil
+		return entry{}, nil
 	}
 	page, err := r.d.s.getChunk(r.ctx, r.base.pages[p])
 	if err != nil {
-		return Hash{}, err
+		return entry{}, err
 	}
 	if _, err := checkPage(page); err != nil {
-		return Hash{}, corrupt(chunkName(r.base.pages[p]), err)
+		return entry{}, corrupt(chunkName(r.base.pages[p]), err)
 	}
 	return pageEntry(page, int(c%pageEntries)), nil
+}
+
+// readEntry fills dst with chunk e's bytes from offset at within it: its
+// full chunk (zeros past its end), then a delta's changed pages.
+func (s *Store) readEntry(ctx context.Context, e entry, at int64, dst []byte) error {
+	if full := e.full(); full.IsZero() {
+		clear(dst)
+	} else {
+		content, err := s.getChunk(ctx, full)
+		if err != nil {
+			return err
+		}
+		n := 0
+		if at < int64(len(content)) {
+			n = copy(dst, content[at:])
+		}
+		clear(dst[n:])
+	}
+	if !e.delta {
+		return nil
+	}
+	raw, err := s.getChunk(ctx, e.h)
+	if err != nil {
+		return err
+	}
+	p, err := decodePatch(raw, s.cfg.ChunkSize)
+	if err != nil {
+		return corrupt(chunkName(e.h), err)
+	}
+	p.apply(dst, at)
+	return nil
 }
 
 // ReadAt reads len(p) bytes at off. A read that extends past the end of
@@ -354,11 +385,14 @@ func (r *Reader) readAhead(off, length int64) {
 		if covered(r.ov[c], c*r.cs, min((c+1)*r.cs, r.size)) {
 			continue
 		}
-		h, err := r.ref(c)
+		e, err := r.ref(c)
 		if err != nil {
 			return // the demand read reports it
 		}
-		r.d.s.prefetch(h)
+		r.d.s.prefetch(e.h)
+		if e.delta {
+			r.d.s.prefetch(e.base)
+		}
 	}
 }
 
@@ -367,22 +401,12 @@ func (r *Reader) readChunk(c, off int64, dst []byte) error {
 	hi := off + int64(len(dst))
 	ps := r.ov[c]
 	if !covered(ps, off, hi) {
-		h, err := r.ref(c)
+		e, err := r.ref(c)
 		if err != nil {
 			return err
 		}
-		if h.IsZero() {
-			clear(dst)
-		} else {
-			content, err := r.d.s.getChunk(r.ctx, h)
-			if err != nil {
-				return err
-			}
-			n := 0
-			if start := off - c*r.cs; start < int64(len(content)) {
-				n = copy(dst, content[start:])
-			}
-			clear(dst[n:])
+		if err := r.d.s.readEntry(r.ctx, e, off-c*r.cs, dst); err != nil {
+			return err
 		}
 	}
 	for _, p := range ps {
@@ -445,11 +469,11 @@ func (r *Reader) Extents(off, length int64) ([]Extent, error) {
 		ps := r.ov[c]
 		baseZero := true
 		if !covered(ps, at, hi) {
-			h, err := r.ref(c)
+			e, err := r.ref(c)
 			if err != nil {
 				return nil, err
 			}
-			baseZero = h.IsZero()
+			baseZero = e.isZero()
 		}
 		pos := at
 		for _, p := range ps {

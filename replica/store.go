@@ -24,9 +24,9 @@ import (
 // the measurements behind it).
 const DefaultChunkSize = 1 << 20
 
-// formatVersion is the store format written by this version; version 1
+// formatVersion is the store format written by this version; older
 // stores are upgraded at Open (see docs/storage.md).
-const formatVersion = 2
+const formatVersion = 3
 
 // Window bounds how much folded journal is kept for any-point-in-time reads.
 // Unfolded records are always kept.
@@ -233,9 +233,10 @@ func (s *Store) open(ctx context.Context) error {
 		return fmt.Errorf("unwrap data keys: %w", err)
 	}
 	if s.cfg.Version < formatVersion {
-		// Version 2 adds journal records that reference chunks (recChunks);
-		// record the upgrade before any is written so that an older
-		// version refuses the store instead of misreading its journals.
+		// Version 2 adds journal records that reference chunks (recChunks),
+		// version 3 delta entries in map pages (FPG2); record the upgrade
+		// before any is written so that an older version refuses the store
+		// instead of misreading its journals or maps.
 		s.cfg.Version = formatVersion
 		raw, err := json.MarshalIndent(s.cfg, "", "  ")
 		if err != nil {

@@ -187,7 +187,8 @@ func Compare(ref, cur *Report, tol float64) []Regression {
 			continue
 		}
 		r, ok := ref.Figure(f.Section, f.Name)
-		if !ok || r.Value == 0 || r.Better != f.Better {
+		// A figure whose unit changed measures something else now.
+		if !ok || r.Value == 0 || r.Better != f.Better || r.Unit != f.Unit {
 			continue
 		}
 		// Improvements come out negative.

@@ -355,11 +355,16 @@ func dedupFigures(res *dedup.Result) []Figure {
 	var out []Figure
 	for _, s := range res.Scenarios {
 		name := fmt.Sprintf("%d clones, each %g %% changed in %s: stored", res.Clones, res.DivergePercent, s.Name)
+		// The goal is against one image's logical bytes (the issue: stored
+		// versus logical); against one image as stored (compressed) the
+		// clones' own incompressible changes alone exceed it.
+		logical := float64(s.StoredBytes) / float64(res.ImageBytes)
 		out = append(out,
-			Figure{Section: SectionDedup, Name: name, Value: s.Ratio, Unit: "× one image", Better: Lower,
-				Ratio: ratio(s.Ratio, s.FloorRatio), RatioOf: "the floor (image + each clone's own changes)",
-				Goal: "≤ 1.3× one image", Met: met(s.Ratio <= 1.3)},
-			Figure{Section: SectionDedup, Name: name + ", floor", Value: s.FloorRatio, Unit: "× one image"})
+			Figure{Section: SectionDedup, Name: name, Value: logical, Unit: "× one image's logical bytes", Better: Lower,
+				Goal: "≤ 1.3× one image", Met: met(logical <= 1.3)},
+			Figure{Section: SectionDedup, Name: name + ", over one image stored", Value: s.Ratio, Unit: "× one image stored", Better: Lower,
+				Ratio: ratio(s.Ratio, s.FloorRatio), RatioOf: "the floor (image + each clone's own changes)"},
+			Figure{Section: SectionDedup, Name: name + ", floor", Value: s.FloorRatio, Unit: "× one image stored"})
 	}
 	return append(out, Figure{Section: SectionDedup, Name: "one image stored", Value: float64(res.OneImageBytes) / (1 << 20), Unit: "MiB", Scaled: true,
 		Ratio: ratio(float64(res.OneImageBytes), float64(res.ImageBytes)), RatioOf: "its logical size"})

@@ -36,7 +36,7 @@ func PrintTable(w io.Writer, r *Report, ref *Report, regs []Regression) error {
 		}
 		vs := ""
 		if ref != nil {
-			if rf, ok := ref.Figure(f.Section, f.Name); ok && rf.Value != 0 {
+			if rf, ok := ref.Figure(f.Section, f.Name); ok && rf.Value != 0 && rf.Unit == f.Unit {
 				vs = fmt.Sprintf("%+.0f %%", (f.Value-rf.Value)/math.Abs(rf.Value)*100)
 			}
 		}
