@@ -649,6 +649,13 @@ func (e *engine) ackLocked(d *rdisk, seq uint64) {
 		d.prog.SyncCursor = d.size
 		e.dirtySave = true
 		e.log.Info("initial sync complete", "disk", d.dev.name)
+		// growLocked ignored growth during the sync, a FLUSH's size check
+		// too: look now, before any barrier (one answering that FLUSH
+		// included) can be chosen, or a drained point would miss the tail
+		// the source grew before it.
+		if n, err := d.dev.size(); err == nil {
+			e.growLocked(d, n)
+		}
 	}
 	e.maybeThawLocked(false)
 	e.cond.Broadcast()

@@ -63,8 +63,19 @@ func loopExt4(t *testing.T, size string) (dev, img, mnt string) {
 }
 
 // startTracked runs an in-process agent with the eBPF tracker on dev
-// until the test ends.
+// until the test ends, and waits for its initial sync.
 func startTracked(t *testing.T, h *harness, dev string) {
+	t.Helper()
+	runTrackedAgent(t, h, dev, time.Second)
+	eventually(t, 60*time.Second, "initial sync", func() bool {
+		s, err := h.st.Server(t.Context(), "s-1")
+		return err == nil && s.Lifecycle == ferry.LifecycleReadyForTest
+	})
+}
+
+// runTrackedAgent runs an in-process agent with the eBPF tracker on dev,
+// checking device sizes every growPoll, until the test ends.
+func runTrackedAgent(t *testing.T, h *harness, dev string, growPoll time.Duration) {
 	t.Helper()
 	tr, err := ebpf.New([]string{dev})
 	if err != nil {
@@ -74,7 +85,7 @@ func startTracked(t *testing.T, h *harness, dev string) {
 	var log syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- agent.Replicate(ctx, agent.Options{StateDir: t.TempDir(), Devices: []string{dev}, Tracker: tr, ServerID: "s-1", GrowPoll: time.Second,
+		done <- agent.Replicate(ctx, agent.Options{StateDir: t.TempDir(), Devices: []string{dev}, Tracker: tr, ServerID: "s-1", GrowPoll: growPoll,
 			Logger: slog.New(slog.NewTextHandler(&log, nil)),
 			Dial: func(ctx context.Context) (net.Conn, error) {
 				d := tls.Dialer{Config: h.tlsConf}
@@ -88,10 +99,6 @@ func startTracked(t *testing.T, h *harness, dev string) {
 		if t.Failed() {
 			t.Logf("agent log:\n%s", log.String())
 		}
-	})
-	eventually(t, 60*time.Second, "initial sync", func() bool {
-		s, err := h.st.Server(t.Context(), "s-1")
-		return err == nil && s.Lifecycle == ferry.LifecycleReadyForTest
 	})
 }
 
@@ -298,6 +305,68 @@ func TestDiskGrowsWhileReplicating(t *testing.T) {
 	defer r.Close()
 	if r.Size() != grown {
 		t.Fatalf("snapshot size %d, want %d", r.Size(), grown)
+	}
+	f, err := os.Open(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if got, want := fileSHA(t, r, grown), fileSHA(t, f, grown); got != want {
+		t.Fatalf("snapshot of the grown disk differs from the device")
+	}
+}
+
+// A device that grows during the initial sync, with a drained snapshot
+// asked for at once: the point must include the grown tail (the agent
+// ignores growth until its sync is done, so it must look again then),
+// even though its size poll would not come for an hour.
+func TestDiskGrowsDuringInitialSync(t *testing.T) {
+	dev, img, mnt := loopExt4(t, "96M")
+	sh(t, "umount", mnt)
+	sh(t, "dd", "if=/dev/urandom", "of="+dev, "bs=1M", "count=96", "oflag=direct", "status=none")
+	h := newHarness(t)
+	// 8 MiB/s: the 96 MiB sync takes about 12 s.
+	if _, err := h.st.UpdateServer(t.Context(), "s-1", func(s *ferry.SourceServer) error {
+		s.ReplicationSetup.BandwidthBytesPerSec = 8 << 20
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	runTrackedAgent(t, h, dev, time.Hour)
+	eventually(t, 30*time.Second, "initial sync under way", func() bool {
+		s, err := h.st.Server(t.Context(), "s-1")
+		return err == nil && len(s.Disks) == 1 && s.Disks[0].ReplicatedBytes > 0
+	})
+	sh(t, "truncate", "-s", "+32M", img)
+	sh(t, "losetup", "-c", dev)
+	sh(t, "dd", "if=/dev/urandom", "of="+dev, "bs=1M", "seek=100", "count=4", "oflag=direct", "status=none")
+	if s, err := h.st.Server(t.Context(), "s-1"); err != nil || s.Lifecycle == ferry.LifecycleReadyForTest {
+		t.Fatalf("the initial sync ended before the disk grew (%v): the test needs a slower sync", err)
+	}
+	if _, err := h.st.UpdateServer(t.Context(), "s-1", func(s *ferry.SourceServer) error {
+		s.ReplicationSetup.BandwidthBytesPerSec = 0
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	const grown = 128 << 20
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	snaps, err := h.dp.Snapshot(ctx, "s-1", true)
+	if err != nil {
+		t.Fatalf("drained snapshot: %v", err)
+	}
+	d, err := h.rs.Disk(dataplane.DiskID("s-1", filepath.Base(dev)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := d.OpenSnapshot(t.Context(), snaps[filepath.Base(dev)])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if r.Size() != grown {
+		t.Fatalf("drained snapshot after growth during the initial sync is %d bytes, the device %d", r.Size(), grown)
 	}
 	f, err := os.Open(dev)
 	if err != nil {
