@@ -1,7 +1,9 @@
 // Package guestagent runs commands in a guest through the QEMU guest agent
 // (qemu-ga), over the host end of the guest's virtio-serial channel
-// org.qemu.guest_agent.0: a unix socket QEMU (or libvirt for QEMU) listens
-// on.
+// org.qemu.guest_agent.0: a unix socket QEMU listens on (Open), or, for a
+// libvirt domain, libvirt's own agent connection (Via): libvirtd connects
+// to that channel itself once the guest opens it, and the socket takes one
+// client at a time.
 //
 // The protocol is QMP-like JSON, one command at a time: guest-sync-delimited
 // resynchronises the stream (the guest agent may hold a half-read command
@@ -47,22 +49,79 @@ type ExecResult struct {
 	Truncated bool
 }
 
-// conn is one connection to the agent.
+// Agent is a channel to a guest's agent, one command at a time.
+type Agent interface {
+	// Call runs cmd with args and decodes the answer's "return" into out
+	// (nil: ignore it); an "error" answer is an error.
+	Call(ctx context.Context, cmd string, args, out any) error
+	// Close releases the channel.
+	Close() error
+}
+
+// conn is one connection to the agent's socket.
 type conn struct {
-	c  net.Conn
-	rd *bufio.Reader
+	sock string
+	c    net.Conn
+	rd   *bufio.Reader
+}
+
+// Open connects to the agent on the host socket sock and synchronises
+// with it, retrying until ctx ends (the error then wraps ErrNoAgent): the
+// socket accepts connections as soon as QEMU runs, long before the
+// guest's agent reads from its end.
+func Open(ctx context.Context, sock string) (Agent, error) {
+	return connect(ctx, sock)
+}
+
+// CommandFunc runs one agent command given as JSON and returns the
+// agent's JSON answer, as libvirt's virDomainQemuAgentCommand does.
+type CommandFunc func(ctx context.Context, cmd string) (string, error)
+
+// Via is an Agent that runs each command through f. Calls fail (and Exec
+// retries) until the guest's agent is up.
+func Via(f CommandFunc) Agent { return funcAgent(f) }
+
+type funcAgent CommandFunc
+
+func (f funcAgent) Call(ctx context.Context, cmd string, args, out any) error {
+	req, err := json.Marshal(map[string]any{"execute": cmd, "arguments": args})
+	if err != nil {
+		return err
+	}
+	ans, err := f(ctx, string(req))
+	if err != nil {
+		return err
+	}
+	return decodeAnswer([]byte(ans), out)
+}
+
+func (funcAgent) Close() error { return nil }
+
+// Wait retries guest-ping until the agent answers or ctx ends (the error
+// then wraps ErrNoAgent).
+func Wait(ctx context.Context, a Agent) error {
+	for {
+		err := a.Call(ctx, "guest-ping", map[string]any{}, nil)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %v (last attempt: %v)", ErrNoAgent, ctx.Err(), err)
+		case <-time.After(pollInterval):
+		}
+	}
 }
 
 // Exec runs path with args in the guest, writing stdin to its standard
 // input, and waits until it exits or ctx ends. It first waits for the
-// agent to answer (retrying until ctx ends; the error then wraps
-// ErrNoAgent). A process still running when ctx ends is left to the guest.
-func Exec(ctx context.Context, sock, path string, args []string, stdin []byte) (*ExecResult, error) {
-	c, err := connect(ctx, sock)
-	if err != nil {
+// agent to answer (Wait). A process still running when ctx ends is left
+// to the guest.
+func Exec(ctx context.Context, a Agent, path string, args []string, stdin []byte) (*ExecResult, error) {
+	if err := Wait(ctx, a); err != nil {
 		return nil, err
 	}
-	defer c.c.Close()
+	c := a
 	execArgs := map[string]any{"path": path, "arg": args, "capture-output": true}
 	if stdin != nil {
 		execArgs["input-data"] = base64.StdEncoding.EncodeToString(stdin)
@@ -70,7 +129,7 @@ func Exec(ctx context.Context, sock, path string, args []string, stdin []byte) (
 	var started struct {
 		PID int `json:"pid"`
 	}
-	if err := c.call(ctx, "guest-exec", execArgs, &started); err != nil {
+	if err := c.Call(ctx, "guest-exec", execArgs, &started); err != nil {
 		return nil, fmt.Errorf("guest-exec %s: %w", path, err)
 	}
 	for {
@@ -83,11 +142,12 @@ func Exec(ctx context.Context, sock, path string, args []string, stdin []byte) (
 			OutTrunc bool   `json:"out-truncated"`
 			ErrTrunc bool   `json:"err-truncated"`
 		}
-		if err := c.call(ctx, "guest-exec-status", map[string]any{"pid": started.PID}, &st); err != nil {
+		if err := c.Call(ctx, "guest-exec-status", map[string]any{"pid": started.PID}, &st); err != nil {
 			return nil, fmt.Errorf("guest-exec-status of %s (pid %d): %w", path, started.PID, err)
 		}
 		if st.Exited {
 			r := &ExecResult{ExitCode: st.ExitCode, Signal: st.Signal, Truncated: st.OutTrunc || st.ErrTrunc}
+			var err error
 			if r.Stdout, err = base64.StdEncoding.DecodeString(st.OutData); err != nil {
 				return nil, fmt.Errorf("guest-exec-status: stdout: %w", err)
 			}
@@ -102,15 +162,6 @@ func Exec(ctx context.Context, sock, path string, args []string, stdin []byte) (
 		case <-time.After(pollInterval):
 		}
 	}
-}
-
-// Ping waits until the agent answers a guest-sync, or ctx ends.
-func Ping(ctx context.Context, sock string) error {
-	c, err := connect(ctx, sock)
-	if err != nil {
-		return err
-	}
-	return c.c.Close()
 }
 
 // connect dials sock and synchronises with the agent, retrying until ctx
@@ -138,7 +189,7 @@ func dialSync(ctx context.Context, sock string) (*conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &conn{c: nc, rd: bufio.NewReader(nc)}
+	c := &conn{sock: sock, c: nc, rd: bufio.NewReader(nc)}
 	sctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
 	if err := c.sync(sctx); err != nil {
@@ -182,8 +233,11 @@ func (c *conn) setDeadline(ctx context.Context) {
 	}
 }
 
-// call runs one command and decodes its "return" into out.
-func (c *conn) call(ctx context.Context, cmd string, args any, out any) error {
+// Close closes the connection.
+func (c *conn) Close() error { return c.c.Close() }
+
+// Call runs one command and decodes its "return" into out.
+func (c *conn) Call(ctx context.Context, cmd string, args any, out any) error {
 	req, err := json.Marshal(map[string]any{"execute": cmd, "arguments": args})
 	if err != nil {
 		return err
@@ -202,6 +256,12 @@ func (c *conn) read(out any) error {
 	if err != nil {
 		return err
 	}
+	return decodeAnswer(line, out)
+}
+
+// decodeAnswer decodes one answer line: its "return" into out, or its
+// "error" as an error.
+func decodeAnswer(line []byte, out any) error {
 	line = bytes.TrimLeft(line, "\xff")
 	var resp struct {
 		Return json.RawMessage `json:"return"`

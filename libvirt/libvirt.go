@@ -17,6 +17,7 @@ import (
 	golibvirt "github.com/digitalocean/go-libvirt"
 	"github.com/digitalocean/go-libvirt/socket/dialers"
 
+	"github.com/ferrymigrate/ferry/guestagent"
 	"github.com/ferrymigrate/ferry/launch"
 	"github.com/ferrymigrate/ferry/launch/vmdir"
 	"github.com/ferrymigrate/ferry/qemu"
@@ -462,6 +463,68 @@ func (t *Target) AgentSocket(id string) (string, error) {
 	}
 	return st.AgentSock, nil
 }
+
+// AgentChannel names instance id's guest agent channel.
+func (t *Target) AgentChannel(id string) (string, error) {
+	st, err := t.readState(id)
+	if err != nil {
+		return "", err
+	}
+	if st.AgentSock == "" {
+		return "", fmt.Errorf("libvirt: instance %s: %w: launched without a guest agent channel", id, launch.ErrNotSupported)
+	}
+	return "libvirt domain " + st.Domain, nil
+}
+
+// OpenAgent is instance id's guest agent through libvirt
+// (virDomainQemuAgentCommand): libvirtd connects to the domain's agent
+// channel itself once the guest opens it, and the channel's socket takes
+// one client at a time, so a direct connection would wait for libvirtd
+// to let go. Commands fail until the guest's agent is up (guestagent.Wait
+// retries them).
+func (t *Target) OpenAgent(ctx context.Context, id string) (guestagent.Agent, error) {
+	st, err := t.readState(id)
+	if err != nil {
+		return nil, err
+	}
+	if st.AgentSock == "" {
+		return nil, fmt.Errorf("libvirt: instance %s: %w: launched without a guest agent channel", id, launch.ErrNotSupported)
+	}
+	l, err := t.connect()
+	if err != nil {
+		return nil, err
+	}
+	dom, ok, err := lookup(l, st)
+	if err == nil && !ok {
+		err = fmt.Errorf("libvirt: instance %s: %w: domain %s is gone", id, launch.ErrNotFound, st.Domain)
+	}
+	if err != nil {
+		l.Disconnect()
+		return nil, err
+	}
+	return &domainAgent{l: l, Agent: guestagent.Via(func(ctx context.Context, cmd string) (string, error) {
+		timeout := int32(5)
+		if d, ok := ctx.Deadline(); ok {
+			timeout = int32(max(1, min(time.Until(d), 60*time.Second)/time.Second))
+		}
+		out, err := l.QEMUDomainAgentCommand(dom, cmd, timeout, 0)
+		if err != nil {
+			return "", fmt.Errorf("libvirt: guest agent of domain %s: %w", st.Domain, err)
+		}
+		if len(out) == 0 {
+			return "", fmt.Errorf("libvirt: guest agent of domain %s: no answer", st.Domain)
+		}
+		return out[0], nil
+	})}, nil
+}
+
+// domainAgent is a guest agent through a libvirt connection it owns.
+type domainAgent struct {
+	guestagent.Agent
+	l *golibvirt.Libvirt
+}
+
+func (a *domainAgent) Close() error { return a.l.Disconnect() }
 
 // availableMiB is the host's free memory as libvirt reports it: free plus
 // buffers and page cache, which the kernel gives back on demand.

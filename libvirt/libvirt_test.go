@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrymigrate/ferry/guestagent"
 	"github.com/ferrymigrate/ferry/internal/libvirttest"
 	"github.com/ferrymigrate/ferry/internal/testimage"
 	"github.com/ferrymigrate/ferry/launch"
@@ -111,7 +112,7 @@ func TestGuestAgentScript(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := postlaunch.RunScript(ctx, sock, "echo hello from $(cat /etc/hostname)")
+	r := postlaunch.RunScript(ctx, sock, func(ctx context.Context) (guestagent.Agent, error) { return tg.OpenAgent(ctx, inst.ID) }, "echo hello from $(cat /etc/hostname)")
 	t.Logf("script after %v: %s: %s", time.Since(start).Round(time.Millisecond), r.Status, r.Output)
 	if r.Status != postlaunch.Success || !strings.Contains(r.Output, "hello from ferry-test") {
 		b, _ := os.ReadFile(inst.ConsoleLog)

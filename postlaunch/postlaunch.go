@@ -199,13 +199,19 @@ func Run(ctx context.Context, checks []Check) ([]Result, bool) {
 const maxScriptOutput = 64 << 10
 
 // RunScript runs script with /bin/sh -c in the guest through the QEMU
-// guest agent listening on the host socket agentSock (package guestagent),
-// waiting for the agent to answer first. It succeeds when the script exits
-// 0. Output is the exit code then the script's stdout and stderr (each cut
-// to 64 KiB), or why it could not run.
-func RunScript(ctx context.Context, agentSock, script string) Result {
-	r := Result{Check: "script via guest agent " + agentSock, Started: time.Now()}
-	res, err := guestagent.Exec(ctx, agentSock, "/bin/sh", []string{"-c", script}, nil)
+// guest agent that open connects to (package guestagent; via names the
+// channel for the result), waiting for the agent to answer first. It
+// succeeds when the script exits 0. Output is the exit code then the
+// script's stdout and stderr (each cut to 64 KiB), or why it could not
+// run.
+func RunScript(ctx context.Context, via string, open func(context.Context) (guestagent.Agent, error), script string) Result {
+	r := Result{Check: "script via guest agent " + via, Started: time.Now()}
+	a, err := open(ctx)
+	if err != nil {
+		return finish(r, false, err.Error())
+	}
+	defer a.Close()
+	res, err := guestagent.Exec(ctx, a, "/bin/sh", []string{"-c", script}, nil)
 	if err != nil {
 		return finish(r, false, err.Error())
 	}

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ferrymigrate/ferry/guestagent"
 	"github.com/ferrymigrate/ferry/launch"
 	"github.com/ferrymigrate/ferry/launch/vmdir"
 )
@@ -419,6 +420,19 @@ func (t *Target) AgentSocket(id string) (string, error) {
 		return "", fmt.Errorf("qemu: instance %s: %w: launched without a guest agent channel", id, launch.ErrNotSupported)
 	}
 	return st.AgentSock, nil
+}
+
+// AgentChannel names instance id's guest agent channel: its socket.
+func (t *Target) AgentChannel(id string) (string, error) { return t.AgentSocket(id) }
+
+// OpenAgent connects to instance id's guest agent on its socket,
+// retrying until the agent answers or ctx ends.
+func (t *Target) OpenAgent(ctx context.Context, id string) (guestagent.Agent, error) {
+	sock, err := t.AgentSocket(id)
+	if err != nil {
+		return nil, err
+	}
+	return guestagent.Open(ctx, sock)
 }
 
 // alive reports whether st's QEMU process runs: the pid exists, is not a

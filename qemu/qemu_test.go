@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrymigrate/ferry/guestagent"
 	"github.com/ferrymigrate/ferry/internal/testimage"
 	"github.com/ferrymigrate/ferry/launch"
 	"github.com/ferrymigrate/ferry/launch/targettest"
@@ -212,12 +213,12 @@ func TestGuestAgentScript(t *testing.T) {
 			t.Logf("console:\n%s", b)
 		}
 	})
-	r := postlaunch.RunScript(ctx, sock, "echo hello from $(cat /etc/hostname); echo to-stderr >&2; exit 3")
+	r := postlaunch.RunScript(ctx, sock, func(ctx context.Context) (guestagent.Agent, error) { return tg.OpenAgent(ctx, inst.ID) }, "echo hello from $(cat /etc/hostname); echo to-stderr >&2; exit 3")
 	t.Logf("script after %v: %s: %s", time.Since(start).Round(time.Millisecond), r.Status, r.Output)
 	if r.Status != postlaunch.Failed || !strings.Contains(r.Output, "exit code 3") || !strings.Contains(r.Output, "hello from ferry-test") || !strings.Contains(r.Output, "to-stderr") {
 		t.Fatalf("RunScript = %+v, want a failure with exit code 3 and both outputs", r)
 	}
-	r = postlaunch.RunScript(ctx, sock, "ip addr show eth0 | grep -q "+testimage.GuestAddr)
+	r = postlaunch.RunScript(ctx, sock, func(ctx context.Context) (guestagent.Agent, error) { return tg.OpenAgent(ctx, inst.ID) }, "ip addr show eth0 | grep -q "+testimage.GuestAddr)
 	if r.Status != postlaunch.Success {
 		t.Fatalf("RunScript = %+v, want success", r)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/ferrymigrate/ferry/config"
 	"github.com/ferrymigrate/ferry/dataplane"
 	"github.com/ferrymigrate/ferry/export"
+	"github.com/ferrymigrate/ferry/guestagent"
 	"github.com/ferrymigrate/ferry/jobs"
 	"github.com/ferrymigrate/ferry/launch"
 	"github.com/ferrymigrate/ferry/libguestfs"
@@ -324,7 +325,10 @@ func hostAddr(inst *ferry.LaunchedInstance, guest string) (string, error) {
 // agentTarget is a target whose instances have a QEMU guest agent
 // channel (qemu and libvirt, with GuestAgent on).
 type agentTarget interface {
-	AgentSocket(id string) (string, error)
+	// OpenAgent connects to instance id's guest agent; via names the
+	// channel.
+	OpenAgent(ctx context.Context, id string) (guestagent.Agent, error)
+	AgentChannel(id string) (via string, err error)
 }
 
 // PostLaunch implements jobs.Launcher. An action's parameters say what it
@@ -374,7 +378,12 @@ func (l *launcher) PostLaunch(ctx context.Context, inst *ferry.LaunchedInstance,
 		}
 		r = postlaunch.HTTPCheck(ctx, "http://"+addr+p["path"], status, p["contains"])
 	case "script":
-		sock, err := l.agentSocket(inst)
+		at, err := l.agentTarget(inst)
+		if err != nil {
+			r = postlaunch.Result{Status: postlaunch.Failed, Output: err.Error()}
+			break
+		}
+		via, err := at.AgentChannel(inst.ID)
 		if err != nil {
 			r = postlaunch.Result{Status: postlaunch.Failed, Output: err.Error()}
 			break
@@ -383,7 +392,7 @@ func (l *launcher) PostLaunch(ctx context.Context, inst *ferry.LaunchedInstance,
 			r = postlaunch.Result{Status: postlaunch.Failed, Output: "parameter script is empty"}
 			break
 		}
-		r = postlaunch.RunScript(ctx, sock, p["script"])
+		r = postlaunch.RunScript(ctx, via, func(ctx context.Context) (guestagent.Agent, error) { return at.OpenAgent(ctx, inst.ID) }, p["script"])
 	default:
 		r = postlaunch.Result{Status: postlaunch.Failed, Output: fmt.Sprintf("unknown action type %q (boot_marker, tcp, http or script)", p["type"])}
 	}
@@ -396,17 +405,17 @@ func (l *launcher) PostLaunch(ctx context.Context, inst *ferry.LaunchedInstance,
 	return res
 }
 
-// agentSocket finds the guest agent channel of inst.
-func (l *launcher) agentSocket(inst *ferry.LaunchedInstance) (string, error) {
+// agentTarget finds the target of inst if it has guest agent channels.
+func (l *launcher) agentTarget(inst *ferry.LaunchedInstance) (agentTarget, error) {
 	tg, err := l.target(inst.Target)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	at, ok := tg.(agentTarget)
 	if !ok {
-		return "", fmt.Errorf("launch target %s cannot run scripts in the guest (no guest agent channel)", tg.Name())
+		return nil, fmt.Errorf("launch target %s cannot run scripts in the guest (no guest agent channel)", tg.Name())
 	}
-	return at.AgentSocket(inst.ID)
+	return at, nil
 }
 
 // Terminate implements jobs.Launcher.
