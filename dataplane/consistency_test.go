@@ -288,7 +288,14 @@ func TestDiskGrowsWhileReplicating(t *testing.T) {
 		s, err := h.st.Server(t.Context(), "s-1")
 		return err == nil && len(s.Disks) == 1 && s.Disks[0].SizeBytes == grown
 	})
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	drainedEquals(t, h, id, dev, grown, time.Minute)
+}
+
+// drainedEquals takes a drained snapshot of s-1 and checks that disk id's
+// is size bytes and equals the device dev.
+func drainedEquals(t *testing.T, h *harness, id, dev string, size int64, within time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), within)
 	defer cancel()
 	snaps, err := h.dp.Snapshot(ctx, "s-1", true)
 	if err != nil {
@@ -303,16 +310,16 @@ func TestDiskGrowsWhileReplicating(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	if r.Size() != grown {
-		t.Fatalf("snapshot size %d, want %d", r.Size(), grown)
+	if r.Size() != size {
+		t.Fatalf("drained snapshot is %d bytes, the device %d", r.Size(), size)
 	}
 	f, err := os.Open(dev)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if got, want := fileSHA(t, r, grown), fileSHA(t, f, grown); got != want {
-		t.Fatalf("snapshot of the grown disk differs from the device")
+	if got, want := fileSHA(t, r, size), fileSHA(t, f, size); got != want {
+		t.Fatalf("drained snapshot differs from the device")
 	}
 }
 
@@ -349,31 +356,5 @@ func TestDiskGrowsDuringInitialSync(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	const grown = 128 << 20
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	snaps, err := h.dp.Snapshot(ctx, "s-1", true)
-	if err != nil {
-		t.Fatalf("drained snapshot: %v", err)
-	}
-	d, err := h.rs.Disk(dataplane.DiskID("s-1", filepath.Base(dev)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := d.OpenSnapshot(t.Context(), snaps[filepath.Base(dev)])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	if r.Size() != grown {
-		t.Fatalf("drained snapshot after growth during the initial sync is %d bytes, the device %d", r.Size(), grown)
-	}
-	f, err := os.Open(dev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if got, want := fileSHA(t, r, grown), fileSHA(t, f, grown); got != want {
-		t.Fatalf("snapshot of the grown disk differs from the device")
-	}
+	drainedEquals(t, h, dataplane.DiskID("s-1", filepath.Base(dev)), dev, 128<<20, 2*time.Minute)
 }

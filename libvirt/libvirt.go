@@ -454,26 +454,32 @@ func (st *state) instance(s launch.State) *launch.Instance {
 // channel, or an error when the instance has none (Target.GuestAgent was
 // off when it launched).
 func (t *Target) AgentSocket(id string) (string, error) {
-	st, err := t.readState(id)
+	st, err := t.agentState(id)
 	if err != nil {
 		return "", err
-	}
-	if st.AgentSock == "" {
-		return "", fmt.Errorf("libvirt: instance %s: %w: launched without a guest agent channel", id, launch.ErrNotSupported)
 	}
 	return st.AgentSock, nil
 }
 
 // AgentChannel names instance id's guest agent channel.
 func (t *Target) AgentChannel(id string) (string, error) {
-	st, err := t.readState(id)
+	st, err := t.agentState(id)
 	if err != nil {
 		return "", err
 	}
-	if st.AgentSock == "" {
-		return "", fmt.Errorf("libvirt: instance %s: %w: launched without a guest agent channel", id, launch.ErrNotSupported)
-	}
 	return "libvirt domain " + st.Domain, nil
+}
+
+// agentState reads instance id's state, which must have an agent channel.
+func (t *Target) agentState(id string) (*state, error) {
+	st, err := t.readState(id)
+	if err != nil {
+		return nil, err
+	}
+	if st.AgentSock == "" {
+		return nil, fmt.Errorf("libvirt: instance %s: %w: launched without a guest agent channel", id, launch.ErrNotSupported)
+	}
+	return st, nil
 }
 
 // OpenAgent is instance id's guest agent through libvirt
@@ -483,12 +489,9 @@ func (t *Target) AgentChannel(id string) (string, error) {
 // to let go. Commands fail until the guest's agent is up (guestagent.Wait
 // retries them).
 func (t *Target) OpenAgent(ctx context.Context, id string) (guestagent.Agent, error) {
-	st, err := t.readState(id)
+	st, err := t.agentState(id)
 	if err != nil {
 		return nil, err
-	}
-	if st.AgentSock == "" {
-		return nil, fmt.Errorf("libvirt: instance %s: %w: launched without a guest agent channel", id, launch.ErrNotSupported)
 	}
 	l, err := t.connect()
 	if err != nil {
