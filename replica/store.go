@@ -119,6 +119,9 @@ type Store struct {
 	// reference each chunk; GC never deletes a chunk with references.
 	jrefs map[Hash]int // guarded by chunkMu
 
+	// syncer makes the journals' appends durable, many at once.
+	syncer *syncer
+
 	// sealSlots bounds the chunk jobs of ingest running at once.
 	sealSlots chan struct{}
 }
@@ -155,11 +158,16 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		flights: map[Hash]*flight{}, readAhead: make(chan struct{}, runtime.GOMAXPROCS(0)),
 		jrefs: map[Hash]int{}, sealSlots: make(chan struct{}, 2*runtime.GOMAXPROCS(0))}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if s.syncer, err = newSyncer(filepath.Join(opts.Dir, "disks"), syncBatchAt); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("open store: %w", err)
+	}
 	if err := s.open(ctx); err != nil {
 		s.cancel()
 		for _, d := range s.disks {
 			d.j.close()
 		}
+		s.syncer.close()
 		if s.sl != nil {
 			s.sl.close()
 		}
@@ -325,6 +333,7 @@ func (s *Store) Close() error {
 	for _, d := range disks {
 		d.j.close()
 	}
+	s.syncer.close()
 	s.sl.close()
 	return s.lock.Close()
 }
