@@ -154,7 +154,8 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 	}
 
 	id := vmdir.NewID(spec.Name)
-	dir, err := t.states().Create(spec.WorkDir, id, "qmp.sock")
+	// agent.sock is the longest socket name it may hold (with GuestAgent).
+	dir, err := t.states().Create(spec.WorkDir, id, "agent.sock")
 	if err != nil {
 		return nil, err
 	}

@@ -71,6 +71,25 @@ func TestLaunchQEMUMissing(t *testing.T) {
 	targettest.CheckNothingLeft(t, dir)
 }
 
+// TestLaunchWorkDirTooLongForAgentSocket: an instance directory with room
+// for qmp.sock but not for the guest agent's agent.sock is refused before
+// QEMU starts, not by QEMU after the overlays are made.
+func TestLaunchWorkDirTooLongForAgentSocket(t *testing.T) {
+	requireQEMU(t)
+	dir := t.TempDir()
+	// WORKDIR/x-XXXXXXXX/agent.sock is 108 bytes: one too many.
+	work := dir + "/"
+	work += strings.Repeat("w", 87-len(work))
+	tg := &qemu.Target{Dir: dir, GuestAgent: true}
+	_, err := tg.Launch(context.Background(), launch.Spec{
+		Name: "x", Disks: []launch.DiskSource{{NBDURL: "nbd+unix:///x?socket=/nonexistent"}}, CPUs: 1, MemoryMiB: 64, WorkDir: work,
+	})
+	if !errors.Is(err, launch.ErrInvalidSpec) || !strings.Contains(err.Error(), "too long") {
+		t.Fatalf("Launch = %v, want ErrInvalidSpec for a directory too long", err)
+	}
+	targettest.CheckNothingLeft(t, dir)
+}
+
 func TestLaunchUEFIWithoutFirmware(t *testing.T) {
 	requireQEMU(t)
 	dir := t.TempDir()

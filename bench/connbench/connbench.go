@@ -26,6 +26,10 @@ import (
 	"github.com/ferrymigrate/ferry/qmp"
 )
 
+// ErrUnavailable is wrapped by Run's error when a tool it runs (QEMU,
+// qemu-img) is not installed.
+var ErrUnavailable = errors.New("cannot run here")
+
 // Options size a run; zero values take the defaults.
 type Options struct {
 	// Dir holds the images, the replica store and the connector's state;
@@ -97,7 +101,7 @@ func Run(ctx context.Context, o Options, w io.Writer) (*Result, error) {
 	}
 	for _, b := range []string{"qemu-system-x86_64", "qemu-img"} {
 		if _, err := exec.LookPath(b); err != nil {
-			return nil, fmt.Errorf("bench connector runs real QEMU: %s is not installed (apt-get install qemu-system-x86 qemu-utils)", b)
+			return nil, fmt.Errorf("bench connector runs real QEMU: %w: %s is not installed (apt-get install qemu-system-x86 qemu-utils)", ErrUnavailable, b)
 		}
 	}
 	if o.Dir == "" {

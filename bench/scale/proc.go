@@ -7,31 +7,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	ferryapi "github.com/ferrymigrate/ferry/api"
-	"github.com/ferrymigrate/ferry/pki"
+	"github.com/ferrymigrate/ferry/bench/harness"
 )
 
-// serverProc is a `ferry server --dev` child process.
+// serverProc is a `ferry server --dev` child process (harness.StartServer)
+// whose resident set the bench samples.
 type serverProc struct {
-	cmd         *exec.Cmd
-	apiURL      string
-	dataAddr    string
-	token       string
-	fingerprint string
-	logPath     string
-	done        chan struct{} // closed when the process has exited
-	waitErr     error         // valid once done is closed
+	*harness.ServerProcess
 
 	mu      sync.Mutex
 	rssMax  int64 // highest VmRSS sampled; guarded by mu
@@ -43,152 +32,32 @@ type rssSample struct {
 	rss int64
 }
 
-var (
-	tokenRe = regexp.MustCompile(`fyt_[a-z0-9_]+`)
-	fpRe    = regexp.MustCompile(`(?m)^\s+([0-9a-f]{64})\s*$`)
-)
-
-// freeAddr returns a loopback address with a port nothing listens on now.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
 // startServer starts bin as `ferry server --dev` on loopback with its data
 // in dir and waits for its banner (admin token, CA fingerprint) and API.
 func startServer(ctx context.Context, bin, dir string) (*serverProc, error) {
-	api, err := freeAddr()
+	s, err := harness.StartServer(ctx, bin, dir)
 	if err != nil {
 		return nil, err
 	}
-	dp, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	logf, err := os.Create(filepath.Join(dir, "server.log"))
-	if err != nil {
-		return nil, fmt.Errorf("server log: %w", err)
-	}
-	s := &serverProc{apiURL: "https://" + api, dataAddr: dp, logPath: logf.Name(), done: make(chan struct{})}
-	s.cmd = exec.Command(bin, "server", "--dev", "--data", filepath.Join(dir, "data"), "--listen", api, "--data-listen", dp, "--advertise", "127.0.0.1")
-	s.cmd.Stderr = logf
-	stdout, err := s.cmd.StdoutPipe()
-	if err != nil {
-		logf.Close()
-		return nil, err
-	}
-	if err := s.cmd.Start(); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("start %s server: %w", bin, err)
-	}
-	banner := make(chan string, 1)
-	go func() {
-		var all strings.Builder
-		sent := false
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			all.WriteString(sc.Text() + "\n")
-			if !sent && fpRe.MatchString(all.String()) && tokenRe.MatchString(all.String()) {
-				banner <- all.String()
-				sent = true
-			}
-		}
-		if !sent {
-			banner <- all.String()
-		}
-		s.waitErr = s.cmd.Wait()
-		logf.Close()
-		close(s.done)
-	}()
-	fail := func(err error) (*serverProc, error) {
-		s.stop()
-		return nil, fmt.Errorf("%w (server log: %s)", err, s.logTail())
-	}
-	select {
-	case out := <-banner:
-		s.token = tokenRe.FindString(out)
-		if m := fpRe.FindStringSubmatch(out); m != nil {
-			s.fingerprint = m[1]
-		}
-		if s.token == "" || s.fingerprint == "" {
-			return fail(errors.New("the server printed no admin token and CA fingerprint"))
-		}
-	case <-time.After(60 * time.Second):
-		return fail(errors.New("the server printed no banner within 60 s"))
-	case <-ctx.Done():
-		return fail(ctx.Err())
-	}
-	// Wait until the API answers over TLS (a bare TCP probe would log a
-	// handshake error in the server).
-	pin, err := pki.ParseFingerprint(s.fingerprint)
-	if err != nil {
-		return fail(err)
-	}
-	c, err := ferryapi.NewClient(s.apiURL, "", pki.ClientTLSConfig(pin, nil))
-	if err != nil {
-		return fail(err)
-	}
-	defer c.CloseIdleConnections()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := c.Health(hctx)
-		cancel()
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fail(fmt.Errorf("the server's API on %s never answered: %w", api, err))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return s, nil
+	return &serverProc{ServerProcess: s}, nil
 }
 
 // pid is the server's process id.
-func (s *serverProc) pid() int { return s.cmd.Process.Pid }
+func (s *serverProc) pid() int { return s.PID() }
 
 // stop ends the server with SIGTERM, then SIGKILL after 30 s; stopping
 // a stopped server does nothing.
-func (s *serverProc) stop() {
-	if !s.alive() {
-		return
-	}
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.done:
-	case <-time.After(30 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.done
-	}
-}
+func (s *serverProc) stop() { s.Stop() }
 
 // alive reports whether the server process has not exited.
-func (s *serverProc) alive() bool {
-	select {
-	case <-s.done:
-		return false
-	default:
-		return true
-	}
-}
+func (s *serverProc) alive() bool { return s.Alive() }
 
 // logTail returns the end of the server's log.
-func (s *serverProc) logTail() string {
-	b, _ := os.ReadFile(s.logPath)
-	if len(b) > 2000 {
-		b = b[len(b)-2000:]
-	}
-	return strings.TrimSpace(string(b))
-}
+func (s *serverProc) logTail() string { return s.LogTail() }
 
 // logSize is the server log's current size.
 func (s *serverProc) logSize() int64 {
-	fi, err := os.Stat(s.logPath)
+	fi, err := os.Stat(s.LogPath)
 	if err != nil {
 		return 0
 	}
@@ -199,7 +68,7 @@ func (s *serverProc) logSize() int64 {
 // first upTo bytes of its log (what it wrote before the agents stopped)
 // and returns the first few distinct messages.
 func (s *serverProc) logCounts(upTo int64) (warns, errs int, first []string) {
-	f, err := os.Open(s.logPath)
+	f, err := os.Open(s.LogPath)
 	if err != nil {
 		return 0, 0, nil
 	}

@@ -268,11 +268,11 @@ func runOne(ctx context.Context, o Options, n int, dir string) (Measurement, err
 	defer stopSampling()
 	go srv.sampleRSS(sctx, 500*time.Millisecond)
 
-	pin, err := pki.ParseFingerprint(srv.fingerprint)
+	pin, err := pki.ParseFingerprint(srv.Fingerprint)
 	if err != nil {
 		return run, err
 	}
-	admin, err := api.NewClient(srv.apiURL, srv.token, pki.ClientTLSConfig(pin, nil))
+	admin, err := api.NewClient(srv.APIURL, srv.Token, pki.ClientTLSConfig(pin, nil))
 	if err != nil {
 		return run, err
 	}
@@ -282,7 +282,7 @@ func runOne(ctx context.Context, o Options, n int, dir string) (Measurement, err
 	if err != nil {
 		return run, fmt.Errorf("create an install token: %w", err)
 	}
-	f := &fleet{o: o, apiURL: srv.apiURL, pin: pin, install: it.Secret}
+	f := &fleet{o: o, apiURL: srv.APIURL, pin: pin, install: it.Secret}
 	f.random = make([]byte, 1<<20)
 	rand.Read(f.random)
 	f.image = makeImage(int(o.DataBytes))
@@ -401,7 +401,7 @@ func runOne(ctx context.Context, o Options, n int, dir string) (Measurement, err
 	rssMean, rssPeakWindow := srv.rssBetween(w0, w1)
 	st, _ := readStatus(srv.pid())
 	fds := openFDs(srv.pid())
-	sessions, err := scrapeGauge(ctx, srv.apiURL, srv.token, pin, "ferry_agent_connections")
+	sessions, err := scrapeGauge(ctx, srv.APIURL, srv.Token, pin, "ferry_agent_connections")
 	if err != nil {
 		o.Logf("%d agents: %v", n, err)
 	}

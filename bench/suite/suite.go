@@ -37,10 +37,36 @@ const (
 	SectionDedup       = "dedup"
 	SectionScale       = "scale"
 	SectionLaunch      = "launch"
+	SectionConnector   = "connector"
 )
 
 // Sections lists every section name.
-var Sections = []string{SectionLimits, SectionReplication, SectionRPO, SectionDedup, SectionScale, SectionLaunch}
+var Sections = []string{SectionLimits, SectionReplication, SectionRPO, SectionDedup, SectionScale, SectionLaunch, SectionConnector}
+
+// ErrSkip is wrapped by a SectionFunc's error when its section cannot run
+// on this machine (no root, a tool missing): Run lists the section as
+// skipped with the error's reason instead of failed. Skipf makes one.
+var ErrSkip = errors.New("section cannot run here")
+
+// skipError is Skipf's error: the reason, wrapping ErrSkip.
+type skipError struct{ reason string }
+
+func (e *skipError) Error() string { return e.reason }
+func (e *skipError) Unwrap() error { return ErrSkip }
+
+// Skipf returns the error a SectionFunc returns when its section cannot
+// run here; the formatted reason is what the table lists.
+func Skipf(format string, args ...any) error {
+	return &skipError{reason: fmt.Sprintf(format, args...)}
+}
+
+// skipReason is the reason of an error wrapping ErrSkip.
+func skipReason(err error) string {
+	if se, ok := errors.AsType[*skipError](err); ok {
+		return se.reason
+	}
+	return err.Error()
+}
 
 // Options size a run; zero values take the defaults (Quick's when set).
 type Options struct {
@@ -71,9 +97,10 @@ type Options struct {
 	// AgentCommand runs `ferry agent` for the RPO section, e.g.
 	// {os.Executable(), "agent"}.
 	AgentCommand []string
-	// Scale and Launch run the scale-out and launch sections when set;
-	// cmd/ferry wires them from their packages.
-	Scale, Launch SectionFunc
+	// Scale, Launch and Connector run the scale-out, launch and
+	// agentless-connector sections when set; cmd/ferry wires them from
+	// their packages (bench/scale, bench/launchbench, bench/connbench).
+	Scale, Launch, Connector SectionFunc
 	// Logf receives progress; nil discards it.
 	Logf func(format string, args ...any)
 }
@@ -213,7 +240,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		name string
 		f    SectionFunc
 		pkg  string
-	}{{SectionScale, o.Scale, "bench/scale"}, {SectionLaunch, o.Launch, "the launch benchmarks"}} {
+	}{{SectionScale, o.Scale, "bench/scale"}, {SectionLaunch, o.Launch, "bench/launchbench"}, {SectionConnector, o.Connector, "bench/connbench"}} {
 		if !want(opt.name) {
 			continue
 		}
@@ -223,6 +250,10 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 		o.Logf("section %s", opt.name)
 		figs, err := opt.f(ctx, Env{Dir: o.Dir, Quick: o.Quick, Logf: o.Logf})
+		if errors.Is(err, ErrSkip) {
+			skip(opt.name, skipReason(err))
+			continue
+		}
 		if err != nil {
 			fail(opt.name, err)
 			continue

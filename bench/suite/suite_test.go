@@ -2,6 +2,7 @@ package suite
 
 import (
 	"bytes"
+	"context"
 	"encoding/xml"
 	"errors"
 	"io"
@@ -185,5 +186,45 @@ func TestOptionsReject(t *testing.T) {
 	_, err := Run(t.Context(), Options{Only: []string{"nope"}})
 	if err == nil || !strings.Contains(err.Error(), `unknown section "nope"`) {
 		t.Fatalf("got %v, want an unknown-section error", err)
+	}
+}
+
+func TestSectionFuncs(t *testing.T) {
+	ctx := t.Context()
+	fig := Figure{Section: SectionConnector, Name: "full copy: rate", Value: 90, Unit: "MB/s", Better: Higher}
+	r, err := Run(ctx, Options{Only: []string{SectionScale, SectionLaunch, SectionConnector},
+		Scale: func(context.Context, Env) ([]Figure, error) {
+			return nil, Skipf("needs root (loop devices), running as uid %d", 1000)
+		},
+		Connector: func(_ context.Context, env Env) ([]Figure, error) {
+			if env.Dir == "" || !env.Quick {
+				t.Errorf("env %+v: want the run's directory and Quick", env)
+			}
+			return []Figure{fig}, nil
+		},
+		Quick: true,
+	})
+	if err != nil {
+		t.Fatalf("a skipped section failed the run: %v", err)
+	}
+	want := []Skip{
+		{Section: SectionScale, Reason: "needs root (loop devices), running as uid 1000"},
+		{Section: SectionLaunch, Reason: "not wired into this build (bench/launchbench; set suite.Options.Launch in cmd/ferry)"},
+	}
+	if !reflect.DeepEqual(r.Skipped, want) {
+		t.Errorf("skipped %+v, want %+v", r.Skipped, want)
+	}
+	if !reflect.DeepEqual(r.Figures, []Figure{fig}) {
+		t.Errorf("figures %+v, want the connector's", r.Figures)
+	}
+
+	// A section that fails is listed as failed and fails the run.
+	r, err = Run(ctx, Options{Only: []string{SectionConnector},
+		Connector: func(context.Context, Env) ([]Figure, error) { return nil, errors.New("boom") }})
+	if !errors.Is(err, ErrSectionFailed) || len(r.Skipped) != 1 || r.Skipped[0].Reason != "failed: boom" {
+		t.Fatalf("got %v, %+v; want the run failed with the section listed", err, r.Skipped)
+	}
+	if !errors.Is(Skipf("x"), ErrSkip) || Skipf("a %s", "b").Error() != "a b" {
+		t.Error("Skipf does not wrap ErrSkip with its reason")
 	}
 }

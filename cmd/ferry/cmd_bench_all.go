@@ -30,7 +30,7 @@ func newBenchAllCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "all",
-		Short: "Every benchmark in one run: limits, initial and incremental sync, RPO, agent footprint, dedup; one table, JSON, SVG, regressions (root)",
+		Short: "Every benchmark in one run: limits, initial and incremental sync, RPO, agent footprint, dedup, scale, launch, connector; one table, JSON, SVG, regressions (root)",
 		Long: `Runs every section and prints one table: each figure with its unit, its ratio
 to its ceiling or peer, its goal and whether this run met it, and its change
 against the reference run (bench/reference.json by default). A figure more than
@@ -56,7 +56,7 @@ listed.`,
 			}
 			exe, err := os.Executable()
 			if err != nil {
-				return fmt.Errorf("find this ferry binary for the agent process: %w", err)
+				return fmt.Errorf("find this ferry binary for the agent, server and CLI processes: %w", err)
 			}
 			o.AgentCommand = []string{exe, "agent"}
 			if agentProfile != "" {
@@ -64,8 +64,8 @@ listed.`,
 			}
 			o.Logf = stderrLogf(cmd)
 			o.Scale = benchScaleSection
-			// The launch section is wired here once a launch benchmark
-			// package lands (today: go test -bench BenchmarkLaunch ./e2e).
+			o.Launch = benchLaunchSection(exe)
+			o.Connector = benchConnectorSection
 			rep, runErr := suite.Run(cmd.Context(), o)
 			if rep == nil {
 				return runErr
@@ -113,7 +113,7 @@ listed.`,
 	f.StringVar(&agentProfile, "agent-cpuprofile", "", "write a CPU profile of the RPO section's agent process to `FILE` (go tool pprof)")
 	f.StringVar(&o.Dir, "dir", "", "directory on the data disk for images and stores (default: a temporary directory)")
 	f.BoolVar(&o.Quick, "quick", false, "scale everything down: a run in under 3 minutes")
-	f.StringSliceVar(&o.Only, "only", nil, "run only these sections (limits, replication, rpo, dedup, scale, launch)")
+	f.StringSliceVar(&o.Only, "only", nil, "run only these sections (limits, replication, rpo, dedup, scale, launch, connector)")
 	f.Int64Var(&o.ImageBytes, "image-bytes", 0, "initial-sync image size (default 4 GiB; quick 512 MiB)")
 	f.DurationVar(&o.RPODuration, "rpo-duration", 0, "how long each write rate runs (default 60s; quick 15s)")
 	f.Int64Var(&o.RPODiskBytes, "rpo-disk-bytes", 0, "continuous-replication source disk size (default 1 GiB; quick 256 MiB)")
