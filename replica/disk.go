@@ -144,7 +144,7 @@ func (s *Store) CreateDisk(ctx context.Context, id string, size int64, blockSize
 
 func (s *Store) newDisk(meta diskMeta, maps []uint64) (*Disk, error) {
 	dir := filepath.Join(s.opts.Dir, "disks", meta.ID)
-	hooks := chunkHooks{chunkSize: int64(s.cfg.ChunkSize), newBatch: s.newChunkBatch, ref: s.refChunks, unref: s.unrefChunks, sync: s.syncer.sync}
+	hooks := chunkHooks{chunkSize: int64(s.cfg.ChunkSize), newBatch: s.newChunkBatch, ref: s.refChunks, unref: s.unrefChunks, sync: s.syncer.sync, files: s.files}
 	jdir := filepath.Join(dir, "journal")
 	if err := os.MkdirAll(jdir, 0o700); err != nil {
 		return nil, fmt.Errorf("create journal directory: %w", err)

@@ -2,6 +2,7 @@ package replica
 
 import (
 	"bufio"
+	"container/list"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -31,14 +32,20 @@ const (
 type segment struct {
 	path  string
 	first uint64 // sequence number in the name
-	f     *os.File
+
+	// guarded by segFiles.mu
+	f     *os.File      // nil while closed
+	users int           // acquires not released
+	elem  *list.Element // in segFiles.idle while open and unused
+	dead  bool          // dropped: never opened again
 
 	// guarded by journal.mu
 	size     int64 // bytes of valid records, header included
 	last     uint64
 	lastTime int64
-	refs     int  // readers holding it open
-	removed  bool // unlinked; close f when refs drops to 0
+	refs     int  // readers using its records
+	removed  bool // unlinked (or the journal closed); dropped when refs drops to 0
+	held     bool // removed with refs: an acquire keeps the unlinked file open
 	broken   bool // a failed append left bytes past size
 }
 
@@ -86,6 +93,9 @@ type chunkHooks struct {
 	// sync makes a segment's appended bytes durable (Store.syncer; a
 	// plain fdatasync when nil).
 	sync func(*os.File) error
+	// files keeps segments open (the store's, shared by its disks; the
+	// journal's own when nil).
+	files *segFiles
 }
 
 // batch is one group commit: records appended together and made durable
@@ -142,6 +152,7 @@ type journal struct {
 	segMax int64
 	now    func() time.Time
 	hooks  chunkHooks
+	files  *segFiles
 
 	mu       sync.Mutex
 	cond     *sync.Cond
@@ -166,7 +177,10 @@ func openJournal(dir string, segMax int64, now func() time.Time, hooks chunkHook
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create journal directory: %w", err)
 	}
-	j := &journal{dir: dir, segMax: segMax, now: now, hooks: hooks, cur: newBatch(), done: make(chan struct{})}
+	if hooks.files == nil {
+		hooks.files = newSegFiles(0)
+	}
+	j := &journal{dir: dir, segMax: segMax, now: now, hooks: hooks, files: hooks.files, cur: newBatch(), done: make(chan struct{})}
 	j.cond = sync.NewCond(&j.mu)
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -210,7 +224,7 @@ func (j *journal) replay(path string, first uint64, last bool) (*segment, error)
 	if err != nil {
 		return nil, fmt.Errorf("open journal segment: %w", err)
 	}
-	seg := &segment{path: path, first: first, f: f}
+	seg := &segment{path: path, first: first}
 	br := bufio.NewReaderSize(io.NewSectionReader(f, 0, 1<<62), 1<<20)
 	var hdr [segHeaderSize]byte
 	if _, err := io.ReadFull(br, hdr[:]); err != nil || string(hdr[:8]) != segMagic || binary.LittleEndian.Uint64(hdr[8:]) != first {
@@ -292,12 +306,13 @@ func (j *journal) replay(path string, first uint64, last bool) (*segment, error)
 			seg.lastTime = st.ModTime().UnixNano()
 		}
 	}
+	j.files.add(seg, f)
 	return seg, nil
 }
 
 func (j *journal) closeFiles() {
 	for _, s := range j.segs {
-		s.f.Close()
+		j.files.drop(s)
 	}
 	j.segs = nil
 }
@@ -441,23 +456,28 @@ func (j *journal) write(b *batch) (*segment, int64, error) {
 			return nil, 0, err
 		}
 	}
+	f, err := j.files.acquire(seg)
+	if err != nil {
+		return nil, 0, journalErr("append journal", err)
+	}
+	defer j.files.release(seg)
 	base := seg.size
 	if seg.broken {
-		if err := seg.f.Truncate(base); err != nil {
+		if err := f.Truncate(base); err != nil {
 			return nil, 0, journalErr("truncate failed journal append", err)
 		}
 		seg.broken = false
 	}
-	if _, err := seg.f.WriteAt(b.buf, base); err != nil {
+	if _, err := f.WriteAt(b.buf, base); err != nil {
 		seg.broken = true
-		if terr := seg.f.Truncate(base); terr == nil {
+		if terr := f.Truncate(base); terr == nil {
 			seg.broken = false
 		}
 		return nil, 0, journalErr("append journal", err)
 	}
-	if err := j.syncSegment(seg.f); err != nil {
+	if err := j.syncSegment(f); err != nil {
 		seg.broken = true
-		if terr := seg.f.Truncate(base); terr == nil {
+		if terr := f.Truncate(base); terr == nil {
 			seg.broken = false
 		}
 		return nil, 0, journalErr("sync journal", err)
@@ -532,7 +552,8 @@ func (j *journal) newSegment(first uint64) (*segment, error) {
 		os.Remove(path)
 		return nil, journalErr("create journal segment", err)
 	}
-	seg := &segment{path: path, first: first, f: f, size: segHeaderSize, lastTime: j.now().UnixNano()}
+	seg := &segment{path: path, first: first, size: segHeaderSize, lastTime: j.now().UnixNano()}
+	j.files.add(seg, f)
 	j.mu.Lock()
 	j.segs = append(j.segs, seg)
 	j.mu.Unlock()
@@ -556,6 +577,17 @@ func (j *journal) rangeLocked(after, upto uint64) []jrec {
 	return j.recs[lo:hi]
 }
 
+// readAt reads a payload of s, which the caller holds a reference on.
+func (j *journal) readAt(s *segment, p []byte, off int64) error {
+	f, err := j.files.acquire(s)
+	if err != nil {
+		return err
+	}
+	defer j.files.release(s)
+	_, err = f.ReadAt(p, off)
+	return err
+}
+
 // pinLocked takes a reference on every segment holding recs.
 func pinSegments(recs []jrec) []*segment {
 	var segs []*segment
@@ -573,9 +605,41 @@ func (j *journal) unpin(segs []*segment) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	for _, s := range segs {
-		s.refs--
-		if s.refs == 0 && s.removed {
-			s.f.Close()
+		j.unrefLocked(s)
+	}
+}
+
+// unrefLocked drops a reference taken by pinSegments (or verify); the last
+// one of a removed segment closes its file.
+func (j *journal) unrefLocked(s *segment) {
+	s.refs--
+	if s.refs == 0 && s.removed {
+		j.retireLocked(s)
+	}
+}
+
+// holdLocked keeps s open while readers use it, before its file is
+// unlinked: a closed segment is opened again by its path.
+func (j *journal) holdLocked(s *segment) error {
+	if s.refs == 0 || s.held {
+		return nil
+	}
+	if _, err := j.files.acquire(s); err != nil {
+		return err
+	}
+	s.held = true
+	return nil
+}
+
+// retireLocked marks s removed: closed now when no reader uses it, else at
+// the last unrefLocked.
+func (j *journal) retireLocked(s *segment) {
+	s.removed = true
+	if s.refs == 0 {
+		j.files.drop(s)
+		if s.held {
+			s.held = false
+			j.files.release(s)
 		}
 	}
 }
@@ -614,13 +678,13 @@ func (j *journal) removeOldest(n int) error {
 	defer j.mu.Unlock()
 	for n > 0 && len(j.segs) > 1 {
 		s := j.segs[0]
+		if err := j.holdLocked(s); err != nil {
+			return fmt.Errorf("remove journal segment: %w", err)
+		}
 		if err := os.Remove(s.path); err != nil {
 			return fmt.Errorf("remove journal segment: %w", err)
 		}
-		s.removed = true
-		if s.refs == 0 {
-			s.f.Close()
-		}
+		j.retireLocked(s)
 		i := 0
 		for i < len(j.recs) && j.recs[i].seg == s {
 			j.hooks.unref(j.recs[i].hashes)
@@ -657,10 +721,9 @@ func (j *journal) close() {
 	<-j.done
 	j.mu.Lock()
 	for _, s := range j.segs {
-		s.removed = true
-		if s.refs == 0 {
-			s.f.Close()
-		}
+		// A reader that still uses s opens it again by its path, which
+		// closing does not remove.
+		j.retireLocked(s)
 	}
 	j.mu.Unlock()
 }

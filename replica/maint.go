@@ -392,42 +392,49 @@ func (j *journal) verify() (int, []Problem) {
 	var probs []Problem
 	buf := make([]byte, recHeaderSize+maxExtent)
 	for _, sc := range segs {
-		sr := io.NewSectionReader(sc.s.f, 0, sc.size)
-		var hdr [segHeaderSize]byte
-		if _, err := io.ReadFull(sr, hdr[:]); err != nil || string(hdr[:8]) != segMagic {
-			probs = append(probs, Problem{sc.s.path, errors.New("bad segment header")})
-			continue
-		}
-		pos := int64(segHeaderSize)
-		for pos < sc.size {
-			h := buf[:recHeaderSize]
-			if _, err := sr.ReadAt(h, pos); err != nil {
-				probs = append(probs, Problem{sc.s.path, fmt.Errorf("record at %d of %d: %w", pos, sc.size, err)})
-				break
-			}
-			_, total, err := decodeRecordHeader(h)
-			if err == nil && total > recHeaderSize {
-				_, err = sr.ReadAt(buf[recHeaderSize:total], pos+recHeaderSize)
-			}
-			if err == nil {
-				_, _, _, err = decodeRecord(buf[:total])
-			}
-			if err != nil {
-				probs = append(probs, Problem{sc.s.path, fmt.Errorf("record at %d: %w", pos, err)})
-				break
-			}
-			pos += int64(total)
+		if p := j.verifySegment(sc.s, sc.size, buf); p != nil {
+			probs = append(probs, *p)
 		}
 	}
 	j.mu.Lock()
 	for _, sc := range segs {
-		sc.s.refs--
-		if sc.s.refs == 0 && sc.s.removed {
-			sc.s.f.Close()
-		}
+		j.unrefLocked(sc.s)
 	}
 	j.mu.Unlock()
 	return len(segs), probs
+}
+
+// verifySegment decodes every record of s's first size bytes.
+func (j *journal) verifySegment(s *segment, size int64, buf []byte) *Problem {
+	f, err := j.files.acquire(s)
+	if err != nil {
+		return &Problem{s.path, err}
+	}
+	defer j.files.release(s)
+	sr := io.NewSectionReader(f, 0, size)
+	var hdr [segHeaderSize]byte
+	if _, err := io.ReadFull(sr, hdr[:]); err != nil || string(hdr[:8]) != segMagic {
+		return &Problem{s.path, errors.New("bad segment header")}
+	}
+	pos := int64(segHeaderSize)
+	for pos < size {
+		h := buf[:recHeaderSize]
+		if _, err := sr.ReadAt(h, pos); err != nil {
+			return &Problem{s.path, fmt.Errorf("record at %d of %d: %w", pos, size, err)}
+		}
+		_, total, err := decodeRecordHeader(h)
+		if err == nil && total > recHeaderSize {
+			_, err = sr.ReadAt(buf[recHeaderSize:total], pos+recHeaderSize)
+		}
+		if err == nil {
+			_, _, _, err = decodeRecord(buf[:total])
+		}
+		if err != nil {
+			return &Problem{s.path, fmt.Errorf("record at %d: %w", pos, err)}
+		}
+		pos += int64(total)
+	}
+	return nil
 }
 
 // DiskUsage is one disk's share of the store.

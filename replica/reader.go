@@ -431,7 +431,7 @@ func (r *Reader) readChunk(c, off int64, dst []byte) error {
 			clear(part[n:])
 			continue
 		}
-		if _, err := p.seg.f.ReadAt(part, p.pos+(lo-p.off)); err != nil {
+		if err := r.d.j.readAt(p.seg, part, p.pos+(lo-p.off)); err != nil {
 			if errors.Is(err, io.EOF) {
 				return corrupt(p.seg.path, fmt.Errorf("journal record at %d is truncated", p.pos))
 			}

@@ -65,6 +65,12 @@ type Options struct {
 	FoldBytes int64
 	// CacheSize is the byte budget of the decrypted chunk cache; default 64 MiB.
 	CacheSize int64
+	// MaxOpenSegments bounds the journal segment files kept open across
+	// all disks (idle ones are closed, least recently used first, and
+	// opened again when needed); default a quarter of the process's
+	// open-file limit, so that a server with as many disks as agents
+	// keeps most descriptors for their connections.
+	MaxOpenSegments int
 	// Retention is the default snapshot retention policy of every disk;
 	// zero means DefaultRetention.
 	Retention RetentionPolicy
@@ -121,6 +127,8 @@ type Store struct {
 
 	// syncer makes the journals' appends durable, many at once.
 	syncer *syncer
+	// files bounds the journal segments open across the disks.
+	files *segFiles
 
 	// sealSlots bounds the chunk jobs of ingest running at once.
 	sealSlots chan struct{}
@@ -158,6 +166,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		flights: map[Hash]*flight{}, readAhead: make(chan struct{}, runtime.GOMAXPROCS(0)),
 		jrefs: map[Hash]int{}, sealSlots: make(chan struct{}, 2*runtime.GOMAXPROCS(0))}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.files = newSegFiles(opts.MaxOpenSegments)
 	if s.syncer, err = newSyncer(filepath.Join(opts.Dir, "disks"), syncBatchAt); err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("open store: %w", err)

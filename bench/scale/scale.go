@@ -200,8 +200,15 @@ func (r *Result) Figures() []Figure {
 	return out
 }
 
+// fileLimitFor is the open-file limit a run of agents needs in each of
+// the simulator and the server.
+func fileLimitFor(agents int) uint64 {
+	return (uint64(agents) + 2048) * 4 / 3
+}
+
 // Run measures each agent count against a fresh server and prints one
 // table per count to w.
+
 func Run(ctx context.Context, o Options, w io.Writer) (*Result, error) {
 	o, err := o.withDefaults()
 	if err != nil {
@@ -219,9 +226,11 @@ func Run(ctx context.Context, o Options, w io.Writer) (*Result, error) {
 	for _, n := range o.Agents {
 		most = max(most, n)
 	}
-	// Each agent holds one connection here and one (plus its replica
-	// journal) in the server, which inherits the limit.
-	if _, err := raiseFileLimit(uint64(most)*4 + 4096); err != nil {
+	// Each agent holds one connection here and one in the server, which
+	// inherits the limit; the server's replica store keeps at most a
+	// quarter of the limit in journal segments open, so a limit of 4/3 of
+	// the agents (plus room for everything else) serves both processes.
+	if _, err := raiseFileLimit(fileLimitFor(most)); err != nil {
 		return nil, err
 	}
 	if o.Dir == "" {
