@@ -5,6 +5,7 @@ import (
 	"math"
 	"reflect"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/ferrymigrate/ferry"
@@ -34,19 +35,16 @@ func (ss *session) controlLoop(ctx context.Context) {
 	}
 	tick := time.NewTicker(poll)
 	defer tick.Stop()
-	lastBeat := time.Time{}
+	if err := ss.send(&protocol.Heartbeat{UnixNano: ss.s.now().UnixNano()}); err != nil {
+		return
+	}
+	defer ss.heartbeats()()
 	var rate float64
 	var lastAcked int64
 	first := true
 	var started time.Time
 	for {
 		now := ss.s.now()
-		if now.Sub(lastBeat) >= heartbeatEvery {
-			if err := ss.send(&protocol.Heartbeat{UnixNano: now.UnixNano()}); err != nil {
-				return
-			}
-			lastBeat = now
-		}
 		ackedBytes := ss.durableBytes()
 		if !first {
 			inst := float64(ackedBytes-lastAcked) / poll.Seconds()
@@ -78,6 +76,35 @@ func (ss *session) controlLoop(ctx context.Context) {
 		case <-ss.poke:
 			ss.readAt = time.Time{} // re-read the record now
 		}
+	}
+}
+
+// heartbeats sends a HEARTBEAT every heartbeatEvery on a timer of its own
+// until the returned stop is called. The control loop cannot send them: its
+// record update waits on the metadata store, which thousands of sessions
+// share (one SQLite writer), and at 10,000 agents that wait outlasted the
+// agents' 30 s read timeout and ended their sessions.
+func (ss *session) heartbeats() (stop func()) {
+	var mu sync.Mutex
+	stopped := false
+	var t *time.Timer
+	mu.Lock()
+	defer mu.Unlock()
+	t = time.AfterFunc(heartbeatEvery, func() {
+		if ss.send(&protocol.Heartbeat{UnixNano: ss.s.now().UnixNano()}) != nil {
+			return // the connection is gone; the session ends without us
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !stopped {
+			t.Reset(heartbeatEvery)
+		}
+	})
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		t.Stop()
 	}
 }
 
