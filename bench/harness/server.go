@@ -53,7 +53,8 @@ func FreeAddr() (string, error) {
 // StartServer starts bin as `ferry server --dev` on loopback with its data
 // in dir/data and its log in dir/server.log, and waits for its banner
 // (admin token, CA fingerprint) and for its API to answer. Stop ends it.
-func StartServer(ctx context.Context, bin, dir string) (*ServerProcess, error) {
+// extra are more arguments for the server (such as --cpuprofile FILE).
+func StartServer(ctx context.Context, bin, dir string, extra ...string) (*ServerProcess, error) {
 	apiAddr, err := FreeAddr()
 	if err != nil {
 		return nil, err
@@ -70,7 +71,8 @@ func StartServer(ctx context.Context, bin, dir string) (*ServerProcess, error) {
 		return nil, fmt.Errorf("server log: %w", err)
 	}
 	s := &ServerProcess{APIURL: "https://" + apiAddr, DataAddr: dp, DataDir: filepath.Join(dir, "data"), LogPath: logf.Name(), done: make(chan struct{})}
-	s.cmd = exec.Command(bin, "server", "--dev", "--data", s.DataDir, "--listen", apiAddr, "--data-listen", dp, "--advertise", "127.0.0.1")
+	args := append([]string{"server", "--dev", "--data", s.DataDir, "--listen", apiAddr, "--data-listen", dp, "--advertise", "127.0.0.1"}, extra...)
+	s.cmd = exec.Command(bin, args...)
 	s.cmd.Stderr = logf
 	stdout, err := s.cmd.StdoutPipe()
 	if err != nil {

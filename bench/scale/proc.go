@@ -34,8 +34,8 @@ type rssSample struct {
 
 // startServer starts bin as `ferry server --dev` on loopback with its data
 // in dir and waits for its banner (admin token, CA fingerprint) and API.
-func startServer(ctx context.Context, bin, dir string) (*serverProc, error) {
-	s, err := harness.StartServer(ctx, bin, dir)
+func startServer(ctx context.Context, bin, dir string, extra ...string) (*serverProc, error) {
+	s, err := harness.StartServer(ctx, bin, dir, extra...)
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -70,6 +71,10 @@ type Options struct {
 	Binary string
 	// Dir holds each run's server data; "" means a new temporary directory.
 	Dir string
+	// ServerCPUProfile, when set, is where each run's server writes a CPU
+	// profile of its whole life (go tool pprof); the agent count is
+	// inserted before the extension ("cpu.pprof" → "cpu-3000.pprof").
+	ServerCPUProfile string
 	// Logf receives progress; nil discards it.
 	Logf func(format string, args ...any)
 }
@@ -268,7 +273,12 @@ func runOne(ctx context.Context, o Options, n int, dir string) (Measurement, err
 		run.Figures = append(run.Figures, Figure{Name: name, Value: v, Unit: unit})
 	}
 	o.Logf("%d agents: starting the server", n)
-	srv, err := startServer(ctx, o.Binary, dir)
+	var extra []string
+	if o.ServerCPUProfile != "" {
+		ext := filepath.Ext(o.ServerCPUProfile)
+		extra = []string{"--cpuprofile", fmt.Sprintf("%s-%d%s", strings.TrimSuffix(o.ServerCPUProfile, ext), n, ext)}
+	}
+	srv, err := startServer(ctx, o.Binary, dir, extra...)
 	if err != nil {
 		return run, err
 	}

@@ -61,6 +61,7 @@ list's latency. One fresh server per agent count. Raises the open-file limit
 	f.IntVar(&o.PairWorkers, "pair-workers", 0, "agents pairing at once (default 32)")
 	f.IntVar(&o.ConnectWorkers, "connect-workers", 0, "agents connecting and syncing at once (default 64)")
 	f.StringVar(&o.Dir, "dir", "", "directory for the servers' data (default: a temporary directory)")
+	f.StringVar(&o.ServerCPUProfile, "server-cpuprofile", "", "write each run's server CPU profile to `FILE` (the agent count inserted before the extension)")
 	f.StringVar(&jsonOut, "json", "", "also write the results as JSON to this file")
 	return cmd
 }
