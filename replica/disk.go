@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferrymigrate/ferry/replica/backend"
@@ -63,6 +64,10 @@ type Disk struct {
 	dir  string
 	j    *journal
 	kick chan struct{}
+	// pending estimates the journal bytes not folded yet (unfoldedBytes,
+	// kept current by the appends) so a write can start a fold at
+	// FoldBytes without every disk polling its journal.
+	pending atomic.Int64
 
 	// foldMu serializes folds, snapshot creation and deletion, and map pruning.
 	foldMu sync.Mutex
@@ -401,7 +406,23 @@ func (d *Disk) append(r record, payload []byte) (Commit, error) {
 	if err != nil {
 		return Commit{}, fmt.Errorf("disk %s: %w", d.id, err)
 	}
+	n := int64(recHeaderSize)
+	if r.typ == recWrite {
+		n += r.length
+	}
+	d.appended(n)
 	return c, nil
+}
+
+// appended counts n more unfolded journal bytes and wakes the folder once
+// they reach FoldBytes.
+func (d *Disk) appended(n int64) {
+	if d.pending.Add(n) >= d.s.opts.FoldBytes && d.s.opts.FoldInterval >= 0 {
+		select {
+		case d.kick <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // check returns the validation of r against the disk's size.
@@ -449,6 +470,7 @@ func (d *Disk) appendChunks(r record, data []byte) (Commit, error) {
 	if cb == nil { // a duplicate: nothing to store
 		return c, nil
 	}
+	d.appended(recHeaderSize)
 	for i := 0; i < n; i++ {
 		part := data[int64(i)*cs : int64(i+1)*cs]
 		if isZero(part) {
@@ -491,21 +513,26 @@ func (s *Store) startFolder(d *Disk) {
 		// a fleet of agents connects) do not all fold in the same second.
 		t := time.NewTimer(rand.N(s.foldInterval()) + 1)
 		defer t.Stop()
-		check := time.NewTicker(min(s.opts.FoldInterval, time.Second))
-		defer check.Stop()
+		if d.pending.Add(d.unfoldedBytes()) >= s.opts.FoldBytes {
+			d.appended(0)
+		}
 		for {
 			select {
 			case <-s.ctx.Done():
 				return
 			case <-t.C:
 				t.Reset(s.foldInterval())
-			case <-check.C:
-				if d.unfoldedBytes() < s.opts.FoldBytes {
-					continue
-				}
 			case <-d.kick:
 			}
+			// Folds of many disks at once only contend for the same
+			// device and CPUs, each holding its chunk buffers meanwhile.
+			select {
+			case s.foldSlots <- struct{}{}:
+			case <-s.ctx.Done():
+				return
+			}
 			err := d.Fold(s.ctx)
+			<-s.foldSlots
 			d.mu.Lock()
 			d.foldErr = err
 			d.mu.Unlock()

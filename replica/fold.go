@@ -22,6 +22,7 @@ func (d *Disk) Fold(ctx context.Context) error {
 		if err := d.foldLocked(ctx, seq); err != nil {
 			return fmt.Errorf("fold disk %s: %w", d.id, err)
 		}
+		d.pending.Store(d.unfoldedBytes())
 	}
 	if err := d.tidyLocked(ctx); err != nil {
 		return fmt.Errorf("fold disk %s: %w", d.id, err)

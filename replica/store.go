@@ -132,6 +132,8 @@ type Store struct {
 
 	// sealSlots bounds the chunk jobs of ingest running at once.
 	sealSlots chan struct{}
+	// foldSlots bounds the background folds running at once.
+	foldSlots chan struct{}
 }
 
 // Open opens the store described by opts, creating it when the backend
@@ -164,7 +166,8 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	}
 	s := &Store{opts: opts, be: opts.Backend, lock: lock, disks: map[string]*Disk{}, known: map[Hash]int64{}, inflight: map[Hash]*chunkBatch{},
 		flights: map[Hash]*flight{}, readAhead: make(chan struct{}, runtime.GOMAXPROCS(0)),
-		jrefs: map[Hash]int{}, sealSlots: make(chan struct{}, 2*runtime.GOMAXPROCS(0))}
+		jrefs: map[Hash]int{}, sealSlots: make(chan struct{}, 2*runtime.GOMAXPROCS(0)),
+		foldSlots: make(chan struct{}, max(2, runtime.GOMAXPROCS(0)))}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.files = newSegFiles(opts.MaxOpenSegments)
 	if s.syncer, err = newSyncer(filepath.Join(opts.Dir, "disks"), syncBatchAt); err != nil {
