@@ -149,7 +149,7 @@ func (s *Store) CreateDisk(ctx context.Context, id string, size int64, blockSize
 
 func (s *Store) newDisk(meta diskMeta, maps []uint64) (*Disk, error) {
 	dir := filepath.Join(s.opts.Dir, "disks", meta.ID)
-	hooks := chunkHooks{chunkSize: int64(s.cfg.ChunkSize), newBatch: s.newChunkBatch, ref: s.refChunks, unref: s.unrefChunks, sync: s.syncer.sync, files: s.files}
+	hooks := chunkHooks{chunkSize: int64(s.cfg.ChunkSize), newBatch: s.newChunkBatch, ref: s.refChunks, unref: s.unrefChunks, sync: s.syncer.sync}
 	jdir := filepath.Join(dir, "journal")
 	if err := os.MkdirAll(jdir, 0o700); err != nil {
 		return nil, fmt.Errorf("create journal directory: %w", err)
@@ -157,7 +157,7 @@ func (s *Store) newDisk(meta diskMeta, maps []uint64) (*Disk, error) {
 	if !s.syncer.covers(jdir) {
 		hooks.sync = nil // another file system: its own fdatasyncs
 	}
-	j, err := openJournal(jdir, s.opts.SegmentSize, s.opts.Now, hooks)
+	j, err := openJournal(jdir, s.opts.SegmentSize, s.opts.Now, hooks, s.files)
 	if err != nil {
 		return nil, err
 	}

@@ -93,9 +93,6 @@ type chunkHooks struct {
 	// sync makes a segment's appended bytes durable (Store.syncer; a
 	// plain fdatasync when nil).
 	sync func(*os.File) error
-	// files keeps segments open (the store's, shared by its disks; the
-	// journal's own when nil).
-	files *segFiles
 }
 
 // batch is one group commit: records appended together and made durable
@@ -173,14 +170,17 @@ func segName(first uint64) string { return fmt.Sprintf("%016x.seg", first) }
 // openJournal opens (or creates) the journal in dir, replaying every
 // segment. A torn record at the end of the newest segment (a crash during
 // an append) is cut off; damage anywhere else is a CorruptError.
-func openJournal(dir string, segMax int64, now func() time.Time, hooks chunkHooks) (*journal, error) {
+//
+// files keeps the segments open: the store's, shared by its disks, or the
+// journal's own when nil.
+func openJournal(dir string, segMax int64, now func() time.Time, hooks chunkHooks, files *segFiles) (*journal, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create journal directory: %w", err)
 	}
-	if hooks.files == nil {
-		hooks.files = newSegFiles(0)
+	if files == nil {
+		files = newSegFiles(0)
 	}
-	j := &journal{dir: dir, segMax: segMax, now: now, hooks: hooks, files: hooks.files, cur: newBatch(), done: make(chan struct{})}
+	j := &journal{dir: dir, segMax: segMax, now: now, hooks: hooks, files: files, cur: newBatch(), done: make(chan struct{})}
 	j.cond = sync.NewCond(&j.mu)
 	ents, err := os.ReadDir(dir)
 	if err != nil {
