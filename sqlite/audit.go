@@ -20,7 +20,7 @@ func (s *Store) AppendAudit(ctx context.Context, e *ferry.AuditEvent) error {
 		return fmt.Errorf("sqlite: append audit: %w", err)
 	}
 	var id int64
-	err = s.write(ctx, func(tx *sql.Tx) error {
+	err = s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `INSERT INTO audit (time, actor, outcome, doc) VALUES (?, ?, ?, ?)`,
 			e.Time.UnixMicro(), e.Actor, e.Outcome, string(doc))
 		if err != nil {

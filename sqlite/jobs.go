@@ -123,7 +123,7 @@ func (s *Store) AppendJobLog(ctx context.Context, item ferry.JobLogItem) error {
 	if err != nil {
 		return fmt.Errorf("sqlite: append job log %s: %w", item.JobID, err)
 	}
-	err = s.write(ctx, func(tx *sql.Tx) error {
+	err = s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		if err := jobExists(ctx, tx, item.JobID); err != nil {
 			return err
 		}

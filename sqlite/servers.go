@@ -64,8 +64,11 @@ func (s *Store) ServerByMachineID(ctx context.Context, machineID string) (*ferry
 }
 
 // UpdateServer changes a server atomically, holding the database's write
-// lock while fn runs: fn must be quick and must not call the store. If fn
-// returns an error, nothing is written and that error is returned as it is.
+// lock while fn runs: fn must be quick and must not call the store. fn
+// runs on the store's writer goroutine and, if a storage error broke the
+// transaction it shared with other writes, may run again on a fresh copy,
+// so it must only change the server it is given. If fn returns an error,
+// nothing is written and that error is returned as it is.
 // Changing the id is an error wrapping ferry.ErrInvalid; taking another
 // server's machine id, one wrapping ferry.ErrConflict.
 func (s *Store) UpdateServer(ctx context.Context, id string, fn func(*ferry.SourceServer) error) (*ferry.SourceServer, error) {

@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/ferrymigrate/ferry"
 	"github.com/ferrymigrate/ferry/internal/storedoc"
@@ -18,8 +20,18 @@ import (
 // Store is a ferry.Store in one SQLite file. Open it with Open; it is safe
 // for concurrent use.
 type Store struct {
-	db  *sql.DB // one connection: the only writer
+	db  *sql.DB // one connection: the only writer, used by writer alone
 	rdb *sql.DB // read-only connections for plain reads
+
+	mu     sync.Mutex
+	queue  []*writeReq // writes waiting for the writer, oldest first
+	closed bool        // Close was called: queue takes no more
+	// wake tells the writer that queue or closed changed; it holds at
+	// most one pending signal, which is all the writer needs.
+	wake    chan struct{}
+	stopped chan struct{} // closed when the writer has returned
+
+	commits atomic.Int64 // transactions the writer committed or tried to: for tests
 }
 
 var _ ferry.Store = (*Store)(nil)
@@ -110,11 +122,23 @@ func Open(path string) (*Store, error) {
 		rdb.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
 	}
-	return &Store{db: db, rdb: rdb}, nil
+	s := &Store{db: db, rdb: rdb, wake: make(chan struct{}, 1), stopped: make(chan struct{})}
+	go s.writer()
+	return s, nil
 }
 
-// Close closes the database.
+// Close closes the database. Writes already waiting run first, and Close
+// waits for them; writes made after it return an error wrapping ErrClosed.
+// Close may be called more than once.
 func (s *Store) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default: // a wake-up is pending already
+	}
+	<-s.stopped
 	return errors.Join(s.rdb.Close(), s.db.Close())
 }
 
@@ -123,23 +147,6 @@ type querier interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
-}
-
-// write runs fn in a write transaction (BEGIN IMMEDIATE) and commits it
-// if fn returns nil.
-func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("begin: %w", err)
-	}
-	if err := fn(tx); err != nil {
-		tx.Rollback()
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	return nil
 }
 
 // isConstraint reports whether err is a uniqueness or primary-key
@@ -274,7 +281,7 @@ func (k *kind[T]) create(ctx context.Context, s *Store, v *T) error {
 	if err != nil {
 		return err
 	}
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		var one int
 		err := tx.QueryRowContext(ctx, `SELECT 1 FROM `+k.table+` WHERE id = ?`, id).Scan(&one)
 		switch {
@@ -308,7 +315,8 @@ func (e errCallback) Error() string { return e.err.Error() }
 
 func (k *kind[T]) update(ctx context.Context, s *Store, id string, fn func(*T) error) (*T, error) {
 	var out *T
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		out = nil // fn may run twice (see write)
 		v, err := k.get(ctx, tx, id)
 		if err != nil {
 			return err
@@ -348,7 +356,7 @@ func (k *kind[T]) update(ctx context.Context, s *Store, id string, fn func(*T) e
 }
 
 func (k *kind[T]) delete(ctx context.Context, s *Store, id string) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM `+k.table+` WHERE id = ?`, id)
 		if err != nil {
 			return err
