@@ -98,19 +98,20 @@ func TestStoreVerbs(t *testing.T) {
 		t.Fatal("export to an unknown format succeeded")
 	}
 
-	// Corrupt one chunk: verify names it and fails.
+	// Corrupt the first chunk of a pack: verify names the chunk and the
+	// pack, and fails.
 	var victim string
 	filepath.WalkDir(filepath.Join(data, "replica/objects"), func(p string, de os.DirEntry, err error) error {
-		if err == nil && !de.IsDir() && strings.Contains(p, "chunks") && victim == "" {
+		if err == nil && !de.IsDir() && strings.HasSuffix(p, ".pack") && victim == "" {
 			victim = p
 		}
 		return nil
 	})
 	if victim == "" {
-		t.Fatal("no chunk object found to corrupt")
+		t.Fatal("no pack of chunks found to corrupt")
 	}
 	b, _ := os.ReadFile(victim)
-	b[len(b)/2] ^= 0xff
+	b[8+16] ^= 0xff // inside the first object, after the pack's 8-byte header
 	if err := os.WriteFile(victim, b, 0o600); err != nil {
 		t.Fatal(err)
 	}

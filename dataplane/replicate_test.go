@@ -85,7 +85,7 @@ func newHarness(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	be, err := fs.Open(filepath.Join(dir, "objects"))
+	be, err := fs.Open(filepath.Join(dir, "objects"), fs.Packed(replica.ChunkPrefix))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -85,7 +85,7 @@ func (op crashOp) apply(b []byte) {
 }
 
 func crashOptions(dir string) (Options, error) {
-	be, err := fs.Open(filepath.Join(dir, "backend"))
+	be, err := fs.Open(filepath.Join(dir, "backend"), fs.Packed(ChunkPrefix))
 	if err != nil {
 		return Options{}, err
 	}
@@ -94,7 +94,7 @@ func crashOptions(dir string) (Options, error) {
 		return Options{}, err
 	}
 	return Options{
-		Dir: filepath.Join(dir, "staging"), Backend: be, Keys: keys,
+		Dir: filepath.Join(dir, "staging"), Backend: be, CloseBackend: true, Keys: keys,
 		ChunkSize: crashChunkSize, SegmentSize: 128 << 10,
 		Window:       Window{MaxBytes: 512 << 10, MaxAge: time.Hour},
 		FoldInterval: 15 * time.Millisecond, FoldBytes: 256 << 10,

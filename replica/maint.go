@@ -73,7 +73,7 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 		size int64
 	}
 	var sweep []obj
-	if err := s.be.List(ctx, "chunks/", func(name string, size int64) error {
+	if err := s.be.List(ctx, ChunkPrefix, func(name string, size int64) error {
 		h, ok := parseChunkName(name)
 		if !ok {
 			return nil
@@ -204,8 +204,16 @@ func (s *Store) Verify(ctx context.Context) (Report, error) {
 			return rep, fmt.Errorf("verify: list %s: %w", l.prefix, err)
 		}
 	}
+	// A backend that keeps objects in containers (fs pack files) names
+	// the containers it could not read: the objects in them are missing
+	// below, and this says why.
+	if d, ok := s.be.(interface{ Damaged() map[string]error }); ok {
+		for name, err := range d.Damaged() {
+			problem(name, fmt.Errorf("unreadable, the objects it holds are missing: %w", err))
+		}
+	}
 	var chunks []Hash
-	if err := s.be.List(ctx, "chunks/", func(name string, _ int64) error {
+	if err := s.be.List(ctx, ChunkPrefix, func(name string, _ int64) error {
 		h, ok := parseChunkName(name)
 		if !ok {
 			problem(name, errors.New("not a chunk name"))

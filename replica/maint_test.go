@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ferrymigrate/ferry/replica/fs"
 )
 
 func randData(rng *rand.Rand, n int) []byte {
@@ -131,70 +133,129 @@ func mustRead(t *testing.T, d *Disk, off int64, n int) []byte {
 	return b
 }
 
+// TestCorruptionDetected damages a stored chunk three ways, kept as one
+// file per chunk and kept in a pack file: the read fails with ErrCorrupt
+// naming the chunk, and Verify names it.
 func TestCorruptionDetected(t *testing.T) {
 	ctx := context.Background()
 	tests := []struct {
-		name   string
-		damage func(t *testing.T, path string)
+		name string
+		// damage damages the n bytes at off in the file at path: the
+		// object itself, or the pack holding it.
+		damage func(t *testing.T, path string, off, n int64)
 	}{
-		{"flipped bit", func(t *testing.T, p string) {
+		{"flipped bit", func(t *testing.T, p string, off, n int64) {
 			b, _ := os.ReadFile(p)
-			b[len(b)/2] ^= 1
+			b[off+n/2] ^= 1
 			os.WriteFile(p, b, 0o600)
 		}},
-		{"truncated", func(t *testing.T, p string) {
+		{"truncated", func(t *testing.T, p string, off, n int64) {
 			os.Truncate(p, 20)
 		}},
-		{"missing", func(t *testing.T, p string) {
+		{"missing", func(t *testing.T, p string, off, n int64) {
 			os.Remove(p)
 		}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			e := newEnv(t)
-			s := e.open(t)
-			d, err := s.CreateDisk(ctx, "d", 1<<20, 4096)
-			if err != nil {
-				t.Fatal(err)
-			}
-			data := randData(rand.New(rand.NewPCG(1, 1)), 64<<10)
-			if err := d.Write(ctx, 1, 0, data); err != nil {
-				t.Fatal(err)
-			}
-			if err := d.Fold(ctx); err != nil {
-				t.Fatal(err)
-			}
-			s.Close()
-			h := (&sealer{hashKey: s.sl.hashKey}).hash(data)
-			name := chunkName(h)
-			tt.damage(t, filepath.Join(e.be.Root(), name))
-			s = e.open(t)
-			defer s.Close()
-			d, _ = s.Disk("d")
-			r, err := d.OpenHead(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
-			_, err = r.ReadAt(make([]byte, 4096), 0)
-			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), name) {
-				t.Errorf("ReadAt of a damaged chunk = %v, want ErrCorrupt naming %s", err, name)
-			}
-			rep, err := s.Verify(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			found := false
-			for _, p := range rep.Problems {
-				if strings.Contains(p.String(), name) {
-					found = true
+	for _, layout := range []string{"files", "packs"} {
+		for _, tt := range tests {
+			t.Run(layout+"/"+tt.name, func(t *testing.T) {
+				e := newEnv(t)
+				if layout == "files" {
+					e.be.Close()
+					be, err := fs.Open(filepath.Join(e.dir, "files"))
+					if err != nil {
+						t.Fatal(err)
+					}
+					e.be, e.opts.Backend = be, be
 				}
-			}
-			if !found {
-				t.Errorf("Verify problems %v do not name %s", rep.Problems, name)
-			}
-		})
+				s := e.open(t)
+				d, err := s.CreateDisk(ctx, "d", 1<<20, 4096)
+				if err != nil {
+					t.Fatal(err)
+				}
+				data := randData(rand.New(rand.NewPCG(1, 1)), 64<<10)
+				if err := d.Write(ctx, 1, 0, data); err != nil {
+					t.Fatal(err)
+				}
+				if err := d.Fold(ctx); err != nil {
+					t.Fatal(err)
+				}
+				s.Close()
+				h := (&sealer{hashKey: s.sl.hashKey}).hash(data)
+				name := chunkName(h)
+				path, off, n := locate(t, e.be, name)
+				tt.damage(t, path, off, n)
+				e.be.Close() // reopen the backend too: a pack is read at open
+				be, err := fs.Open(e.be.Root(), fs.Packed(ChunkPrefix))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer be.Close()
+				e.be, e.opts.Backend = be, be
+				s = e.open(t)
+				defer s.Close()
+				d, _ = s.Disk("d")
+				r, err := d.OpenHead(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer r.Close()
+				_, err = r.ReadAt(make([]byte, 4096), 0)
+				if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), name) {
+					t.Errorf("ReadAt of a damaged chunk = %v, want ErrCorrupt naming %s", err, name)
+				}
+				rep, err := s.Verify(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				found := false
+				for _, p := range rep.Problems {
+					if strings.Contains(p.String(), name) {
+						found = true
+					}
+				}
+				if !found {
+					t.Errorf("Verify problems %v do not name %s", rep.Problems, name)
+				}
+			})
+		}
 	}
+}
+
+// locate finds where the fs backend keeps object name: its own file, or
+// a pack file and the object's offset in it.
+func locate(t *testing.T, be *fs.Backend, name string) (path string, off, n int64) {
+	t.Helper()
+	obj, err := be.Get(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := filepath.Join(be.Root(), name); fileExists(p) {
+		return p, 0, int64(len(obj))
+	}
+	var packs []string
+	filepath.WalkDir(filepath.Join(be.Root(), ".packs"), func(p string, d os.DirEntry, err error) error {
+		if err == nil && strings.HasSuffix(p, ".pack") {
+			packs = append(packs, p)
+		}
+		return nil
+	})
+	for _, p := range packs {
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i := bytes.Index(raw, obj); i >= 0 {
+			return p, int64(i), int64(len(obj))
+		}
+	}
+	t.Fatalf("%s is neither a file nor in any of the packs %v", name, packs)
+	return "", 0, 0
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 func TestWrongOrMissingKey(t *testing.T) {

@@ -28,9 +28,15 @@ func (h Hash) IsZero() bool { return h == Hash{} }
 // String returns h in hex.
 func (h Hash) String() string { return hex.EncodeToString(h[:]) }
 
+// ChunkPrefix starts the name of every chunk object (block data and block
+// map pages) in the backend. Chunks are many, small and written in
+// batches, so a file-system backend should pack them:
+// fs.Open(dir, fs.Packed(replica.ChunkPrefix)).
+const ChunkPrefix = "chunks/"
+
 func chunkName(h Hash) string {
 	s := h.String()
-	return "chunks/" + s[:2] + "/" + s
+	return ChunkPrefix + s[:2] + "/" + s
 }
 
 func parseChunkName(name string) (Hash, bool) {

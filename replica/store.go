@@ -42,6 +42,10 @@ type Options struct {
 	Dir string
 	// Backend stores chunks, block maps and snapshot metadata.
 	Backend backend.Backend
+	// CloseBackend makes Close close Backend too, for a store that is
+	// its backend's only user (a server's): the fs backend holds a lock
+	// on its directory until closed.
+	CloseBackend bool
 	// Keys wraps the store's data keys.
 	Keys KeyProvider
 
@@ -270,7 +274,7 @@ func (s *Store) open(ctx context.Context) error {
 		return err
 	}
 	s.cache = newChunkCache(s.opts.CacheSize)
-	err = s.be.List(ctx, "chunks/", func(name string, size int64) error {
+	err = s.be.List(ctx, ChunkPrefix, func(name string, size int64) error {
 		if h, ok := parseChunkName(name); ok {
 			s.known[h] = size
 		}
@@ -347,7 +351,13 @@ func (s *Store) Close() error {
 	}
 	s.syncer.close()
 	s.sl.close()
-	return s.lock.Close()
+	err := s.lock.Close()
+	if s.opts.CloseBackend {
+		if berr := s.be.Close(); berr != nil {
+			err = errors.Join(err, fmt.Errorf("close backend: %w", berr))
+		}
+	}
+	return err
 }
 
 // Disk returns the disk with id, or an error wrapping ErrNotFound.
@@ -422,6 +432,9 @@ func (s *Store) loadChunk(ctx context.Context, h Hash) ([]byte, error) {
 	if err != nil {
 		if errors.Is(err, backend.ErrNotFound) {
 			return nil, corrupt(chunkName(h), errors.New("missing"))
+		}
+		if errors.Is(err, backend.ErrCorrupt) {
+			return nil, corrupt(chunkName(h), err)
 		}
 		return nil, fmt.Errorf("read chunk: %w", err)
 	}
@@ -604,6 +617,9 @@ func backendErr(op string, err error) error {
 // getSealed reads and opens a sealed metadata object.
 func (s *Store) getSealed(ctx context.Context, name string, kind byte) ([]byte, error) {
 	obj, err := s.be.Get(ctx, name)
+	if errors.Is(err, backend.ErrCorrupt) {
+		return nil, corrupt(name, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", name, err)
 	}

@@ -23,7 +23,7 @@ type testEnv struct {
 func newEnv(t testing.TB) *testEnv {
 	t.Helper()
 	dir := t.TempDir()
-	be, err := fs.Open(filepath.Join(dir, "backend"))
+	be, err := fs.Open(filepath.Join(dir, "backend"), fs.Packed(ChunkPrefix))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,7 +33,7 @@ func TestLauncherReleasesSnapshots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	be, err := fs.Open(filepath.Join(dir, "objects"))
+	be, err := fs.Open(filepath.Join(dir, "objects"), fs.Packed(replica.ChunkPrefix))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,11 +31,17 @@ func OpenReplica(ctx context.Context, dataDir string, logf func(string, ...any))
 	if err != nil {
 		return nil, fmt.Errorf("replica store key: %w", err)
 	}
-	b, err := fs.Open(filepath.Join(dataDir, replicaObjects))
+	b, err := fs.Open(filepath.Join(dataDir, replicaObjects), fs.Packed(replica.ChunkPrefix))
+	if errors.Is(err, fs.ErrLocked) {
+		return nil, fmt.Errorf("%w: another process (a running ferry server?) holds the replica store in %s", replica.ErrLocked, dataDir)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("replica store backend: %w", err)
 	}
-	s, err := replica.Open(ctx, replica.Options{Dir: filepath.Join(dataDir, replicaStaging), Backend: b, Keys: keys, Logf: logf})
+	s, err := replica.Open(ctx, replica.Options{Dir: filepath.Join(dataDir, replicaStaging), Backend: b, CloseBackend: true, Keys: keys, Logf: logf})
+	if err != nil {
+		b.Close()
+	}
 	if errors.Is(err, replica.ErrLocked) {
 		return nil, fmt.Errorf("%w: another process (a running ferry server?) holds the replica store in %s", err, dataDir)
 	}

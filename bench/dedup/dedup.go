@@ -98,7 +98,7 @@ func scenario(ctx context.Context, o Options, block int64, res *Result) (Scenari
 		return Scenario{}, fmt.Errorf("store directory: %w", err)
 	}
 	defer os.RemoveAll(root)
-	be, err := fs.Open(filepath.Join(root, "objects"))
+	be, err := fs.Open(filepath.Join(root, "objects"), fs.Packed(replica.ChunkPrefix))
 	if err != nil {
 		return Scenario{}, err
 	}

@@ -93,11 +93,12 @@ func New(ctx context.Context, dir string, obs dataplane.Observer) (*Harness, err
 	if err != nil {
 		return fail(err)
 	}
-	be, err := fs.Open(filepath.Join(dir, "objects"))
+	be, err := fs.Open(filepath.Join(dir, "objects"), fs.Packed(replica.ChunkPrefix))
 	if err != nil {
 		return fail(err)
 	}
-	if h.Replica, err = replica.Open(ctx, replica.Options{Dir: filepath.Join(dir, "staging"), Backend: be, Keys: keys}); err != nil {
+	if h.Replica, err = replica.Open(ctx, replica.Options{Dir: filepath.Join(dir, "staging"), Backend: be, CloseBackend: true, Keys: keys}); err != nil {
+		be.Close()
 		return fail(err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

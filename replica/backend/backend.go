@@ -16,6 +16,11 @@ import (
 // object does not exist. Callers test it with errors.Is.
 var ErrNotFound = errors.New("object not found")
 
+// ErrCorrupt is returned (wrapped) by Get when the object exists but its
+// stored bytes fail a check of the backend's own (a pack file's checksum),
+// so the caller can treat it as damage rather than as an I/O failure.
+var ErrCorrupt = errors.New("object fails its backend checksum")
+
 // Backend stores immutable, named objects.
 //
 // Contract every implementation keeps (replica/backendtest checks it):

@@ -41,7 +41,30 @@ type batch struct {
 	mu     sync.Mutex
 	staged []*staged
 	open   []*staged // unsynced files
+	packs  []*packWriter
 	done   bool
+}
+
+// putPacked appends a packed object to the batch's open pack, starting a
+// new pack when it is full.
+func (bt *batch) putPacked(name string, data []byte) error {
+	bt.mu.Lock()
+	defer bt.mu.Unlock()
+	if bt.done {
+		return errors.New("put: batch already committed or aborted")
+	}
+	var w *packWriter
+	if n := len(bt.packs); n > 0 && bt.packs[n-1].off < bt.b.pk.size {
+		w = bt.packs[n-1]
+	} else {
+		nw, err := bt.b.pk.newWriter()
+		if err != nil {
+			return fmt.Errorf("put %s: %w", name, err)
+		}
+		bt.packs = append(bt.packs, nw)
+		w = nw
+	}
+	return w.add(name, data, 0)
 }
 
 func (bt *batch) Put(ctx context.Context, name string, data []byte) error {
@@ -51,6 +74,9 @@ func (bt *batch) Put(ctx context.Context, name string, data []byte) error {
 	p, err := bt.b.path(name)
 	if err != nil {
 		return err
+	}
+	if bt.b.pk.packed(name) {
+		return bt.putPacked(name, data)
 	}
 	if err := bt.b.mkdirs(filepath.Dir(p)); err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
@@ -109,14 +135,57 @@ func (bt *batch) Commit(ctx context.Context) error {
 		return errors.New("commit: batch already committed or aborted")
 	}
 	bt.done = true
-	open, all := bt.open, bt.staged
+	open, all, packs := bt.open, bt.staged, bt.packs
 	bt.open = nil
 	bt.mu.Unlock()
+	defer func() {
+		for _, w := range packs {
+			w.discard()
+		}
+	}()
 	err := ctx.Err()
+	for _, w := range packs {
+		if err == nil {
+			err = w.finish(true)
+		}
+	}
 	if err == nil {
-		err = syncFiles(open)
+		// Packs and files are fsynced together: overlapping fsyncs share
+		// the file system's journal commits.
+		err = parallel(len(open)+len(packs), func(i int) error {
+			if i < len(packs) {
+				return packs[i].sync()
+			}
+			return syncFiles(open[i-len(packs) : i-len(packs)+1])
+		})
+	}
+	if err != nil {
+		cleanup(all)
+		return err
 	}
 	dirs := map[string]bool{}
+	var placed []*packWriter
+	for _, w := range packs {
+		dir, perr := w.place()
+		if perr != nil {
+			err = perr
+			break
+		}
+		placed = append(placed, w)
+		dirs[dir] = true
+	}
+	// A placed pack is complete and will be read at the next Open, so it
+	// is installed even if a later step fails: the objects may be
+	// visible, as the contract allows, and the index stays true to disk.
+	defer func() {
+		for _, w := range placed {
+			bt.b.pk.install(w, 0)
+		}
+	}()
+	if err != nil {
+		cleanup(all)
+		return err
+	}
 	for i, st := range all {
 		if err != nil {
 			cleanup(all[i:])
@@ -147,6 +216,9 @@ func (bt *batch) Abort() {
 	}
 	bt.done = true
 	cleanup(bt.staged)
+	for _, w := range bt.packs {
+		w.discard()
+	}
 }
 
 // cleanup closes and removes temporary files not renamed into place.

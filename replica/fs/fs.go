@@ -1,10 +1,12 @@
 // Package fs implements backend.Backend on a local file system directory.
 //
-// Every object is one file under the root directory, named by its object
-// name. Put writes a temporary file under root/.tmp, fsyncs it, renames it
-// into place and fsyncs the parent directory, so an object is either absent
-// or complete after a crash at any instant. Leftover temporary files from a
-// crash are removed by Open.
+// An object is one file under the root directory, named by its object
+// name, unless its name has a prefix given to Packed: then it is kept in a
+// pack file under root/.packs with many others (see packs.go and
+// docs/storage.md). Put writes a temporary file under root/.tmp, fsyncs
+// it, renames it into place and fsyncs the parent directory, so an object
+// is either absent or complete after a crash at any instant. Leftover
+// temporary files from a crash are removed by Open.
 package fs
 
 import (
@@ -18,6 +20,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/ferrymigrate/ferry/replica/backend"
 )
@@ -39,16 +42,60 @@ func (b *Backend) tmpPath() string {
 	return filepath.Join(b.root, tmpDir, name[:1], name)
 }
 
+// ErrLocked is returned (wrapped) by Open when another process has the
+// directory open: two would remove each other's temporary files and
+// rewrite each other's packs.
+var ErrLocked = errors.New("backend directory is in use by another process")
+
+// lockFile is flocked by the process that has the directory open.
+const lockFile = ".lock"
+
 // Backend is a backend.Backend storing objects as files under a directory.
 type Backend struct {
 	root string
 	dirs sync.Map // directory path -> struct{}: known to exist durably
+	pk   *packs
+	lock *os.File
+
+	closeLock sync.Once
+}
+
+// Option changes how Open sets up a Backend.
+type Option func(*options)
+
+type options struct {
+	packed   []string
+	packSize int64
+}
+
+// Packed keeps new objects whose names start with one of prefixes in pack
+// files: a batch of them is one file and one fsync, not one of each per
+// object. Use it for many small objects written together (the replica
+// store's chunks). Objects already in packs are read whatever the
+// options, so a directory opened without Packed loses nothing.
+func Packed(prefixes ...string) Option {
+	return func(o *options) { o.packed = append(o.packed, prefixes...) }
+}
+
+// PackSize is the size at which a batch starts a new pack (default 64
+// MiB); tests make it small to get many packs.
+func PackSize(n int64) Option {
+	return func(o *options) { o.packSize = n }
 }
 
 // Open returns a Backend rooted at dir, creating dir if needed and removing
 // temporary files a crash may have left behind. Only one process may use a
 // directory at a time.
-func Open(dir string) (*Backend, error) {
+func Open(dir string, opts ...Option) (*Backend, error) {
+	o := options{packSize: defaultPackSize}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	for _, pre := range o.packed {
+		if !backend.ValidPrefix(pre) {
+			return nil, fmt.Errorf("packed prefix %q is not an object name prefix", pre)
+		}
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create backend directory: %w", err)
 	}
@@ -56,7 +103,21 @@ func Open(dir string) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("resolve backend directory: %w", err)
 	}
-	b := &Backend{root: abs}
+	lock, err := os.OpenFile(filepath.Join(abs, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open backend %s: %w", abs, err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("open backend %s: %w", abs, ErrLocked)
+	}
+	b := &Backend{root: abs, lock: lock}
+	ok := false
+	defer func() {
+		if !ok {
+			lock.Close()
+		}
+	}()
 	tmp := filepath.Join(abs, tmpDir)
 	if err := os.RemoveAll(tmp); err != nil {
 		return nil, fmt.Errorf("remove temporary files: %w", err)
@@ -73,8 +134,20 @@ func Open(dir string) (*Backend, error) {
 		return nil, err
 	}
 	b.dirs.Store(abs, struct{}{})
+	pk, err := openPacks(b, o.packed, max(o.packSize, 1))
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", abs, err)
+	}
+	b.pk = pk
+	ok = true
 	return b, nil
 }
+
+// Damaged returns the pack files under the directory whose index could
+// not be read at Open, by path relative to it, with what was wrong. Their
+// objects are unknown to Get and List, so a store referencing them finds
+// them missing; the files are left for an operator to inspect.
+func (b *Backend) Damaged() map[string]error { return b.pk.damagedPacks() }
 
 // Root returns the directory the backend stores objects in.
 func (b *Backend) Root() string { return b.root }
@@ -95,6 +168,14 @@ func (b *Backend) Put(ctx context.Context, name string, data []byte) error {
 	p, err := b.path(name)
 	if err != nil {
 		return err
+	}
+	if b.pk.packed(name) {
+		bt := b.NewBatch()
+		if err := bt.Put(ctx, name, data); err != nil {
+			bt.Abort()
+			return err
+		}
+		return bt.Commit(ctx)
 	}
 	if err := b.mkdirs(filepath.Dir(p)); err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
@@ -162,6 +243,9 @@ func (b *Backend) Get(ctx context.Context, name string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if data, found, err := b.pk.get(name); found {
+		return data, err
+	}
 	data, err := os.ReadFile(p)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -181,6 +265,10 @@ func (b *Backend) Delete(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	if err := b.pk.delete(name); err != nil {
+		return err
+	}
+	// A file of the same name is an object from before it was packed.
 	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("delete %s: %w", name, err)
 	}
@@ -191,6 +279,15 @@ func (b *Backend) Delete(ctx context.Context, name string) error {
 func (b *Backend) List(ctx context.Context, prefix string, fn func(name string, size int64) error) error {
 	if !backend.ValidPrefix(prefix) {
 		return fmt.Errorf("invalid prefix %q", prefix)
+	}
+	names, sizes := b.pk.list(prefix)
+	for i, n := range names {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("list %q: %w", prefix, err)
+		}
+		if err := fn(n, sizes[i]); err != nil {
+			return fmt.Errorf("list %q: %w", prefix, err)
+		}
 	}
 	start := b.root
 	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
@@ -226,6 +323,9 @@ func (b *Backend) List(ctx context.Context, prefix string, fn func(name string, 
 		if !strings.HasPrefix(name, prefix) {
 			return nil
 		}
+		if _, packed := b.pk.lookup(name); packed {
+			return nil // a pack holds its current object, listed above
+		}
 		info, err := d.Info()
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
@@ -241,8 +341,13 @@ func (b *Backend) List(ctx context.Context, prefix string, fn func(name string, 
 	return nil
 }
 
-// Close releases nothing; it exists to satisfy backend.Backend.
-func (b *Backend) Close() error { return nil }
+// Close stops the pack compactor, makes pending deletes of packed objects
+// durable and lets another process open the directory.
+func (b *Backend) Close() error {
+	err := b.pk.close()
+	b.closeLock.Do(func() { b.lock.Close() })
+	return err
+}
 
 func syncDir(dir string) error {
 	d, err := os.Open(dir)

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,9 +35,12 @@ func TestOpenRemovesTemporaryFiles(t *testing.T) {
 	if err := os.WriteFile(stale, []byte("partial"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Open(dir); err != nil {
+	b.Close()
+	b, err = Open(dir)
+	if err != nil {
 		t.Fatal(err)
 	}
+	defer b.Close()
 	if _, err := os.Stat(stale); !os.IsNotExist(err) {
 		t.Errorf("stale temporary file still present after Open: %v", err)
 	}
@@ -81,5 +85,19 @@ func TestBatchAbortLeavesNothing(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestConformancePacked(t *testing.T) {
+	for _, size := range []int64{1, 4 << 10, defaultPackSize} {
+		t.Run(fmt.Sprintf("packsize=%d", size), func(t *testing.T) {
+			backendtest.Run(t, func(t *testing.T) backend.Backend {
+				b, err := Open(t.TempDir(), Packed(""), PackSize(size))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return b
+			})
+		})
 	}
 }

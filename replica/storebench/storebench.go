@@ -329,7 +329,7 @@ func (b *bench) fsWriteOnce(ctx context.Context) (float64, bool, error) {
 func (b *bench) openStore(ctx context.Context) (*replica.Store, func(), error) {
 	b.n++
 	root := filepath.Join(b.dir, "store"+strconv.Itoa(b.n))
-	be, err := fs.Open(filepath.Join(root, "backend"))
+	be, err := fs.Open(filepath.Join(root, "backend"), fs.Packed(replica.ChunkPrefix))
 	if err != nil {
 		return nil, nil, err
 	}
