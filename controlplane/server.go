@@ -87,9 +87,12 @@ type Server struct {
 
 	limiter *failLimiter
 	history historyBook
-	usage   usageCache
-	imports importHistory
-	streams atomic.Int64 // open event streams
+	// touching holds the ids of tokens whose last-used time is being
+	// written, so that a burst of calls with one token writes it once.
+	touching sync.Map
+	usage    usageCache
+	imports  importHistory
+	streams  atomic.Int64 // open event streams
 
 	closeMu sync.Mutex
 	closing chan struct{} // guarded by closeMu; closed by CloseStreams
@@ -272,14 +275,30 @@ func (s *Server) authorize(r *http.Request, rt route, c *caller) error {
 	c.token = tok
 	c.actor = "token:" + id + "(" + tok.Name + ")"
 	if tok.LastUsedAt.IsZero() || now.Sub(tok.LastUsedAt) > time.Minute {
-		if err := s.Store.TouchToken(r.Context(), id, now); err != nil {
-			s.log().Warn("record token use", "token", id, "err", err)
-		}
+		s.touchToken(id, now)
 	}
 	if !tok.Role.Allows(rt.role) {
 		return apiErr(http.StatusForbidden, api.CodeForbidden, "role %s may not %s (needs %s)", tok.Role, rt.action, rt.role)
 	}
 	return nil
+}
+
+// touchToken records a token's use in the background: a read must not
+// wait for the metadata store's writer, which a server with thousands of
+// agents keeps busy with their records (the last-used time is a
+// minute-grained hint, not an audit record).
+func (s *Server) touchToken(id string, now time.Time) {
+	if _, busy := s.touching.LoadOrStore(id, true); busy {
+		return
+	}
+	go func() {
+		defer s.touching.Delete(id)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := s.Store.TouchToken(ctx, id, now); err != nil {
+			s.log().Warn("record token use", "token", id, "err", err)
+		}
+	}()
 }
 
 func (s *Server) audit(ctx context.Context, c *caller, action, target string, status int, detail string) {
