@@ -146,7 +146,7 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 	// longer gap was not spent replicating).
 	var elapsed time.Duration
 	if !ss.countedAt.IsZero() {
-		elapsed = min(max(now.Sub(ss.countedAt), 0), refreshEvery+5*ss.s.pollInterval())
+		elapsed = min(max(now.Sub(ss.countedAt), 0), ss.s.refreshEvery()+5*ss.s.pollInterval())
 	}
 	apply := func(srv *ferry.SourceServer) error {
 		readied = false
@@ -230,7 +230,7 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 	if ss.record != nil {
 		cur := cloneForUpdate(ss.record)
 		before := recordOf(cur)
-		if apply(cur) == nil && !needsWrite(before, recordOf(cur), now.Sub(ss.written)) {
+		if apply(cur) == nil && !needsWrite(before, recordOf(cur), now.Sub(ss.written), ss.s.refreshEvery()) {
 			return settings, end
 		}
 	}
@@ -252,8 +252,21 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 }
 
 // refreshEvery is how stale the record's last-seen time, lag and ETA may
-// get when nothing else about the server changes.
+// get when nothing else about the server changes, with up to
+// refreshFleet agents connected.
 const refreshEvery = 30 * time.Second
+
+// refreshFleet is how many connected agents refreshEvery serves. Beyond
+// it the refresh interval grows with the fleet, so that all sessions
+// together refresh at most refreshFleet/refreshEvery records a second
+// (100): the metadata store has one writer, and at 10,000 agents a
+// 30-second refresh alone asked it for more writes than it could commit.
+const refreshFleet = 3000
+
+// refreshEvery returns the refresh interval for the agents connected now.
+func (s *Server) refreshEvery() time.Duration {
+	return max(refreshEvery, time.Duration(s.live.Load())*refreshEvery/refreshFleet)
+}
 
 // cloneForUpdate copies srv deeply enough for update's apply, which
 // changes only the lifecycle, replication info (with its steps), disks and
@@ -294,9 +307,9 @@ func recordOf(srv *ferry.SourceServer) liveRecord {
 // needsWrite says whether a session's update from before to after must be
 // written, since written ago: any change but the last-seen time, lag and
 // ETA; those only when they moved by a second and a tenth, or every
-// refreshEvery.
-func needsWrite(before, after liveRecord, sinceWrite time.Duration) bool {
-	if sinceWrite >= refreshEvery {
+// refresh.
+func needsWrite(before, after liveRecord, sinceWrite, refresh time.Duration) bool {
+	if sinceWrite >= refresh {
 		return !reflect.DeepEqual(before, after)
 	}
 	moved := func(a, b float64) bool { return math.Abs(a-b) >= max(1, 0.1*math.Abs(a)) }

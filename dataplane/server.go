@@ -52,6 +52,7 @@ type Server struct {
 	mu       sync.Mutex
 	conns    map[net.Conn]struct{}     // guarded by mu
 	sessions map[string]*activeSession // the live session of each server; guarded by mu
+	live     atomic.Int64              // len(sessions), read without mu
 	traffic  map[string]*serverTraffic // per-server counters; guarded by mu
 }
 

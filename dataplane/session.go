@@ -208,10 +208,12 @@ func (s *Server) claim(ctx context.Context, id string) (func(), error) {
 		if old == nil {
 			a := &activeSession{done: make(chan struct{}), cancel: func() {}}
 			s.sessions[id] = a
+			s.live.Store(int64(len(s.sessions)))
 			s.mu.Unlock()
 			return func() {
 				s.mu.Lock()
 				delete(s.sessions, id)
+				s.live.Store(int64(len(s.sessions)))
 				s.mu.Unlock()
 				close(a.done)
 			}, nil

@@ -42,12 +42,34 @@ func TestNeedsWrite(t *testing.T) {
 			before := recordOf(srv)
 			c := cloneForUpdate(srv)
 			tt.change(c)
-			if got := needsWrite(before, recordOf(c), tt.since); got != tt.want {
+			if got := needsWrite(before, recordOf(c), tt.since, refreshEvery); got != tt.want {
 				t.Fatalf("needsWrite = %v, want %v", got, tt.want)
 			}
 			if len(srv.Disks) > 0 && srv.Disks[0].BackloggedBytes != 0 || srv.Replication.Steps[0].Status != ferry.StepSucceeded {
 				t.Fatal("the update changed the cached record through the clone")
 			}
 		})
+	}
+}
+
+// TestRefreshEveryScales: the record refresh stays at refreshEvery up to
+// refreshFleet agents and grows with the fleet beyond, so that all
+// sessions together refresh at most refreshFleet/refreshEvery a second.
+func TestRefreshEveryScales(t *testing.T) {
+	for _, tt := range []struct {
+		live int64
+		want time.Duration
+	}{
+		{0, refreshEvery},
+		{1, refreshEvery},
+		{refreshFleet, refreshEvery},
+		{2 * refreshFleet, 2 * refreshEvery},
+		{10000, 100 * time.Second},
+	} {
+		var s Server
+		s.live.Store(tt.live)
+		if got := s.refreshEvery(); got != tt.want {
+			t.Errorf("%d agents: refresh every %v, want %v", tt.live, got, tt.want)
+		}
 	}
 }

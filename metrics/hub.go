@@ -106,3 +106,34 @@ func (c *DataPlaneCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descStoreStored, prometheus.GaugeValue, float64(c.stored))
 	}
 }
+
+// WriterStats are a metadata store's write figures since it opened (the
+// SQLite store's single writer has them).
+type WriterStats struct {
+	Commits, Writes int64
+	Commit, Busy    time.Duration
+	Queued          int
+}
+
+// RegisterWriter adds the metadata store writer's figures to reg: with
+// thousands of agents, the writer's queue and commit time say first
+// whether the store keeps up.
+func RegisterWriter(reg prometheus.Registerer, stats func() WriterStats) {
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "ferry_metadata_commits_total",
+			Help: "Transactions the metadata store's writer committed; many writes share one."},
+			func() float64 { return float64(stats().Commits) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "ferry_metadata_writes_total",
+			Help: "Writes the metadata store's writer ran."},
+			func() float64 { return float64(stats().Writes) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "ferry_metadata_commit_seconds_total",
+			Help: "Time the metadata store's writer spent committing (its fsync)."},
+			func() float64 { return stats().Commit.Seconds() }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "ferry_metadata_busy_seconds_total",
+			Help: "Time the metadata store's writer spent in transactions, commits included."},
+			func() float64 { return stats().Busy.Seconds() }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_metadata_write_queue",
+			Help: "Writes waiting for the metadata store's writer."},
+			func() float64 { return float64(stats().Queued) }),
+	)
+}

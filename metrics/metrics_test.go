@@ -125,3 +125,28 @@ func TestHubMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestRegisterWriter: the writer's figures are read at each scrape.
+func TestRegisterWriter(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	st := WriterStats{Commits: 3, Writes: 700, Commit: 1500 * time.Millisecond, Busy: 4 * time.Second, Queued: 12}
+	RegisterWriter(reg, func() WriterStats { return st })
+	want := `
+# HELP ferry_metadata_commit_seconds_total Time the metadata store's writer spent committing (its fsync).
+# TYPE ferry_metadata_commit_seconds_total counter
+ferry_metadata_commit_seconds_total 1.5
+# HELP ferry_metadata_write_queue Writes waiting for the metadata store's writer.
+# TYPE ferry_metadata_write_queue gauge
+ferry_metadata_write_queue 12
+# HELP ferry_metadata_writes_total Writes the metadata store's writer ran.
+# TYPE ferry_metadata_writes_total counter
+ferry_metadata_writes_total 700
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "ferry_metadata_commit_seconds_total", "ferry_metadata_write_queue", "ferry_metadata_writes_total"); err != nil {
+		t.Fatal(err)
+	}
+	st.Queued = 0
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(strings.Replace(want, "queue 12", "queue 0", 1)), "ferry_metadata_write_queue"); err != nil {
+		t.Fatalf("second scrape: %v", err)
+	}
+}

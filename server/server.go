@@ -127,6 +127,12 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 		}
 		return logical, u.StoredBytes, nil
 	}})
+	if ws, ok := s.store.(interface{ WriterStats() sqlite.WriterStats }); ok {
+		metrics.RegisterWriter(reg, func() metrics.WriterStats {
+			st := ws.WriterStats()
+			return metrics.WriterStats{Commits: st.Commits, Writes: st.Writes, Commit: st.Commit, Busy: st.Busy, Queued: st.Queued}
+		})
+	}
 	cp := &controlplane.Server{
 		Store: s.notified, Signer: s.ca, DataPlaneAddr: advertised(cfg.Advertise, s.DataAddr),
 		Version: Version, Logger: log, Observe: apiMetrics.Observe, Snapshots: s.data, Jobs: s.jobs,

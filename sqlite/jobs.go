@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/ferrymigrate/ferry"
 	"github.com/ferrymigrate/ferry/internal/storedoc"
@@ -27,6 +28,13 @@ var jobs = &kind[ferry.Job]{
 			}
 		}
 		return nil
+	},
+	sides: func(j *ferry.Job) string {
+		var b strings.Builder
+		for _, js := range j.Servers {
+			fmt.Fprintf(&b, "%d:%s", len(js.SourceServerID), js.SourceServerID)
+		}
+		return b.String()
 	},
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/ferrymigrate/ferry"
@@ -35,6 +37,18 @@ var servers = &kind[ferry.SourceServer]{
 		}
 		return nil
 	},
+	sides: func(s *ferry.SourceServer) string { return sideKey(s.Tags) },
+}
+
+// sideKey is a map's entries in a canonical form: equal for equal maps.
+func sideKey(m map[string]string) string {
+	keys := slices.Sorted(maps.Keys(m))
+	var b strings.Builder
+	for _, k := range keys {
+		// Lengths first, so no key or value can pass for a separator.
+		fmt.Fprintf(&b, "%d:%s%d:%s", len(k), k, len(m[k]), m[k])
+	}
+	return b.String()
 }
 
 // CreateServer adds a server. A duplicate id or machine id is an error

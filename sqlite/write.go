@@ -6,16 +6,20 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 )
 
-// maxGroup bounds how many writes share one transaction. At a few
-// hundred writes the commit's fsync (about 1.5 ms here, for a group of 70
-// server updates) is already spread so thin that a larger group would save
-// nothing, while every caller in a group waits for all of its writes to
-// run (some 200 us of CPU each for a server update on a busy 2-core
-// machine, so 256 take some 50 ms) and the WAL grows by all of them before
-// one commit.
-const maxGroup = 256
+// maxGroup bounds how many writes share one transaction. On a quiet disk
+// the commit's fsync takes about 1.5 ms and a few hundred writes would
+// already spread it thin. But the metadata store shares its file system
+// with the replica's journals, and with 10,000 agents writing there an
+// fsync waits for the file system's journal commit, which waits for their
+// data: seconds, not milliseconds. A group must then take everything that
+// queued meanwhile, or the queue outgrows what one commit a second drains
+// and every write, an operator's included, waits minutes. A member waits
+// for the group's CPU too (some 200 us per server update on a busy 2-core
+// machine, so a full group is under a second), which bounds it still.
+const maxGroup = 4096
 
 // ErrClosed is returned, wrapped, by a write made after Close.
 var ErrClosed = errors.New("store closed")
@@ -167,6 +171,9 @@ func (s *Store) writer() {
 // writes ran before they were grouped.
 func (s *Store) runAlone(r *writeReq) error {
 	ctx := context.Background()
+	t0 := time.Now()
+	defer func() { s.groupT.Add(int64(time.Since(t0))) }()
+	s.writes.Add(1)
 	tx, err := s.db.BeginTx(ctx, nil) // BEGIN IMMEDIATE (see dsn)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
@@ -175,8 +182,16 @@ func (s *Store) runAlone(r *writeReq) error {
 		tx.Rollback()
 		return err
 	}
+	return s.commit(tx)
+}
+
+// commit commits tx and counts it and its time.
+func (s *Store) commit(tx *sql.Tx) error {
 	s.commits.Add(1)
-	if err := tx.Commit(); err != nil {
+	t0 := time.Now()
+	err := tx.Commit()
+	s.commitT.Add(int64(time.Since(t0)))
+	if err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
 	return nil
@@ -201,6 +216,8 @@ func (s *Store) runGroup(batch []*writeReq) {
 		return
 	}
 	ctx := context.Background()
+	t0 := time.Now()
+	defer func() { s.groupT.Add(int64(time.Since(t0))) }()
 	tx, err := s.db.BeginTx(ctx, nil) // BEGIN IMMEDIATE (see dsn)
 	if err != nil {
 		err = fmt.Errorf("begin: %w", err)
@@ -228,6 +245,7 @@ func (s *Store) runGroup(batch []*writeReq) {
 		}
 		ran = append(ran, r)
 	}
+	s.writes.Add(int64(len(ran)))
 	committed := false
 	for _, r := range ran {
 		if r.err == nil {
@@ -237,10 +255,7 @@ func (s *Store) runGroup(batch []*writeReq) {
 	}
 	var commitErr error
 	if committed {
-		s.commits.Add(1)
-		if err := tx.Commit(); err != nil {
-			commitErr = fmt.Errorf("commit: %w", err)
-		}
+		commitErr = s.commit(tx)
 	} else {
 		tx.Rollback()
 	}

@@ -621,3 +621,33 @@ func TestCloseWithWritesInFlight(t *testing.T) {
 		}
 	})
 }
+
+// TestWriterStats: every write is counted once, groups share commits, and
+// the commit time is part of the busy time.
+func TestWriterStats(t *testing.T) {
+	s, _ := openTest(t, "a", "b")
+	before := s.WriterStats()
+	const n = 200
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := []string{"a", "b"}[i%2]
+			if _, err := s.UpdateServer(t.Context(), id, func(v *ferry.SourceServer) error { v.Disks[0].ReplicatedBytes++; return nil }); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	st := s.WriterStats()
+	if w := st.Writes - before.Writes; w != n {
+		t.Errorf("%d writes counted, want %d", w, n)
+	}
+	if c := st.Commits - before.Commits; c < 1 || c > n {
+		t.Errorf("%d commits for %d writes", c, n)
+	}
+	if st.Commit <= 0 || st.Busy < st.Commit || st.Queued != 0 {
+		t.Errorf("commit time %v, busy %v, queued %d: want 0 < commit <= busy, nothing queued", st.Commit, st.Busy, st.Queued)
+	}
+}

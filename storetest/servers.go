@@ -58,6 +58,26 @@ func testServerRoundTrip(t *testing.T, ctx context.Context, s ferry.Store) {
 	if read.AgentCertSerial != "ff:ee" || read.Tags["new"] != "tag" || !read.UpdatedAt.Equal(at(time.Minute)) {
 		t.Fatalf("update not stored: %+v", read)
 	}
+
+	// An update that leaves the tags alone (a store may skip rewriting
+	// them) keeps them filterable; the next one that changes them moves
+	// the filter with it.
+	_, err = s.UpdateServer(ctx, "srv-1", func(v *ferry.SourceServer) error { v.Hostname = "renamed"; return nil })
+	ok(t, "update without tags", err)
+	byTag := func(k, v string) int {
+		t.Helper()
+		list, _, err := s.ListServers(ctx, ferry.ServerFilter{Tags: map[string]string{k: v}})
+		ok(t, "list by tag", err)
+		return len(list)
+	}
+	if n := byTag("new", "tag"); n != 1 {
+		t.Fatalf("after an update without tags, %d servers listed by their tag, want 1", n)
+	}
+	_, err = s.UpdateServer(ctx, "srv-1", func(v *ferry.SourceServer) error { v.Tags["new"] = "changed"; return nil })
+	ok(t, "update of a tag", err)
+	if n, m := byTag("new", "tag"), byTag("new", "changed"); n != 0 || m != 1 {
+		t.Fatalf("after a tag changed, %d servers listed by the old value and %d by the new, want 0 and 1", n, m)
+	}
 }
 
 func testServerNotFound(t *testing.T, ctx context.Context, s ferry.Store) {

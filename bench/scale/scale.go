@@ -408,6 +408,10 @@ func runOne(ctx context.Context, o Options, n int, dir string) (Measurement, err
 	f.acks.start()
 	cpuS0, _ := procCPU(srv.pid())
 	cpuB0 := selfCPU()
+	wr0, wrErr := scrape(ctx, srv.APIURL, srv.Token, pin, writerMetrics...)
+	if wrErr != nil {
+		o.Logf("%d agents: metadata writer figures: %v", n, wrErr)
+	}
 	w0 := time.Now()
 	lists := listLoop(ctx, admin, o.ListInterval, n, w0.Add(o.Steady))
 	sleepCtx(ctx, time.Until(w0.Add(o.Steady)))
@@ -427,6 +431,10 @@ func runOne(ctx context.Context, o Options, n int, dir string) (Measurement, err
 	sessions, err := scrapeGauge(ctx, srv.APIURL, srv.Token, pin, "ferry_agent_connections")
 	if err != nil {
 		o.Logf("%d agents: %v", n, err)
+	}
+	wr1, err := scrape(ctx, srv.APIURL, srv.Token, pin, writerMetrics...)
+	if err != nil {
+		o.Logf("%d agents: metadata writer figures: %v", n, err)
 	}
 	continuous, _ := countServers(ctx, admin, url.Values{"replication_state": {string(ferry.ReplicationContinuous)}})
 	connectedNow := f.connected.Load()
@@ -463,6 +471,14 @@ func runOne(ctx context.Context, o Options, n int, dir string) (Measurement, err
 	add("ack p50", ms(acks.P50), "ms")
 	add("ack p99", ms(acks.P99), "ms")
 	add("ack max", ms(acks.Max), "ms")
+	if wrErr == nil && err == nil {
+		commits, writes := wr1[0]-wr0[0], wr1[1]-wr0[1]
+		add("metadata writes in window", writes, "writes")
+		add("metadata writes per commit (mean)", writes/max(commits, 1), "writes")
+		add("metadata commit time (mean)", 1000*(wr1[2]-wr0[2])/max(commits, 1), "ms")
+		add("metadata writer busy", 100*(wr1[3]-wr0[3])/window.Seconds(), "% of the window")
+		add("metadata write queue at the end", wr1[4], "writes")
+	}
 	add("servers list by state p50", ms(lr.state.P50), "ms")
 	add("servers list by state p99", ms(lr.state.P99), "ms")
 	add("servers list by name p50", ms(lr.name.P50), "ms")
@@ -599,29 +615,55 @@ func countServers(ctx context.Context, c *api.Client, q url.Values) (int, error)
 
 // scrapeGauge reads one unlabelled gauge from the server's /metrics.
 func scrapeGauge(ctx context.Context, base, token string, pin []byte, name string) (float64, error) {
+	v, err := scrape(ctx, base, token, pin, name)
+	if err != nil {
+		return 0, err
+	}
+	return v[0], nil
+}
+
+// scrape reads unlabelled metrics from the server's /metrics, in the
+// order of names.
+func scrape(ctx context.Context, base, token string, pin []byte, names ...string) ([]float64, error) {
 	tr := &http.Transport{TLSClientConfig: pki.ClientTLSConfig(pin, nil)}
 	defer tr.CloseIdleConnections()
 	req, err := http.NewRequestWithContext(ctx, "GET", base+"/metrics", nil)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := (&http.Client{Transport: tr, Timeout: time.Minute}).Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("scrape /metrics: %w", err)
+		return nil, fmt.Errorf("scrape /metrics: %w", err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil || resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("scrape /metrics: status %d: %v", resp.StatusCode, err)
+		return nil, fmt.Errorf("scrape /metrics: status %d: %v", resp.StatusCode, err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+	out := make([]float64, len(names))
+	for i, name := range names {
+		found := false
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, name+" "); ok {
+				if out[i], err = strconv.ParseFloat(strings.TrimSpace(v), 64); err != nil {
+					return nil, fmt.Errorf("/metrics: %s: %w", name, err)
+				}
+				found = true
+				break
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("/metrics has no %s", name)
 		}
 	}
-	return 0, fmt.Errorf("/metrics has no %s", name)
+	return out, nil
 }
+
+// writerMetrics are the metadata store writer's counters, scraped at both
+// ends of the window.
+var writerMetrics = []string{"ferry_metadata_commits_total", "ferry_metadata_writes_total",
+	"ferry_metadata_commit_seconds_total", "ferry_metadata_busy_seconds_total", "ferry_metadata_write_queue"}
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {
 	if d <= 0 {

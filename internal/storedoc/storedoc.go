@@ -17,20 +17,28 @@ import (
 // to UTC. v itself is not changed. Fields that JSON skips (json:"-") are
 // not in the document; stores keep them in columns of their own.
 func Encode[T any](v *T) ([]byte, error) {
+	b, _, err := EncodeCopy(v)
+	return b, err
+}
+
+// EncodeCopy is Encode that also returns what Decode of the document
+// would: the object a store hands back after a write, without parsing the
+// document a third time.
+func EncodeCopy[T any](v *T) ([]byte, *T, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		return nil, fmt.Errorf("encode document: %w", err)
+		return nil, nil, fmt.Errorf("encode document: %w", err)
 	}
 	var c T
 	if err := json.Unmarshal(b, &c); err != nil {
-		return nil, fmt.Errorf("encode document: %w", err)
+		return nil, nil, fmt.Errorf("encode document: %w", err)
 	}
 	toUTC(reflect.ValueOf(&c).Elem())
 	b, err = json.Marshal(&c)
 	if err != nil {
-		return nil, fmt.Errorf("encode document: %w", err)
+		return nil, nil, fmt.Errorf("encode document: %w", err)
 	}
-	return b, nil
+	return b, &c, nil
 }
 
 // Decode parses a document written by Encode.
