@@ -128,10 +128,9 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 		return logical, u.StoredBytes, nil
 	}})
 	if ws, ok := s.store.(interface{ WriterStats() sqlite.WriterStats }); ok {
-		metrics.RegisterWriter(reg, func() metrics.WriterStats {
-			st := ws.WriterStats()
-			return metrics.WriterStats{Commits: st.Commits, Writes: st.Writes, Commit: st.Commit, Busy: st.Busy, Queued: st.Queued}
-		})
+		// The two types have the same fields; metrics does not import
+		// the store.
+		metrics.RegisterWriter(reg, func() metrics.WriterStats { return metrics.WriterStats(ws.WriterStats()) })
 	}
 	cp := &controlplane.Server{
 		Store: s.notified, Signer: s.ca, DataPlaneAddr: advertised(cfg.Advertise, s.DataAddr),

@@ -32,7 +32,7 @@ var jobs = &kind[ferry.Job]{
 	sides: func(j *ferry.Job) string {
 		var b strings.Builder
 		for _, js := range j.Servers {
-			fmt.Fprintf(&b, "%d:%s", len(js.SourceServerID), js.SourceServerID)
+			sideField(&b, js.SourceServerID)
 		}
 		return b.String()
 	},

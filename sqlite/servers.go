@@ -45,10 +45,16 @@ func sideKey(m map[string]string) string {
 	keys := slices.Sorted(maps.Keys(m))
 	var b strings.Builder
 	for _, k := range keys {
-		// Lengths first, so no key or value can pass for a separator.
-		fmt.Fprintf(&b, "%d:%s%d:%s", len(k), k, len(m[k]), m[k])
+		sideField(&b, k)
+		sideField(&b, m[k])
 	}
 	return b.String()
+}
+
+// sideField appends s to a side key with its length first, so that no
+// string can pass for a separator and run two fields together.
+func sideField(b *strings.Builder, s string) {
+	fmt.Fprintf(b, "%d:%s", len(s), s)
 }
 
 // CreateServer adds a server. A duplicate id or machine id is an error
