@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/bits"
 	"runtime"
 	"slices"
 	"sort"
@@ -205,6 +206,9 @@ func (d *Disk) foldChunk(ctx context.Context, cb *chunkBatch, r *Reader, c, n in
 		*buf = make([]byte, r.cs)
 	}
 	b := (*buf)[:n]
+	if e, ok, err := d.foldTouched(ctx, cb, r, c, b); ok || err != nil {
+		return e, err
+	}
 	if err := r.readChunk(c, c*r.cs, b); err != nil {
 		return entry{}, err
 	}
@@ -247,6 +251,82 @@ func (d *Disk) foldChunk(ctx context.Context, cb *chunkBatch, r *Reader, c, n in
 	}
 	h, err := d.s.putChunk(ctx, cb, b)
 	return entry{h: h}, err
+}
+
+// foldTouched folds chunk c into b as a patch of the pages its journal
+// writes touched (and an earlier patch's), without reading its full chunk,
+// when every touched page is written whole and they are few enough for a
+// patch. It reports false, having done nothing, otherwise. Reading and
+// diffing the full chunk would also drop pages rewritten with the same
+// bytes, but costs decrypting and decompressing a whole chunk per few
+// changed pages: that was most of the fold after an incremental sync of
+// scattered writes.
+func (d *Disk) foldTouched(ctx context.Context, cb *chunkBatch, r *Reader, c int64, b []byte) (entry, bool, error) {
+	ps := r.ov[c]
+	if len(ps) == 0 {
+		return entry{}, false, nil
+	}
+	pages := patchPages(len(b))
+	bitmap := make([]byte, (pages+7)/8)
+	changed := 0
+	lo := c * r.cs
+	for _, p := range ps {
+		if p.stored {
+			return entry{}, false, nil // a whole stored chunk may be the better base
+		}
+		first, last := (p.off-lo)/patchPage, (p.end()-lo-1)/patchPage
+		for pg := first; pg <= last && pg < int64(pages); pg++ {
+			if bitmap[pg/8]&(1<<(pg%8)) != 0 {
+				continue
+			}
+			if !covered(ps, lo+pg*patchPage, lo+min((pg+1)*patchPage, int64(len(b)))) {
+				return entry{}, false, nil
+			}
+			bitmap[pg/8] |= 1 << (pg % 8)
+			changed++
+		}
+	}
+	old, err := r.ref(c)
+	if err != nil {
+		return entry{}, false, err
+	}
+	var prev patch
+	if old.delta {
+		raw, err := d.s.getChunk(ctx, old.h)
+		if err != nil {
+			return entry{}, false, err
+		}
+		if prev, err = decodePatch(raw, d.s.cfg.ChunkSize); err != nil {
+			return entry{}, false, corrupt(chunkName(old.h), err)
+		}
+		if prev.n != len(b) {
+			return entry{}, false, nil // the disk was resized since
+		}
+		for i := range bitmap {
+			changed += bits.OnesCount8(prev.bitmap[i] &^ bitmap[i])
+			bitmap[i] |= prev.bitmap[i]
+		}
+	}
+	if changed*maxDeltaFraction > pages {
+		return entry{}, false, nil
+	}
+	if old.delta {
+		prev.apply(b, 0)
+	}
+	for pg := 0; pg < pages; pg++ {
+		if bitmap[pg/8]&(1<<(pg%8)) == 0 {
+			continue
+		}
+		plo, phi := int64(pg*patchPage), min(int64((pg+1)*patchPage), int64(len(b)))
+		if !covered(ps, lo+plo, lo+phi) {
+			continue // an earlier patch's page, applied above
+		}
+		if err := r.readChunk(c, lo+plo, b[plo:phi]); err != nil {
+			return entry{}, false, err
+		}
+	}
+	h, err := d.s.putChunk(ctx, cb, encodePatch(b, bitmap, changed))
+	return entry{h: h, base: old.full(), delta: true}, true, err
 }
 
 // tidyLocked trims the journal to its window and deletes block maps that

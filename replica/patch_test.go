@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math/bits"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -310,5 +311,88 @@ func TestFormatUpgrade(t *testing.T) {
 		if err := json.Unmarshal(raw, &cfg); err != nil || cfg["version"] != float64(formatVersion) {
 			t.Errorf("format %d store after Open: version %v, want %d", tc.version, cfg["version"], formatVersion)
 		}
+	}
+}
+
+// TestFoldTouched: a fold whose journal writes cover whole pages patches
+// just those pages (and an earlier patch's) without reading the full
+// chunk, so a page rewritten with its old bytes stays in the patch; a
+// write that covers part of a page takes the diffing path, which drops
+// such pages. Every state reads back.
+func TestFoldTouched(t *testing.T) {
+	ctx := context.Background()
+	s := newEnv(t).open(t)
+	cs := int64(s.ChunkSize()) // 64 KiB: 16 pages, deltas up to 4
+	d, err := s.CreateDisk(ctx, "d", 2*cs, 512) // sectors: a write may cover part of a page
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(9, 10))
+	m := &model{b: make([]byte, 2*cs)}
+	seq := uint64(0)
+	write := func(off int64, data []byte) {
+		t.Helper()
+		seq++
+		if err := d.Write(ctx, seq, off, data); err != nil {
+			t.Fatal(err)
+		}
+		m.write(off, data)
+	}
+	page := func(c, p int64) int64 { return c*cs + p*patchPage }
+	patchOf := func(c int64) (entry, int) {
+		t.Helper()
+		if err := d.Fold(ctx); err != nil {
+			t.Fatal(err)
+		}
+		checkHead(t, d, m.b)
+		e := chunkEntry(t, d, c)
+		if !e.delta {
+			return e, 0
+		}
+		raw, err := s.getChunk(ctx, e.h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := decodePatch(raw, int(cs))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, b := range p.bitmap {
+			n += bits.OnesCount8(b)
+		}
+		return e, n
+	}
+	write(0, randData(rng, int(2*cs)))
+	base, _ := patchOf(0)
+
+	write(page(0, 1), randData(rng, patchPage))
+	write(page(0, 3), randData(rng, patchPage))
+	write(page(0, 5), bytes.Clone(m.b[page(0, 5):page(0, 6)])) // its old bytes
+	if e, n := patchOf(0); !e.delta || e.base != base.h || n != 3 {
+		t.Fatalf("3 whole pages written = %+v with %d pages, want a patch of 3 over %s", e, n, base.h)
+	}
+	write(page(0, 3), randData(rng, patchPage)) // again, inside the patch
+	write(page(0, 7), randData(rng, patchPage))
+	if e, n := patchOf(0); !e.delta || e.base != base.h || n != 4 {
+		t.Fatalf("a patch of 3 and 2 pages written = %+v with %d pages, want a patch of 4 (1, 3, 5, 7)", e, n)
+	}
+	write(page(0, 2)+512, randData(rng, 512)) // part of a page: diffed
+	if e, n := patchOf(0); !e.delta || e.base != base.h || n != 4 {
+		t.Fatalf("a partial page written = %+v with %d pages, want the diff's 4 (1, 2, 3, 7)", e, n)
+	}
+	seq++
+	if err := d.WriteZeroes(ctx, seq, page(1, 9), 2*patchPage); err != nil {
+		t.Fatal(err)
+	}
+	m.zero(page(1, 9), 2*patchPage)
+	if e, n := patchOf(1); !e.delta || n != 2 {
+		t.Fatalf("2 pages zeroed in a full chunk = %+v with %d pages, want a patch of 2", e, n)
+	}
+	for p := int64(10); p < 15; p++ {
+		write(page(0, p), randData(rng, patchPage))
+	}
+	if e, _ := patchOf(0); e.delta {
+		t.Fatalf("9 of 16 pages changed = %+v, want a full chunk", e)
 	}
 }
