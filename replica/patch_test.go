@@ -322,7 +322,7 @@ func TestFormatUpgrade(t *testing.T) {
 func TestFoldTouched(t *testing.T) {
 	ctx := context.Background()
 	s := newEnv(t).open(t)
-	cs := int64(s.ChunkSize()) // 64 KiB: 16 pages, deltas up to 4
+	cs := int64(s.ChunkSize())                  // 64 KiB: 16 pages, deltas up to 4
 	d, err := s.CreateDisk(ctx, "d", 2*cs, 512) // sectors: a write may cover part of a page
 	if err != nil {
 		t.Fatal(err)
