@@ -118,14 +118,7 @@ func TestFoldDeltas(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
 	m := &model{b: make([]byte, chunks*cs)}
 	seq := uint64(0)
-	write := func(off int64, data []byte) {
-		t.Helper()
-		seq++
-		if err := d.Write(ctx, seq, off, data); err != nil {
-			t.Fatal(err)
-		}
-		m.write(off, data)
-	}
+	write := modelWriter(t, d, m, &seq)
 	fold := func() {
 		t.Helper()
 		if err := d.Fold(ctx); err != nil {
@@ -330,14 +323,7 @@ func TestFoldTouched(t *testing.T) {
 	rng := rand.New(rand.NewPCG(9, 10))
 	m := &model{b: make([]byte, 2*cs)}
 	seq := uint64(0)
-	write := func(off int64, data []byte) {
-		t.Helper()
-		seq++
-		if err := d.Write(ctx, seq, off, data); err != nil {
-			t.Fatal(err)
-		}
-		m.write(off, data)
-	}
+	write := modelWriter(t, d, m, &seq)
 	page := func(c, p int64) int64 { return c*cs + p*patchPage }
 	patchOf := func(c int64) (entry, int) {
 		t.Helper()

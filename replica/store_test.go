@@ -52,6 +52,19 @@ type model struct{ b []byte }
 func (m *model) write(off int64, data []byte) { copy(m.b[off:], data) }
 func (m *model) zero(off, n int64)            { clear(m.b[off : off+n]) }
 
+// modelWriter returns a function that writes data at off to d, with the
+// sequence number after *seq, and to m.
+func modelWriter(t testing.TB, d *Disk, m *model, seq *uint64) func(off int64, data []byte) {
+	return func(off int64, data []byte) {
+		t.Helper()
+		*seq++
+		if err := d.Write(context.Background(), *seq, off, data); err != nil {
+			t.Fatal(err)
+		}
+		m.write(off, data)
+	}
+}
+
 func readAll(t testing.TB, r *Reader) []byte {
 	t.Helper()
 	buf := make([]byte, r.Size())
