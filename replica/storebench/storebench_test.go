@@ -32,8 +32,17 @@ func TestRunTiny(t *testing.T) {
 		}
 	}
 	if _, err := exec.LookPath("qemu-img"); err == nil {
-		if res.NBDReadMBps <= 0 || res.RawReadMBps <= 0 || res.NBDSkipped != "" {
+		if res.NBDReadMBps <= 0 || res.RawReadMBps <= 0 || res.NBDCopyMBps <= 0 || res.RawCopyMBps <= 0 || res.NBDSkipped != "" {
 			t.Errorf("NBD read not measured: %+v", res)
+		}
+		if _, err := exec.LookPath("qemu-nbd"); err == nil {
+			if res.QemuNBDReadMBps <= 0 || res.QemuNBDCopyMBps <= 0 || res.QemuNBDSkipped != "" {
+				t.Errorf("qemu-nbd read not measured: %+v", res)
+			}
+		} else if res.QemuNBDSkipped == "" {
+			t.Error("qemu-nbd is missing but its read is not reported as skipped")
+		} else {
+			t.Logf("SKIPPED qemu-nbd comparison: %s", res.QemuNBDSkipped)
 		}
 	} else if res.NBDSkipped == "" {
 		t.Error("qemu-img is missing but the NBD read is not reported as skipped")
