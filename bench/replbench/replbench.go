@@ -14,7 +14,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -38,6 +40,10 @@ type Options struct {
 	ChangePercent float64
 	// RescanTimeout bounds the wait for the rescan (default 10 min).
 	RescanTimeout time.Duration
+	// InitialCPUProfile, when set, is where a CPU profile of Ferry's
+	// initial sync alone (agent and server, this process) is written, so
+	// that the peers' runs and the verification hashing stay out of it.
+	InitialCPUProfile string
 	// Logf receives progress; nil discards it.
 	Logf func(format string, args ...any)
 }
@@ -178,6 +184,11 @@ func Run(ctx context.Context, o Options, w io.Writer) (*Result, error) {
 	// The agent saves its progress here; the rescan agent below resumes
 	// from it as an agent restarted without tracking would.
 	state := filepath.Join(o.Dir, "agent")
+	stopProfile, err := startProfile(o.InitialCPUProfile)
+	if err != nil {
+		return nil, err
+	}
+	defer stopProfile()
 	cpu0, t0 := cpuSelf(), time.Now()
 	done, err := h.Agent(actx, state, dev, tr)
 	if err != nil {
@@ -187,6 +198,7 @@ func Run(ctx context.Context, o Options, w io.Writer) (*Result, error) {
 		return nil, err
 	}
 	m = measure(NameFerryInitial, time.Since(t0), cpuSelf()-cpu0, o.ImageBytes)
+	stopProfile()
 	m.WireBytes = h.DP.ReceivedBytes()
 	if m.Verified, err = h.ReplicaMatches(ctx, dev); err != nil {
 		return nil, err
@@ -262,6 +274,29 @@ func Run(ctx context.Context, o Options, w io.Writer) (*Result, error) {
 
 	printTable(w, res)
 	return res, nil
+}
+
+// startProfile starts a CPU profile into path ("" profiles nothing); the
+// stop function it returns may be called more than once.
+func startProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("CPU profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("CPU profile: %w (--cpuprofile and --initial-cpuprofile cannot both be on)", err)
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		})
+	}, nil
 }
 
 func measure(name string, d time.Duration, cpu time.Duration, bytes int64) Measure {
