@@ -338,8 +338,14 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 			ss.s.received.Add(int64(len(data)))
 			ss.traffic.received.Add(int64(len(data)))
 			sd.unsaved.Add(int64(len(m.Data)))
+			// The agent's zstd frame, decoded above, is kept as the stored
+			// chunk's compressed form: the store does not compress it again.
+			var frame []byte
+			if m.Flags&protocol.FlagZstd != 0 {
+				frame = m.Data
+			}
 			t0 := time.Now()
-			c, err := sd.d.Append(m.Seq, m.Offset, data)
+			c, err := sd.d.AppendFrame(m.Seq, m.Offset, data, frame)
 			ss.traffic.stagingNano.Add(int64(time.Since(t0)))
 			if err != nil {
 				return ss.fail(protocol.ErrCodeStorage, fmt.Errorf("write seq %d: %w", m.Seq, err))

@@ -42,7 +42,7 @@ func TestChunkCompression(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := sl.hash(tt.content)
-			obj := sl.encodeChunk(h, tt.content, nil)
+			obj := sl.encodeChunk(h, tt.content, nil, nil)
 			payload, err := sl.open(chunkName(h), kindChunk, obj)
 			if err != nil {
 				t.Fatal(err)
@@ -84,7 +84,7 @@ func BenchmarkEncodeChunk(b *testing.B) {
 			dst := make([]byte, 0, 2<<20)
 			b.SetBytes(int64(len(c.content)))
 			for b.Loop() {
-				dst = sl.encodeChunk(h, c.content, dst[:0])
+				dst = sl.encodeChunk(h, c.content, nil, dst[:0])
 			}
 		})
 	}

@@ -338,6 +338,20 @@ func (d *Disk) root(ctx context.Context, seq uint64) (*blockMap, error) {
 // must be multiples of the block size (ErrUnaligned) and inside the disk
 // (ErrOutOfRange). All-zero data is recorded as a zero extent.
 func (d *Disk) Append(seq uint64, off int64, data []byte) (Commit, error) {
+	return d.AppendFrame(seq, off, data, nil)
+}
+
+// AppendFrame is Append for data that arrived compressed: frame is a
+// zstd frame the caller decoded to data. When data is one whole, aligned
+// chunk, the store keeps frame as the chunk's compressed form instead of
+// compressing data again, so an initial sync's compression is paid once,
+// on the agent. frame must have decoded to data under a decoder that
+// allows no window or output beyond MaxFrameBytes; the store, whose
+// decoder allows that much, does not decode it again. Chunks are shared
+// by content across all disks, so a frame the store's decoder would
+// refuse would break every disk holding that content. A nil frame is
+// Append. The store does not read frame beyond this call.
+func (d *Disk) AppendFrame(seq uint64, off int64, data, frame []byte) (Commit, error) {
 	if len(data) > maxExtent {
 		return Commit{}, fmt.Errorf("write: extent of %d bytes exceeds %d", len(data), maxExtent)
 	}
@@ -346,7 +360,10 @@ func (d *Disk) Append(seq uint64, off int64, data []byte) (Commit, error) {
 	if isZero(data) {
 		r.typ, payload = recZero, nil
 	} else if cs := int64(d.s.cfg.ChunkSize); off%cs == 0 && r.length%cs == 0 && seq > 0 {
-		return d.appendChunks(r, data)
+		if r.length != cs {
+			frame = nil
+		}
+		return d.appendChunks(r, data, frame)
 	}
 	return d.append(r, payload)
 }
@@ -456,8 +473,9 @@ var chunkBufs sync.Pool
 // record: the chunks are hashed, compressed, sealed and staged in
 // parallel, made durable with the record's group commit, and only the
 // hashes go to the journal. The data is written once, compressed, instead
-// of raw to the journal and again by the fold.
-func (d *Disk) appendChunks(r record, data []byte) (Commit, error) {
+// of raw to the journal and again by the fold. frame, when not nil, is a
+// zstd frame of data (one chunk) to keep as the chunk's compressed form.
+func (d *Disk) appendChunks(r record, data, frame []byte) (Commit, error) {
 	cs := int64(d.s.cfg.ChunkSize)
 	n := int(r.length / cs)
 	job := &chunkJob{hashes: make([]Hash, n)}
@@ -482,14 +500,23 @@ func (d *Disk) appendChunks(r record, data []byte) (Commit, error) {
 			b := make([]byte, cs)
 			bp = &b
 		}
-		buf := (*bp)[:cs]
-		copy(buf, part)
+		// The frame shares the chunk's buffer, after the content, so
+		// that one copy keeps both past this call.
+		buf := append((*bp)[:0], part...)
+		var z []byte
+		if frame != nil {
+			buf = append(buf, frame...)
+		}
+		*bp = buf[:0]
+		if frame != nil {
+			buf, z = buf[:cs:cs], buf[cs:]
+		}
 		d.s.sealSlots <- struct{}{}
 		go func() {
 			defer job.wg.Done()
 			defer func() { <-d.s.sealSlots }()
 			defer chunkBufs.Put(bp)
-			h, err := d.s.storeChunk(context.Background(), cb, buf, true)
+			h, err := d.s.storeChunk(context.Background(), cb, buf, z, true)
 			if err != nil {
 				job.fail(fmt.Errorf("disk %s: %w", d.id, err))
 				return

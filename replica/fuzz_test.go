@@ -116,7 +116,7 @@ func FuzzOpenChunk(f *testing.F) {
 	}
 	content := bytes.Repeat([]byte("ferry"), 1000)
 	h := sl.hash(content)
-	f.Add(h[:], sl.encodeChunk(h, content, nil))
+	f.Add(h[:], sl.encodeChunk(h, content, nil, nil))
 	f.Add(h[:], []byte("FRO1\x01\x01"))
 	f.Add(h[:], []byte{})
 	f.Fuzz(func(t *testing.T, hb []byte, obj []byte) {
@@ -190,7 +190,7 @@ func TestWriteFuzzCorpus(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for i, obj := range [][]byte{sl.encodeChunk(h, content, nil), []byte("FRO1\x01\x01short")} {
+	for i, obj := range [][]byte{sl.encodeChunk(h, content, nil, nil), []byte("FRO1\x01\x01short")} {
 		data := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n[]byte(%q)\n", h[:], obj)
 		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("seed-%d", i)), []byte(data), 0o644); err != nil {
 			t.Fatal(err)

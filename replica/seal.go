@@ -121,7 +121,12 @@ func newSealer(c Cipher, keys []byte, maxChunk int) (*sealer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("zstd encoder: %w", err)
 	}
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithDecoderMaxMemory(uint64(maxChunk)+1<<16))
+	// A kept frame (AppendFrame) may declare a window as large as the
+	// decoder that accepted it allowed, and this decoder caps windows at
+	// its decoded-size limit: below MaxFrameBytes it could refuse a stored
+	// frame the data plane accepted. The decoded length is still checked
+	// against the chunk's header, and objects are authenticated first.
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithDecoderMaxMemory(uint64(max(maxChunk+1<<16, MaxFrameBytes))))
 	if err != nil {
 		return nil, fmt.Errorf("zstd decoder: %w", err)
 	}
@@ -201,6 +206,12 @@ func (s *sealer) openTo(dst []byte, name string, kind byte, obj []byte) ([]byte,
 	return plain, nil
 }
 
+// MaxFrameBytes bounds the zstd frames AppendFrame may keep: a frame
+// must decode, window and output both, within this many bytes under
+// klauspost/compress's decoder. The data plane's decoder enforces it
+// (protocol.MaxPayload may not exceed it; a test holds them together).
+const MaxFrameBytes = 8 << 20
+
 // Chunk payload (inside the seal): compression (1: 0 none, 1 zstd) |
 // content length (uint32 LE) | data.
 const (
@@ -211,8 +222,13 @@ const (
 var plainPool = sync.Pool{New: func() any { return new([]byte) }}
 
 // encodeChunk compresses content when that saves at least 1/8 and seals
-// it, into dst's storage when it is large enough.
-func (s *sealer) encodeChunk(h Hash, content, dst []byte) []byte {
+// it, into dst's storage when it is large enough. frame, when not nil, is
+// a zstd frame that decodes to content (the agent's, already decoded by
+// the caller with a decoder no more lenient than the store's): it is kept
+// as the compressed form when it saves 1/8, and otherwise content is kept
+// uncompressed, not compressed again, since the frame was made at the
+// store's own level.
+func (s *sealer) encodeChunk(h Hash, content, frame, dst []byte) []byte {
 	bp := plainPool.Get().(*[]byte)
 	defer plainPool.Put(bp)
 	if cap(*bp) < 5+len(content) {
@@ -221,7 +237,14 @@ func (s *sealer) encodeChunk(h Hash, content, dst []byte) []byte {
 	buf := (*bp)[:5]
 	buf[0] = compNone
 	binary.LittleEndian.PutUint32(buf[1:], uint32(len(content)))
-	if len(content) >= 512 && s.worthCompressing(content) {
+	if frame != nil {
+		if len(frame) <= len(content)-len(content)/8 {
+			buf = append(buf, frame...)
+			buf[0] = compZstd
+			*bp = buf[:0]
+			return s.sealTo(dst, chunkName(h), kindChunk, buf)
+		}
+	} else if len(content) >= 512 && s.worthCompressing(content) {
 		z := s.enc.EncodeAll(content, buf)
 		if len(z)-5 <= len(content)-len(content)/8 {
 			z[0] = compZstd

@@ -521,14 +521,16 @@ var objPool = sync.Pool{New: func() any { return new([]byte) }}
 // other's commit would deadlock, and both write the same complete object.
 // Callers hold gcMu shared.
 func (s *Store) putChunk(ctx context.Context, cb *chunkBatch, content []byte) (Hash, error) {
-	return s.storeChunk(ctx, cb, content, false)
+	return s.storeChunk(ctx, cb, content, nil, false)
 }
 
 // storeChunk is putChunk; with journalRef it also takes a journal
 // reference on the chunk (see jrefs) in the same critical section as the
 // dedup check, so GC cannot delete a stored chunk the journal is about to
-// reference. Callers hold gcMu shared unless journalRef is set.
-func (s *Store) storeChunk(ctx context.Context, cb *chunkBatch, content []byte, journalRef bool) (Hash, error) {
+// reference. frame, when not nil, is a zstd frame of content to store as
+// its compressed form (see encodeChunk). Callers hold gcMu shared unless
+// journalRef is set.
+func (s *Store) storeChunk(ctx context.Context, cb *chunkBatch, content, frame []byte, journalRef bool) (Hash, error) {
 	if isZero(content) {
 		return Hash{}, nil
 	}
@@ -551,7 +553,7 @@ func (s *Store) storeChunk(ctx context.Context, cb *chunkBatch, content []byte, 
 	}
 	s.chunkMu.Unlock()
 	bp := objPool.Get().(*[]byte)
-	obj := s.sl.encodeChunk(h, content, (*bp)[:0])
+	obj := s.sl.encodeChunk(h, content, frame, (*bp)[:0])
 	err := cb.b.Put(ctx, chunkName(h), obj)
 	*bp = obj
 	objPool.Put(bp)
