@@ -111,7 +111,12 @@ func (s *Server) TLSConfig() *tls.Config {
 	return s.CA.ServerTLSConfig(s.Cert, true)
 }
 
+// acceptMaxDelay caps the back-off after a failed accept.
+const acceptMaxDelay = time.Second
+
 // Serve accepts agents on ln until ctx ends, then closes every connection.
+// A failed accept (out of file descriptors, say) is retried with back-off;
+// only a listener closed under it ends Serve with an error.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	tln := tls.NewListener(ln, s.TLSConfig())
 	go func() {
@@ -125,18 +130,35 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	var delay time.Duration
 	for {
 		c, err := tln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(50 * time.Millisecond)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("data plane accept: %w", err)
 			}
-			return fmt.Errorf("data plane accept: %w", err)
+			// Out of descriptors (EMFILE, ENFILE) or memory is a moment
+			// of a busy server, not a reason to drop every connected
+			// agent: back off as net/http does and accept again.
+			if delay == 0 {
+				delay = 5 * time.Millisecond
+				s.log().Warn("data plane accept failed; retrying with back-off", "err", err)
+			} else {
+				delay = min(2*delay, acceptMaxDelay)
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(delay):
+			}
+			continue
+		}
+		if delay != 0 {
+			s.log().Info("data plane accepting again", "after", delay)
+			delay = 0
 		}
 		wg.Add(1)
 		go func() {

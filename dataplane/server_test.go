@@ -3,8 +3,12 @@ package dataplane
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
+	"os"
 	"path/filepath"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -122,5 +126,84 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 5 s")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// failingListener fails its first fails Accepts as a process out of file
+// descriptors does, then accepts from the real listener.
+type failingListener struct {
+	net.Listener
+	fails    atomic.Int32
+	accepted atomic.Int32
+}
+
+func (l *failingListener) Accept() (net.Conn, error) {
+	if l.fails.Add(-1) >= 0 {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.accepted.Add(1)
+	}
+	return c, err
+}
+
+// TestServeSurvivesAcceptErrors checks that running out of descriptors
+// does not end the data plane (and with it the server), and that a
+// listener closed under Serve still does.
+func TestServeSurvivesAcceptErrors(t *testing.T) {
+	dir := t.TempDir()
+	st, err := sqlite.Open(filepath.Join(dir, "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ca, err := pki.LoadOrCreateCA(filepath.Join(dir, "pki"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.IssueServerCert([]string{"127.0.0.1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	real, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := &failingListener{Listener: real}
+	ln.fails.Store(6)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	dp := &Server{Store: st, CA: ca, Cert: cert}
+	go func() { done <- dp.Serve(ctx, ln) }()
+	c, err := net.Dial("tcp", real.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for ln.accepted.Load() == 0 {
+		select {
+		case err := <-done:
+			t.Fatalf("Serve ended after accept errors: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the connection was not accepted within 10 s of the accept errors")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// A listener closed by someone else ends Serve with an error (once
+	// its connections are done).
+	c.Close()
+	real.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Serve after its listener closed: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not end after its listener closed")
 	}
 }
