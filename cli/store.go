@@ -27,7 +27,7 @@ func openStore(ctx context.Context, o StoreOptions) (*replica.Store, error) {
 	if err := CheckFormat(o.Output); err != nil {
 		return nil, err
 	}
-	return server.OpenReplica(ctx, o.DataDir, nil)
+	return server.OpenExistingReplica(ctx, o.DataDir, nil)
 }
 
 // ErrVerifyFailed means verify found problems; the report names them.

@@ -140,6 +140,21 @@ type Store struct {
 	foldSlots chan struct{}
 }
 
+// Exists reports whether b already holds a store (its config object), so
+// that a caller creating a key on first use can tell a new store from one
+// whose key went missing: a new key could never open the old store.
+func Exists(ctx context.Context, b backend.Backend) (bool, error) {
+	_, err := b.Get(ctx, "config")
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, backend.ErrNotFound):
+		return false, nil
+	default:
+		return false, fmt.Errorf("look for a store: %w", err)
+	}
+}
+
 // Open opens the store described by opts, creating it when the backend
 // holds no store yet. A key provider that cannot unwrap the store's keys
 // gives an error wrapping ErrWrongKey; a nil provider one wrapping ErrNoKey.
