@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 )
@@ -38,6 +39,12 @@ type Server struct {
 	// QEMUBinary is the qemu-system-x86_64 the qemu launch target runs
 	// (a path, or a name looked up on PATH; default qemu-system-x86_64).
 	QEMUBinary string `yaml:"qemu_binary"`
+	// GCInterval is how often the server garbage-collects its replica
+	// store while it runs, as a Go duration ("6h", the default; "0" or
+	// "off" never). Finish parses it into GCEvery.
+	GCInterval string `yaml:"gc_interval"`
+	// GCEvery is GCInterval parsed by Finish; 0 means never.
+	GCEvery time.Duration `yaml:"-"`
 }
 
 // Defaults for addresses.
@@ -45,6 +52,11 @@ const (
 	DefaultListen     = ":8443"
 	DefaultDataListen = ":1500"
 )
+
+// DefaultGCInterval is how often the server garbage-collects its replica
+// store unless gc_interval says otherwise: deleted snapshots' space comes
+// back within hours, and a run costs one pass over the block maps.
+const DefaultGCInterval = 6 * time.Hour
 
 // maxFileBytes bounds a configuration file.
 const maxFileBytes = 1 << 20
@@ -98,6 +110,7 @@ var EnvVars = map[string]string{
 	"tls_key":     "FERRY_TLS_KEY",
 	"advertise":   "FERRY_ADVERTISE",
 	"qemu_binary": "FERRY_QEMU_BINARY",
+	"gc_interval": "FERRY_GC_INTERVAL",
 }
 
 // ApplyEnv sets every field whose environment variable is set and
@@ -118,7 +131,7 @@ func (c *Server) fields() map[string]*string {
 		"data_dir": &c.DataDir, "listen": &c.Listen, "data_listen": &c.DataListen,
 		"database": &c.Database, "ca_cert": &c.CACert, "ca_key": &c.CAKey,
 		"tls_cert": &c.TLSCert, "tls_key": &c.TLSKey, "advertise": &c.Advertise,
-		"qemu_binary": &c.QEMUBinary,
+		"qemu_binary": &c.QEMUBinary, "gc_interval": &c.GCInterval,
 	}
 }
 
@@ -168,6 +181,18 @@ func (c *Server) Finish() error {
 	}
 	if !strings.HasPrefix(c.Database, "sqlite:") && !strings.HasPrefix(c.Database, "postgres://") && !strings.HasPrefix(c.Database, "postgresql://") {
 		return fmt.Errorf("config: database %q: want sqlite:PATH or postgres://…", c.Database)
+	}
+	switch c.GCInterval {
+	case "":
+		c.GCEvery = DefaultGCInterval
+	case "0", "off":
+		c.GCEvery = 0
+	default:
+		d, err := time.ParseDuration(c.GCInterval)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("config: gc_interval %q: want a duration such as 6h, or off", c.GCInterval)
+		}
+		c.GCEvery = d
 	}
 	return nil
 }

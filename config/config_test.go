@@ -3,6 +3,7 @@ package config
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParse(t *testing.T) {
@@ -60,6 +61,35 @@ func TestFinish(t *testing.T) {
 	}
 	if err := (&Server{Dev: true, DataDir: "/d", Database: "mysql://x"}).Finish(); err == nil || !strings.Contains(err.Error(), "database") {
 		t.Fatalf("bad database: %v", err)
+	}
+}
+
+func TestGCInterval(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    time.Duration
+		wantErr bool
+	}{
+		{"", DefaultGCInterval, false},
+		{"0", 0, false},
+		{"off", 0, false},
+		{"90m", 90 * time.Minute, false},
+		{"-1h", 0, true},
+		{"6", 0, true},
+		{"daily", 0, true},
+	}
+	for _, tt := range tests {
+		c := Server{Dev: true, DataDir: "/d", GCInterval: tt.in}
+		err := c.Finish()
+		if tt.wantErr {
+			if err == nil || !strings.Contains(err.Error(), "gc_interval") {
+				t.Errorf("gc_interval %q: error %v, want one naming gc_interval", tt.in, err)
+			}
+			continue
+		}
+		if err != nil || c.GCEvery != tt.want {
+			t.Errorf("gc_interval %q: %v, %v; want %v", tt.in, c.GCEvery, err, tt.want)
+		}
 	}
 }
 

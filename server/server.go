@@ -64,6 +64,7 @@ type Server struct {
 	launcher      *launcher
 	nbdLn         net.Listener
 	cp            *controlplane.Server
+	gcObserve     func(end time.Time, d time.Duration, s replica.GCStats, err error)
 }
 
 // Start opens everything a server needs and binds its listeners; Serve
@@ -116,6 +117,10 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 	}
 	reg, apiMetrics := metrics.NewRegistry(s.store, log)
 	s.jobs.OnEnd = metrics.NewJobs(reg).Ended
+	gcm := metrics.NewGC(reg)
+	s.gcObserve = func(end time.Time, d time.Duration, st replica.GCStats, err error) {
+		gcm.Ran(end, d, st.Deleted, st.FreedBytes, err)
+	}
 	reg.MustRegister(&metrics.DataPlaneCollector{Sessions: s.data.Sessions, StoreUsage: func(ctx context.Context) (int64, int64, error) {
 		u, err := s.replica.Usage(ctx)
 		if err != nil {
@@ -279,6 +284,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	// waited for below, so that no snapshot is half-taken at Close.
 	pitDone := make(chan struct{})
 	go func() { defer close(pitDone); s.data.RunPointInTime(dctx, time.Minute) }()
+	// Online GC, so that deleted snapshots' space comes back without a
+	// stop; waited for below, before the store closes.
+	gcDone := make(chan struct{})
+	go func() { defer close(gcDone); runGC(dctx, s.replica, s.cfg.GCEvery, s.log, s.gcObserve) }()
 	s.log.Info("ferry server running", "api", "https://"+s.APIAddr, "data_plane", s.DataAddr, "version", Version)
 
 	var first error
@@ -301,6 +310,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 	}
 	<-pitDone
+	<-gcDone
 	return errors.Join(first, s.Close())
 }
 

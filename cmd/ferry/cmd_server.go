@@ -65,6 +65,7 @@ variables or --config, and a missing one is a start-up error.`,
 		"tls_key":     "server private key PEM file",
 		"advertise":   "host name agents reach this server by",
 		"qemu_binary": "QEMU the qemu launch target runs (default qemu-system-x86_64 on PATH)",
+		"gc_interval": "how often the replica store is garbage-collected while the server runs (default 6h; off: never)",
 	}
 	for key, u := range usage {
 		v := new(string)
