@@ -80,6 +80,18 @@ type Disk struct {
 	snaps     map[string]SnapshotInfo // guarded by mu
 	retention RetentionPolicy         // guarded by mu
 	foldErr   error                   // last background fold error; guarded by mu
+	deleted   bool                    // DeleteDisk ran; guarded by mu
+	stop      chan struct{}           // closed by DeleteDisk: the folder ends
+}
+
+// gone returns an error wrapping ErrNotFound once the disk is deleted.
+func (d *Disk) gone() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.deleted {
+		return fmt.Errorf("disk %s: deleted: %w", d.id, ErrNotFound)
+	}
+	return nil
 }
 
 // ID returns the disk's id.
@@ -124,11 +136,11 @@ func (s *Store) CreateDisk(ctx context.Context, id string, size int64, blockSize
 	if _, ok := s.disks[id]; ok {
 		return nil, fmt.Errorf("create disk %q: %w", id, ErrExists)
 	}
-	dir := filepath.Join(s.opts.Dir, "disks", id)
 	// A journal left by a creation that crashed before the metadata was
-	// written holds nothing acknowledged.
-	if err := os.RemoveAll(dir); err != nil {
-		return nil, fmt.Errorf("create disk: remove stale journal: %w", err)
+	// written holds nothing acknowledged, and maps or snapshots of a disk
+	// of the same id whose deletion was cut short are not this disk's.
+	if err := s.removeLeftovers(ctx, id); err != nil {
+		return nil, fmt.Errorf("create disk: %w", err)
 	}
 	meta := diskMeta{ID: id, Size: size, BlockSize: blockSize, Created: s.opts.Now().UTC()}
 	raw, err := json.Marshal(meta)
@@ -163,7 +175,7 @@ func (s *Store) newDisk(meta diskMeta, maps []uint64) (*Disk, error) {
 	}
 	j.size, j.durSize = meta.Size, meta.Size
 	d := &Disk{
-		s: s, id: meta.ID, meta: meta, dir: dir, j: j, kick: make(chan struct{}, 1),
+		s: s, id: meta.ID, meta: meta, dir: dir, j: j, kick: make(chan struct{}, 1), stop: make(chan struct{}),
 		maps: maps, roots: map[uint64]*blockMap{}, pins: map[uint64]int{},
 		snaps: map[string]SnapshotInfo{}, retention: s.opts.Retention,
 	}
@@ -546,6 +558,8 @@ func (s *Store) startFolder(d *Disk) {
 		for {
 			select {
 			case <-s.ctx.Done():
+				return
+			case <-d.stop:
 				return
 			case <-t.C:
 				t.Reset(s.foldInterval())

@@ -29,6 +29,9 @@ var (
 	ErrClosed = errors.New("closed")
 	// ErrExists means a disk with that id already exists.
 	ErrExists = errors.New("already exists")
+	// ErrBusy means a disk is in use (a reader has it open) and cannot be
+	// deleted now.
+	ErrBusy = errors.New("in use")
 	// ErrNoBarrier means no barrier of the requested consistency exists to snapshot at.
 	ErrNoBarrier = errors.New("no barrier of the requested consistency")
 	// ErrOutsideWindow means a point in time is no longer (or not yet) inside the journal window.

@@ -18,6 +18,9 @@ import (
 func (d *Disk) Fold(ctx context.Context) error {
 	d.foldMu.Lock()
 	defer d.foldMu.Unlock()
+	if err := d.gone(); err != nil {
+		return err
+	}
 	seq := d.DurableSeq()
 	if seq > d.headSeq() {
 		if err := d.foldLocked(ctx, seq); err != nil {

@@ -732,6 +732,17 @@ func (j *journal) bytes() int64 {
 	return n
 }
 
+// dropRefs drops the chunk references of every record, for a disk being
+// deleted; the journal must be closed.
+func (j *journal) dropRefs() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for _, r := range j.recs {
+		j.hooks.unref(r.hashes)
+	}
+	j.recs = nil
+}
+
 // close waits for queued records to be written and closes the segments.
 func (j *journal) close() {
 	j.mu.Lock()

@@ -211,6 +211,10 @@ func (d *Disk) Window() (from, to uint64) {
 
 func (d *Disk) openAt(ctx context.Context, seq uint64) (*Reader, error) {
 	d.mu.Lock()
+	if d.deleted {
+		d.mu.Unlock()
+		return nil, fmt.Errorf("disk %s: deleted: %w", d.id, ErrNotFound)
+	}
 	d.j.mu.Lock()
 	if seq > d.j.durable {
 		d.j.mu.Unlock()

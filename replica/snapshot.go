@@ -57,6 +57,9 @@ func (d *Disk) Snapshot(ctx context.Context, opts SnapshotOptions) (SnapshotInfo
 func (d *Disk) snapshot(ctx context.Context, opts SnapshotOptions) (SnapshotInfo, error) {
 	d.foldMu.Lock()
 	defer d.foldMu.Unlock()
+	if err := d.gone(); err != nil {
+		return SnapshotInfo{}, err
+	}
 	seq, cons, err := d.snapshotPoint(ctx, opts)
 	if err != nil {
 		return SnapshotInfo{}, err
@@ -175,6 +178,9 @@ func (d *Disk) OpenSnapshot(ctx context.Context, id string) (*Reader, error) {
 func (d *Disk) DeleteSnapshot(ctx context.Context, id string) error {
 	d.foldMu.Lock()
 	defer d.foldMu.Unlock()
+	if err := d.gone(); err != nil {
+		return err
+	}
 	if err := d.deleteSnapshotLocked(ctx, id); err != nil {
 		return err
 	}
@@ -315,6 +321,9 @@ func (d *Disk) SetRetention(p RetentionPolicy) {
 func (d *Disk) ApplyRetention(ctx context.Context, now time.Time, keep ...string) ([]SnapshotInfo, error) {
 	d.foldMu.Lock()
 	defer d.foldMu.Unlock()
+	if err := d.gone(); err != nil {
+		return nil, err
+	}
 	d.mu.Lock()
 	p := d.retention
 	d.mu.Unlock()

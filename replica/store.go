@@ -306,6 +306,13 @@ func (s *Store) open(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list disks: %w", err)
 	}
+	known := map[string]bool{}
+	for _, id := range ids {
+		known[id] = true
+	}
+	if err := s.finishDeletes(ctx, known); err != nil {
+		return err
+	}
 	for _, id := range ids {
 		d, err := s.loadDisk(ctx, id)
 		if err != nil {
