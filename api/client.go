@@ -158,6 +158,11 @@ func (c *Client) ListTokens(ctx context.Context) ([]ferry.Token, error) {
 	return l.Items, c.Do(ctx, http.MethodGet, "/tokens", nil, nil, &l)
 }
 
+// DeleteServer deletes a disconnected or archived server and its replica.
+func (c *Client) DeleteServer(ctx context.Context, id string) error {
+	return c.Do(ctx, http.MethodDelete, "/servers/"+url.PathEscape(id), nil, nil, nil)
+}
+
 // RevokeToken revokes an API token.
 func (c *Client) RevokeToken(ctx context.Context, id string) error {
 	return c.Do(ctx, http.MethodDelete, "/tokens/"+url.PathEscape(id), nil, nil, nil)

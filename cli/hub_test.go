@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -197,5 +198,43 @@ func TestHubVerbs(t *testing.T) {
 	must("watch", RunServersWatch(ctx, WatchOptions{Times: 1}, &out))
 	if !strings.Contains(out.String(), "replicated 30.0 GiB of 60.0 GiB  [##########..........]  50%") || strings.ContainsRune(out.String(), '\x1b') {
 		t.Errorf("watch frame:\n%s", out.String())
+	}
+}
+
+// TestServerDelete deletes a disconnected server through the real API
+// once confirmed, and refuses without --yes or for a server that still
+// replicates.
+func TestServerDelete(t *testing.T) {
+	st := hubServer(t)
+	ctx := t.Context()
+	admin, err := controlplane.CreateToken(ctx, st, "cli-admin", ferry.RoleAdmin, time.Now().UTC(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("FERRY_TOKEN", admin.Secret)
+	if _, err := st.UpdateServer(ctx, "s-web", func(s *ferry.SourceServer) error {
+		s.Lifecycle = ferry.LifecycleDisconnected
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := RunServerDelete(ctx, "s-web", false, &out); !errors.Is(err, ErrNotConfirmed) || !strings.Contains(err.Error(), "--yes") {
+		t.Fatalf("delete without --yes: %v", err)
+	}
+	if _, err := st.Server(ctx, "s-web"); err != nil {
+		t.Fatalf("an unconfirmed delete deleted: %v", err)
+	}
+	if err := RunServerDelete(ctx, "s-db", true, &out); err == nil || !strings.Contains(err.Error(), "disconnect or archive it") {
+		t.Fatalf("delete of a replicating server: %v", err)
+	}
+	if err := RunServerDelete(ctx, "s-web", true, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "Deleted server s-web") {
+		t.Fatalf("output %q", out.String())
+	}
+	if _, err := st.Server(ctx, "s-web"); !errors.Is(err, ferry.ErrNotFound) {
+		t.Fatalf("after delete: %v", err)
 	}
 }

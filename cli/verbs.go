@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -358,6 +359,26 @@ func RunServerAction(ctx context.Context, id, action, format string, out io.Writ
 		desired = "RUN"
 	}
 	fmt.Fprintf(out, "%s: lifecycle %s, replication %s (set to %s), archived %v\n", s.ID, s.Lifecycle, s.Replication.State, desired, s.Archived)
+	return nil
+}
+
+// ErrNotConfirmed means a destructive verb was not confirmed with --yes.
+var ErrNotConfirmed = errors.New("not confirmed")
+
+// RunServerDelete deletes a disconnected or archived server and its
+// replica (every snapshot with it), once confirmed: it cannot be undone.
+func RunServerDelete(ctx context.Context, id string, yes bool, out io.Writer) error {
+	if !yes {
+		return fmt.Errorf("%w: deleting server %s deletes its replica and every snapshot of it, for good; add --yes", ErrNotConfirmed, id)
+	}
+	cl, err := client()
+	if err != nil {
+		return err
+	}
+	if err := cl.DeleteServer(ctx, id); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "Deleted server %s and its replica\n", id)
 	return nil
 }
 

@@ -76,6 +76,9 @@ type Server struct {
 	// Usage reports the staging store's use per disk; nil answers GET
 	// /usage without staging figures.
 	Usage StagingUsage
+	// Replicas deletes a deleted server's replica; nil deletes only the
+	// record.
+	Replicas Replicas
 	// HistoryInterval is how often RunHistory samples; 0 means
 	// DefaultHistoryInterval.
 	HistoryInterval time.Duration

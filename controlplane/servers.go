@@ -1,6 +1,8 @@
 package controlplane
 
 import (
+	"errors"
+	"fmt"
 	"net/http"
 
 	"github.com/ferrymigrate/ferry"
@@ -199,6 +201,25 @@ func (s *Server) deleteServer(w http.ResponseWriter, r *http.Request, _ *caller)
 	}
 	if !srv.Archived && srv.Lifecycle != ferry.LifecycleDisconnected && srv.Lifecycle != ferry.LifecycleDiscovered {
 		return apiErr(http.StatusConflict, api.CodeConflict, "server %s is %s: disconnect or archive it before deleting", srv.ID, srv.Lifecycle)
+	}
+	if srv.Launched != nil && srv.Launched.TerminatedAt.IsZero() {
+		// A qemu instance reads its disks from the replica for as long
+		// as it runs, a cutover's too.
+		kind := "test"
+		if srv.Launched.Kind == ferry.InitiatedByStartCutover {
+			kind = "cutover"
+		}
+		return apiErr(http.StatusConflict, api.CodeConflict, "server %s has a launched %s instance %s that runs from its replica: terminate it before deleting the server", srv.ID, kind, srv.Launched.ID)
+	}
+	// The replica goes first: should this fail, the record is still there
+	// to try again, and a replica never outlives the record that names it.
+	if s.Replicas != nil {
+		if _, err := s.Replicas.DeleteReplica(ctx, srv.ID); err != nil {
+			if errors.Is(err, ferry.ErrConflict) {
+				return apiErr(http.StatusConflict, api.CodeConflict, "%v", err)
+			}
+			return fmt.Errorf("delete the replica of server %s: %w", srv.ID, err)
+		}
 	}
 	if err := s.Store.DeleteServer(ctx, srv.ID); err != nil {
 		return err

@@ -226,3 +226,10 @@ func readTail(path string, n int64) ([]byte, int64, error) {
 	}
 	return buf, size, nil
 }
+
+// Replicas deletes source servers' replicas; the data plane provides it.
+type Replicas interface {
+	// DeleteReplica deletes every replica disk of a server and returns
+	// how many; a disk in use is an error wrapping ferry.ErrConflict.
+	DeleteReplica(ctx context.Context, serverID string) (int, error)
+}

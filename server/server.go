@@ -140,7 +140,7 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 	cp := &controlplane.Server{
 		Store: s.notified, Signer: s.ca, DataPlaneAddr: advertised(cfg.Advertise, s.DataAddr),
 		Version: Version, Logger: log, Observe: apiMetrics.Observe, Snapshots: s.data, Jobs: s.jobs,
-		DataPlane: dataPlaneFigures{s.data}, Usage: stagingUsage{s.replica}, Started: time.Now().UTC(),
+		DataPlane: dataPlaneFigures{s.data}, Usage: stagingUsage{s.replica}, Replicas: s.data, Started: time.Now().UTC(),
 	}
 	s.cp = cp
 	mux := http.NewServeMux()

@@ -86,6 +86,17 @@ func newServersCmd() *cobra.Command {
 	watch.Flags().StringVar(&wo.Text, "text", "", "only servers whose id or hostname contains this")
 	watch.Flags().DurationVar(&wo.Interval, "interval", 2*time.Second, "time between refreshes")
 	watch.Flags().IntVar(&wo.Times, "times", 0, "stop after this many refreshes (0: until Ctrl-C)")
+	var yes bool
+	del := &cobra.Command{
+		Use:   "delete SERVER_ID",
+		Short: "Delete a DISCONNECTED or archived server and its replica, snapshots included (admin)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return cli.RunServerDelete(cmd.Context(), args[0], yes, cmd.OutOrStdout())
+		},
+	}
+	del.Flags().BoolVar(&yes, "yes", false, "confirm: the replica and its snapshots cannot be recovered")
+	cmd.AddCommand(del)
 	cmd.AddCommand(list, show, watch,
 		actionCmd("disconnect", "Disconnect from the service: the agent's certificate stops working, replication stops", "disconnect"),
 		actionCmd("archive", "Archive a DISCONNECTED or CUTOVER server", "archive"),
