@@ -149,12 +149,16 @@ type engine struct {
 	timers     senderTimers
 	sendTiming atomic.Bool
 
-	mu        sync.Mutex
-	cond      *sync.Cond
-	settings  protocol.Settings // guarded by mu
-	credit    int64             // guarded by mu
-	inflightB int64             // guarded by mu
-	dirtySave bool              // progress changed since saved; guarded by mu
+	mu       sync.Mutex
+	cond     *sync.Cond
+	settings protocol.Settings // guarded by mu
+	credit   int64             // guarded by mu
+	// statsNow asks the stats loop for a STATS now rather than at its
+	// next tick: the server moves a server to READY_FOR_TEST on the STATS
+	// that says the initial sync is done.
+	statsNow  chan struct{}
+	inflightB int64 // guarded by mu
+	dirtySave bool  // progress changed since saved; guarded by mu
 	// dirtyAck says only acknowledged sequence numbers changed since the
 	// last save, and lastSave when that was; guarded by mu. Those are
 	// saved at most every ackSaveEvery: an agent that restarts compares
@@ -223,7 +227,7 @@ func Replicate(ctx context.Context, o Options) error {
 		return errors.New("replicate: no devices")
 	}
 	e := &engine{o: o, log: o.Logger, byPath: map[string]*rdisk{}, chunk: int64(o.ChunkSize),
-		limiter: rate.NewLimiter(rate.Inf, protocol.MaxFrame)}
+		limiter: rate.NewLimiter(rate.Inf, protocol.MaxFrame), statsNow: make(chan struct{}, 1)}
 	e.cond = sync.NewCond(&e.mu)
 	progress, err := loadProgress(o.StateDir)
 	if err != nil {
@@ -649,6 +653,10 @@ func (e *engine) ackLocked(d *rdisk, seq uint64) {
 		d.prog.SyncCursor = d.size
 		e.dirtySave = true
 		e.log.Info("initial sync complete", "disk", d.dev.name)
+		select {
+		case e.statsNow <- struct{}{}:
+		default:
+		}
 		// growLocked ignored growth during the sync, a FLUSH's size check
 		// too: look now, before any barrier (one answering that FLUSH
 		// included) can be chosen, or a drained point would miss the tail
@@ -739,6 +747,7 @@ func (e *engine) statsLoop(ctx context.Context, c *conn) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-e.statsNow:
 		}
 	}
 }

@@ -75,6 +75,7 @@ func (ss *session) controlLoop(ctx context.Context) {
 		case <-tick.C:
 		case <-ss.poke:
 			ss.readAt = time.Time{} // re-read the record now
+		case <-ss.wake:
 		}
 	}
 }

@@ -104,13 +104,20 @@ func newHarness(t *testing.T) *harness {
 
 // serve starts a replication server (a new process, as far as its
 // in-memory counters go) on the harness's stores.
-func (h *harness) serve() {
+func (h *harness) serve() { h.serveWith(nil) }
+
+// serveWith is serve with set, when not nil, changing the server's
+// settings before it starts.
+func (h *harness) serveWith(set func(*dataplane.Server)) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	h.dp = &dataplane.Server{Store: h.st, CA: h.ca, Cert: h.cert, Replica: h.rs, PollInterval: 200 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if set != nil {
+		set(h.dp)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func(dp *dataplane.Server) { done <- dp.Serve(ctx, ln) }(h.dp)

@@ -94,6 +94,7 @@ type session struct {
 	readAt  time.Time
 	written time.Time
 	poke    chan struct{}  // Notify: the record changed elsewhere
+	wake    chan struct{}  // a STATS the record should show at once
 	traffic *serverTraffic // this server's counters
 	// countedAt is when the record's ReplicatingSeconds was last brought
 	// up to date; the control loop owns it.
@@ -123,7 +124,7 @@ func (ss *session) fail(code uint16, err error) error {
 // replicate runs the protocol on an authenticated connection of server id
 // until the connection ends.
 func (s *Server) replicate(ctx context.Context, c net.Conn, id string) error {
-	ss := &session{s: s, c: c, id: id, bw: bufio.NewWriterSize(c, writeBuffer), acks: make(chan pending, ackQueue), traffic: s.trafficOf(id), poke: make(chan struct{}, 1)}
+	ss := &session{s: s, c: c, id: id, bw: bufio.NewWriterSize(c, writeBuffer), acks: make(chan pending, ackQueue), traffic: s.trafficOf(id), poke: make(chan struct{}, 1), wake: make(chan struct{}, 1)}
 	r := protocol.NewReaderSize(c, readBuffer)
 	_ = c.SetReadDeadline(time.Now().Add(readTimeout))
 	m, err := r.Read()
@@ -409,8 +410,17 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 			st := *m
 			st.Disks = append([]protocol.DiskStats(nil), m.Disks...)
 			ss.mu.Lock()
+			synced := newlySynced(ss.stats, &st)
 			ss.stats, ss.statsAt = &st, ss.s.now()
 			ss.mu.Unlock()
+			if synced {
+				// The end of an initial sync moves the server to
+				// READY_FOR_TEST: record it now, not at the next poll.
+				select {
+				case ss.wake <- struct{}{}:
+				default:
+				}
+			}
 			if m.Timing != nil {
 				ss.traffic.setAgentTiming(*m.Timing)
 			}
@@ -421,6 +431,17 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 			return ss.fail(protocol.ErrCodeProtocol, fmt.Errorf("unexpected %s from the agent", m.Type()))
 		}
 	}
+}
+
+// newlySynced reports whether a disk's initial sync is done in cur and
+// was not in prev.
+func newlySynced(prev, cur *protocol.Stats) bool {
+	for i, d := range cur.Disks {
+		if d.SyncDone && (prev == nil || i >= len(prev.Disks) || !prev.Disks[i].SyncDone) {
+			return true
+		}
+	}
+	return false
 }
 
 func (ss *session) queue(ctx context.Context, p pending) error {

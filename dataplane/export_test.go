@@ -1,0 +1,4 @@
+package dataplane
+
+// NewlySynced is newlySynced for the external tests.
+var NewlySynced = newlySynced
