@@ -39,6 +39,9 @@ type Server struct {
 	// so the session picks the change up at once; the poll catches
 	// changes made by another process sharing the database.
 	SettingsPoll time.Duration
+	// AgentNotSeenAfter is how long a disconnected agent may be silent
+	// before its server gets the AGENT_NOT_SEEN error; 0 means 10 min.
+	AgentNotSeenAfter time.Duration
 	// CreditBytes bounds the bytes an agent may have sent but not seen
 	// acknowledged; 0 means 16 MiB.
 	CreditBytes int64

@@ -288,6 +288,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	// stop; waited for below, before the store closes.
 	gcDone := make(chan struct{})
 	go func() { defer close(gcDone); runGC(dctx, s.replica, s.cfg.GCEvery, s.log, s.gcObserve) }()
+	// AGENT_NOT_SEEN for sources that went silent.
+	watchDone := make(chan struct{})
+	go func() { defer close(watchDone); s.data.RunAgentWatch(dctx, time.Minute) }()
 	s.log.Info("ferry server running", "api", "https://"+s.APIAddr, "data_plane", s.DataAddr, "version", Version)
 
 	var first error
@@ -311,6 +314,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	<-pitDone
 	<-gcDone
+	<-watchDone
 	return errors.Join(first, s.Close())
 }
 
