@@ -117,6 +117,7 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 	}
 	reg, apiMetrics := metrics.NewRegistry(s.store, log)
 	s.jobs.OnEnd = metrics.NewJobs(reg).Ended
+	metrics.RegisterDiskFree(reg, cfg.DataDir)
 	gcm := metrics.NewGC(reg)
 	s.gcObserve = func(end time.Time, d time.Duration, st replica.GCStats, err error) {
 		gcm.Ran(end, d, st.Deleted, st.FreedBytes, err)
