@@ -1,7 +1,6 @@
 package dataplane_test
 
 import (
-	"crypto/tls"
 	"errors"
 	"testing"
 	"time"
@@ -19,17 +18,7 @@ func TestDeleteReplica(t *testing.T) {
 	h := newHarness(t)
 	ctx := t.Context()
 	// A live session of s-1 with disk vda.
-	d := tls.Dialer{Config: h.tlsConf}
-	c, err := d.DialContext(ctx, "tcp", h.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Write(protocol.Append(nil, &protocol.Hello{ProtocolVersion: protocol.Version, AgentVersion: "test", ServerID: "s-1", Tracker: "manual-test",
-		Disks: []protocol.HelloDisk{{Name: "vda", Size: 1 << 20, LogicalBlockSize: 512}}})); err != nil {
-		t.Fatal(err)
-	}
-	r := protocol.NewReader(c)
+	c, r := h.hello(t)
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if m, err := r.Read(); err != nil || m.Type() != protocol.TypeHelloAck {
 		t.Fatalf("HELLO: %v %v", m, err)

@@ -2,7 +2,6 @@ package dataplane_test
 
 import (
 	"context"
-	"crypto/tls"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -41,17 +40,7 @@ func TestHeartbeatsDoNotWaitForTheStore(t *testing.T) {
 	h.serve()
 	t.Cleanup(func() { close(slow.release) })
 
-	d := tls.Dialer{Config: h.tlsConf}
-	c, err := d.DialContext(t.Context(), "tcp", h.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Write(protocol.Append(nil, &protocol.Hello{ProtocolVersion: protocol.Version, AgentVersion: "test", ServerID: "s-1", Tracker: "manual-test",
-		Disks: []protocol.HelloDisk{{Name: "vda", Size: 1 << 20, LogicalBlockSize: 512}}})); err != nil {
-		t.Fatal(err)
-	}
-	r := protocol.NewReader(c)
+	c, r := h.hello(t)
 	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	if m, err := r.Read(); err != nil {
 		t.Fatal(err)

@@ -1,12 +1,10 @@
 package dataplane_test
 
 import (
-	"crypto/tls"
 	"testing"
 	"time"
 
 	"github.com/ferrymigrate/ferry"
-	"github.com/ferrymigrate/ferry/protocol"
 )
 
 // TestAgentNotSeen: servers whose agents have been disconnected longer
@@ -72,16 +70,7 @@ func TestAgentNotSeen(t *testing.T) {
 		t.Fatalf("second pass marked %d, %v; want none", n, err)
 	}
 	// The agent of s-1 connects: its session clears the error.
-	d := tls.Dialer{Config: h.tlsConf}
-	c, err := d.DialContext(ctx, "tcp", h.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Write(protocol.Append(nil, &protocol.Hello{ProtocolVersion: protocol.Version, AgentVersion: "test", ServerID: "s-1", Tracker: "manual-test",
-		Disks: []protocol.HelloDisk{{Name: "vda", Size: 1 << 20, LogicalBlockSize: 512}}})); err != nil {
-		t.Fatal(err)
-	}
+	h.hello(t)
 	eventually(t, 10*time.Second, "AGENT_NOT_SEEN cleared by the agent's session", func() bool {
 		s, _ := h.st.Server(ctx, "s-1")
 		return s.Replication.ErrorCode == ""

@@ -18,6 +18,7 @@ import (
 	"github.com/ferrymigrate/ferry/agent"
 	"github.com/ferrymigrate/ferry/dataplane"
 	"github.com/ferrymigrate/ferry/pki"
+	"github.com/ferrymigrate/ferry/protocol"
 	"github.com/ferrymigrate/ferry/replica"
 	"github.com/ferrymigrate/ferry/replica/fs"
 	"github.com/ferrymigrate/ferry/sqlite"
@@ -105,6 +106,23 @@ func newHarness(t *testing.T) *harness {
 // serve starts a replication server (a new process, as far as its
 // in-memory counters go) on the harness's stores.
 func (h *harness) serve() { h.serveWith(nil) }
+
+// hello connects to the replication server as s-1's agent with one 1 MiB
+// disk, vda, and sends HELLO; the caller reads the answers.
+func (h *harness) hello(t *testing.T) (net.Conn, *protocol.Reader) {
+	t.Helper()
+	d := tls.Dialer{Config: h.tlsConf}
+	c, err := d.DialContext(t.Context(), "tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Write(protocol.Append(nil, &protocol.Hello{ProtocolVersion: protocol.Version, AgentVersion: "test", ServerID: "s-1", Tracker: "manual-test",
+		Disks: []protocol.HelloDisk{{Name: "vda", Size: 1 << 20, LogicalBlockSize: 512}}})); err != nil {
+		t.Fatal(err)
+	}
+	return c, protocol.NewReader(c)
+}
 
 // serveWith is serve with set, when not nil, changing the server's
 // settings before it starts.

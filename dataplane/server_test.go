@@ -17,13 +17,16 @@ import (
 	"github.com/ferrymigrate/ferry/sqlite"
 )
 
-func TestDataPlaneChecksCertificateAgainstStore(t *testing.T) {
+// newServerParts returns a metadata store, a CA and a server certificate
+// for 127.0.0.1, all in a temporary directory.
+func newServerParts(t *testing.T) (*sqlite.Store, *pki.CA, tls.Certificate) {
+	t.Helper()
 	dir := t.TempDir()
 	st, err := sqlite.Open(filepath.Join(dir, "db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	t.Cleanup(func() { st.Close() })
 	ca, err := pki.LoadOrCreateCA(filepath.Join(dir, "pki"))
 	if err != nil {
 		t.Fatal(err)
@@ -32,6 +35,11 @@ func TestDataPlaneChecksCertificateAgainstStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return st, ca, cert
+}
+
+func TestDataPlaneChecksCertificateAgainstStore(t *testing.T) {
+	st, ca, cert := newServerParts(t)
 	keyPEM, csrPEM, err := pki.NewKeyAndCSR("agent")
 	if err != nil {
 		t.Fatal(err)
@@ -152,20 +160,7 @@ func (l *failingListener) Accept() (net.Conn, error) {
 // does not end the data plane (and with it the server), and that a
 // listener closed under Serve still does.
 func TestServeSurvivesAcceptErrors(t *testing.T) {
-	dir := t.TempDir()
-	st, err := sqlite.Open(filepath.Join(dir, "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	ca, err := pki.LoadOrCreateCA(filepath.Join(dir, "pki"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := ca.IssueServerCert([]string{"127.0.0.1"}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, ca, cert := newServerParts(t)
 	real, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
