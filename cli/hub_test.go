@@ -238,3 +238,27 @@ func TestServerDelete(t *testing.T) {
 		t.Fatalf("after delete: %v", err)
 	}
 }
+
+// TestSnapshotsListOnline lists a server's snapshots through the running
+// server's API: a server with none gives an empty table or JSON list.
+func TestSnapshotsListOnline(t *testing.T) {
+	hubServer(t)
+	ctx := t.Context()
+	var out bytes.Buffer
+	if err := RunSnapshotsListOnline(ctx, "s-web", "", FormatJSON, &out); err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(out.String()) != "[]" {
+		t.Fatalf("JSON for a server without snapshots: %q", out.String())
+	}
+	out.Reset()
+	if err := RunSnapshotsListOnline(ctx, "s-web", "", FormatTable, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out.String(), "DISK") {
+		t.Fatalf("table: %q", out.String())
+	}
+	if err := RunSnapshotsListOnline(ctx, "s-web", "", "xml", &out); err == nil {
+		t.Fatal("an unknown output format was accepted")
+	}
+}

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"sort"
 	"strconv"
 
+	"github.com/ferrymigrate/ferry/api"
 	"github.com/ferrymigrate/ferry/nbd"
 	"github.com/ferrymigrate/ferry/replica"
 	"github.com/ferrymigrate/ferry/server"
@@ -156,6 +158,39 @@ func RunSnapshotsList(ctx context.Context, o StoreOptions, disk string, out io.W
 		rows = append(rows, []string{sn.Disk, sn.ID, when(sn.Time), strconv.FormatUint(sn.Seq, 10), fmt.Sprint(sn.Consistency), bytesIEC(sn.Size), strconv.FormatBool(sn.Keep)})
 	}
 	return table(out, []string{"DISK", "SNAPSHOT", "TIME", "SEQ", "CONSISTENCY", "SIZE", "KEEP"}, rows)
+}
+
+// RunSnapshotsListOnline lists a source server's snapshots through the
+// running server's API (disk, if not empty, keeps one disk's).
+func RunSnapshotsListOnline(ctx context.Context, serverID, disk, format string, out io.Writer) error {
+	if err := CheckFormat(format); err != nil {
+		return err
+	}
+	cl, err := client()
+	if err != nil {
+		return err
+	}
+	var list api.List[api.Snapshot]
+	if err := cl.Do(ctx, "GET", "/servers/"+url.PathEscape(serverID)+"/snapshots", nil, nil, &list); err != nil {
+		return err
+	}
+	snaps := []api.Snapshot{}
+	for _, sn := range list.Items {
+		if disk == "" || sn.Disk == disk {
+			snaps = append(snaps, sn)
+		}
+	}
+	if disk != "" && len(snaps) == 0 && len(list.Items) > 0 {
+		return fmt.Errorf("server %s has no disk %q with snapshots", serverID, disk)
+	}
+	if format != FormatTable {
+		return writeData(out, format, snaps)
+	}
+	rows := make([][]string, 0, len(snaps))
+	for _, sn := range snaps {
+		rows = append(rows, []string{sn.Disk, sn.ID, when(sn.Time), strconv.FormatUint(sn.Seq, 10), sn.Consistency, bytesIEC(sn.SizeBytes)})
+	}
+	return table(out, []string{"DISK", "SNAPSHOT", "TIME", "SEQ", "CONSISTENCY", "SIZE"}, rows)
 }
 
 // ExportOptions say what to export and where.

@@ -5,12 +5,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -109,6 +111,15 @@ func testContinuousReplication(t *testing.T, tracker string) {
 	snapID := taken.Snapshots[disk]
 	if snapID == "" {
 		t.Fatalf("no snapshot of %s in %v", disk, taken.Snapshots)
+	}
+	// The CLI lists it through the running server's API.
+	env := []string{"FERRY_CONFIG=" + filepath.Join(dir, "cli.json"), "FERRY_ADDR=" + s.addr, "FERRY_TOKEN=" + s.token, "FERRY_CA_FINGERPRINT=" + s.fingerprint}
+	var listed []api.Snapshot
+	if err := json.Unmarshal([]byte(run(t, env, "snapshots", "list", "--server", srv.ID, "--disk", disk, "-o", "json")), &listed); err != nil {
+		t.Fatalf("snapshots list --server: %v", err)
+	}
+	if !slices.ContainsFunc(listed, func(sn api.Snapshot) bool { return sn.ID == snapID && sn.Disk == disk }) {
+		t.Fatalf("snapshots list --server %s does not show snapshot %s of %s: %+v", srv.ID, snapID, disk, listed)
 	}
 	// The record follows the session about once a second; a rescan
 	// tracker's drain compares hashes (RESCAN) before going back.

@@ -17,7 +17,7 @@ func launchVerb(kind, short string, withOptions bool) *cobra.Command {
 	if withOptions {
 		cmd.Flags().BoolVar(&o.UseLatest, "use-latest-snapshot", false, "launch from the newest existing snapshot instead of taking one")
 		cmd.Flags().StringVar(&o.Template, "template", "", "launch with this template's launch settings instead of the server's")
-		cmd.Flags().StringArrayVar(&o.Snapshots, "snapshot", nil, "launch from this existing snapshot: `ID` (a one-disk server) or DISK=ID, once per disk (ferry snapshots list shows them)")
+		cmd.Flags().StringArrayVar(&o.Snapshots, "snapshot", nil, "launch from this existing snapshot: `ID` (a one-disk server) or DISK=ID, once per disk (ferry snapshots list --server SERVER_ID shows them)")
 		cmd.Flags().StringVar(&o.At, "at", "", "launch from each disk's newest snapshot taken at or before `TIME` (RFC 3339, or a duration ago like 15m)")
 	}
 	if kind == "cutover" {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"strings"
 
 	"github.com/ferrymigrate/ferry/cli"
@@ -47,15 +48,26 @@ func newStoreCmd() *cobra.Command {
 func newSnapshotsCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "snapshots", Short: "List and export point-in-time snapshots of replicated disks"}
 	var lo cli.StoreOptions
-	var disk string
+	var disk, server string
 	list := &cobra.Command{
-		Use: "list", Short: "List snapshots", Args: cobra.NoArgs,
+		Use: "list", Short: "List snapshots: of one server through the running server's API (--server), or offline (--data)", Args: cobra.NoArgs,
+		Example: "  ferry snapshots list --server s-0123456789abcdef0\n  ferry snapshots list --data /var/lib/ferry --disk s-0123456789abcdef0.sda",
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			switch {
+			case server != "" && lo.DataDir != "":
+				return errors.New("give --server (the running server's API) or --data (offline), not both")
+			case server != "":
+				return cli.RunSnapshotsListOnline(cmd.Context(), server, disk, lo.Output, cmd.OutOrStdout())
+			case lo.DataDir == "":
+				return errors.New("give --server SERVER_ID (through the running server's API) or --data DIR (offline, the server stopped)")
+			}
 			return cli.RunSnapshotsList(cmd.Context(), lo, disk, cmd.OutOrStdout())
 		},
 	}
-	storeFlags(list, &lo)
-	list.Flags().StringVar(&disk, "disk", "", "only this disk")
+	list.Flags().StringVar(&lo.DataDir, "data", "", "list offline from this data directory (the server must be stopped)")
+	outputFlag(list, &lo.Output)
+	list.Flags().StringVar(&server, "server", "", "list this source server's snapshots through the API")
+	list.Flags().StringVar(&disk, "disk", "", "only this disk (with --server: the disk's name, e.g. sda; offline: its replica id)")
 	var eo cli.ExportOptions
 	export := &cobra.Command{
 		Use:     "export",
