@@ -89,18 +89,11 @@ func notSeen(srv *ferry.SourceServer, now time.Time, after time.Duration) bool {
 	return !srv.LastSeenAt.IsZero() && now.Sub(srv.LastSeenAt) >= after
 }
 
-// RunAgentWatch runs MarkAgentsNotSeen every interval until ctx ends.
+// RunAgentWatch runs MarkAgentsNotSeen every interval (a minute when 0)
+// until ctx ends.
 func (s *Server) RunAgentWatch(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if _, err := s.MarkAgentsNotSeen(ctx); err != nil && ctx.Err() == nil {
-			s.log().Warn("agent watch", "err", err)
-		}
-	}
+	s.every(ctx, interval, "agent watch", func(ctx context.Context) error {
+		_, err := s.MarkAgentsNotSeen(ctx)
+		return err
+	})
 }

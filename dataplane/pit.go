@@ -141,6 +141,15 @@ func (s *Server) pointInTime(ctx context.Context, srv *ferry.SourceServer, res *
 // RunPointInTime runs the point-in-time schedule every interval (a
 // minute when 0) until ctx ends, logging what fails.
 func (s *Server) RunPointInTime(ctx context.Context, interval time.Duration) {
+	s.every(ctx, interval, "point-in-time snapshots", func(ctx context.Context) error {
+		_, err := s.PointInTime(ctx)
+		return err
+	})
+}
+
+// every runs pass every interval (a minute when 0) until ctx ends,
+// logging a failed pass under what.
+func (s *Server) every(ctx context.Context, interval time.Duration, what string, pass func(context.Context) error) {
 	if interval <= 0 {
 		interval = time.Minute
 	}
@@ -152,8 +161,8 @@ func (s *Server) RunPointInTime(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 		}
-		if _, err := s.PointInTime(ctx); err != nil && ctx.Err() == nil {
-			s.log().Warn("point-in-time snapshots", "err", err)
+		if err := pass(ctx); err != nil && ctx.Err() == nil {
+			s.log().Warn(what, "err", err)
 		}
 	}
 }

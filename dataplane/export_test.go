@@ -1,4 +1,0 @@
-package dataplane
-
-// NewlySynced is newlySynced for the external tests.
-var NewlySynced = newlySynced
