@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"github.com/ferrymigrate/ferry/internal/zeros"
+
 	"errors"
 	"fmt"
 	"io"
@@ -121,17 +123,4 @@ func alignedBuf(n int) []byte {
 	return b[off : off+n : off+n]
 }
 
-func isZero(b []byte) bool {
-	for len(b) >= 8 {
-		if *(*uint64)(unsafe.Pointer(unsafe.SliceData(b))) != 0 {
-			return false
-		}
-		b = b[8:]
-	}
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
-}
+func isZero(b []byte) bool { return zeros.Is(b) }

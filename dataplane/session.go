@@ -582,7 +582,10 @@ func (ss *session) hashes(ctx context.Context, m *protocol.HashRequest) (*protoc
 }
 
 // HashRange hashes the blocks a HASH_REQUEST names from r; blocks past the
-// end of r hash as zeros.
+// end of r hash as zeros. When r also reports its extents (a replica
+// reader does), stretches that read as zeros are neither read nor hashed:
+// a rescan of a half-empty disk spent a fifth of the server's time on
+// them.
 func HashRange(r interface {
 	ReadAt([]byte, int64) (int, error)
 	Size() int64
@@ -591,10 +594,54 @@ func HashRange(r interface {
 	n := m.Length / bs
 	hl := protocol.HashLen(m.Algo)
 	reply := &protocol.HashReply{ID: m.ID, Disk: m.Disk, Offset: m.Offset, BlockSize: m.BlockSize, Algo: m.Algo, Hashes: make([]byte, 0, n*int64(hl))}
-	buf := make([]byte, min(m.Length, 1<<20))
 	size := r.Size()
-	for at := m.Offset; at < m.Offset+m.Length; {
-		chunk := buf[:min(int64(len(buf)), m.Offset+m.Length-at)]
+	end := m.Offset + m.Length
+	var zero []replica.Extent // zero extents inside the disk, in order
+	if x, ok := r.(interface {
+		Extents(off, length int64) ([]replica.Extent, error)
+	}); ok && m.Offset < size {
+		ext, err := x.Extents(m.Offset, min(end, size)-m.Offset)
+		if err != nil {
+			return nil, fmt.Errorf("hash request: extents: %w", err)
+		}
+		for _, e := range ext {
+			if e.Zero {
+				zero = append(zero, e)
+			}
+		}
+	}
+	// zeroTo returns how far from at the disk reads as zeros (at itself
+	// when it does not).
+	zeroTo := func(at int64) int64 {
+		if at >= size {
+			return end
+		}
+		for len(zero) > 0 && zero[0].Offset+zero[0].Length <= at {
+			zero = zero[1:]
+		}
+		if len(zero) == 0 || zero[0].Offset > at {
+			return at
+		}
+		if e := zero[0].Offset + zero[0].Length; e < size {
+			return e
+		}
+		return end
+	}
+	var buf []byte
+	for at := m.Offset; at < end; {
+		if z := zeroTo(at); z-at >= bs {
+			k := (z - at) / bs
+			zh := protocol.ZeroHash(m.Algo, int(bs))
+			for range k {
+				reply.Hashes = append(reply.Hashes, zh...)
+			}
+			at += k * bs
+			continue
+		}
+		if buf == nil {
+			buf = make([]byte, min(m.Length, 1<<20))
+		}
+		chunk := buf[:min(int64(len(buf)), end-at)]
 		clear(chunk)
 		if at < size {
 			if _, err := r.ReadAt(chunk[:min(int64(len(chunk)), size-at)], at); err != nil && !errors.Is(err, io.EOF) {

@@ -371,7 +371,7 @@ func (j *journal) append(r record, payload []byte, check func(size int64) error,
 	var cb *chunkBatch
 	if job != nil {
 		// The hashes are filled in (and the CRC computed) by the flusher.
-		payload = zeroBuf[:32*len(job.hashes)]
+		payload = make([]byte, 32*len(job.hashes))
 		if b.cb == nil {
 			b.cb = j.hooks.newBatch()
 		}

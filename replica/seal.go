@@ -1,7 +1,8 @@
 package replica
 
 import (
-	"bytes"
+	"github.com/ferrymigrate/ferry/internal/zeros"
+
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
@@ -349,16 +350,5 @@ func (s *sealer) decodeChunkPayload(plain []byte) ([]byte, error) {
 	return nil, fmt.Errorf("unknown compression %d", plain[0])
 }
 
-var zeroBuf = make([]byte, 4<<20)
-
 // isZero reports whether b is all zero bytes.
-func isZero(b []byte) bool {
-	for len(b) > 0 {
-		n := min(len(b), len(zeroBuf))
-		if !bytes.Equal(b[:n], zeroBuf[:n]) {
-			return false
-		}
-		b = b[n:]
-	}
-	return true
-}
+func isZero(b []byte) bool { return zeros.Is(b) }

@@ -44,6 +44,9 @@ type Options struct {
 	// initial sync alone (agent and server, this process) is written, so
 	// that the peers' runs and the verification hashing stay out of it.
 	InitialCPUProfile string
+	// RescanCPUProfile, when set, is where a CPU profile of Ferry's
+	// rescan alone is written.
+	RescanCPUProfile string
 	// Logf receives progress; nil discards it.
 	Logf func(format string, args ...any)
 }
@@ -250,6 +253,11 @@ func Run(ctx context.Context, o Options, w io.Writer) (*Result, error) {
 	before = h.DP.ReceivedBytes()
 	actx, stopAgent = context.WithCancel(ctx)
 	defer stopAgent()
+	stopProfile, err = startProfile(o.RescanCPUProfile)
+	if err != nil {
+		return nil, err
+	}
+	defer stopProfile()
 	cpu0, t0 = cpuSelf(), time.Now()
 	if done, err = h.Agent(actx, state, dev, nil); err != nil {
 		return nil, err
@@ -262,6 +270,7 @@ func Run(ctx context.Context, o Options, w io.Writer) (*Result, error) {
 		return nil, fmt.Errorf("rescan by Ferry: %w (replication %+v, disks %+v)", err, s.Replication, s.Disks)
 	}
 	m = measure(NameFerryRescan, time.Since(t0), cpuSelf()-cpu0, res.ChangedBytes)
+	stopProfile()
 	m.WireBytes = h.DP.ReceivedBytes() - before
 	if m.Verified, err = h.ReplicaMatches(ctx, dev); err != nil {
 		return nil, err
