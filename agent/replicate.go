@@ -535,7 +535,7 @@ func (e *engine) session(ctx context.Context) error {
 	e.sendTiming.Store(ack.ProtocolVersion >= protocol.RevisionStatsTiming)
 	e.log.Info("replication session started", "server", nc.RemoteAddr().String())
 
-	hashReplies := make(chan *protocol.HashReply, 1)
+	hashReplies := make(chan *protocol.HashReply, maxHashPending)
 	readErr := make(chan error, 1)
 	go func() { readErr <- e.readLoop(ctx, r, nc, hashReplies) }()
 	go func() {

@@ -196,15 +196,30 @@ func (e *engine) nextWorkLocked() (work, *rdisk) {
 	return workNone, nil
 }
 
+// sender is the send loop's connection and scratch space.
+type sender struct {
+	c      *conn
+	buf    []byte // one chunk, aligned for O_DIRECT reads
+	comp   *protocol.Compressor
+	gate   compressGate
+	zbuf   []byte // compressed payload
+	hashes <-chan *protocol.HashReply
+	hashID uint32 // last HASH_REQUEST id
+	// asked holds the HASH_REQUESTs not answered yet, early the replies
+	// that came before the one awaited.
+	asked map[uint32]bool
+	early map[uint32]*protocol.HashReply
+	diff  []byte // rescan blocks held for a second comparison
+}
+
 // sendLoop sends data until the connection fails or ctx ends.
 func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.HashReply) error {
 	comp, err := protocol.NewCompressor()
 	if err != nil {
 		return err
 	}
-	buf := alignedBuf(int(e.chunk))
-	var zbuf []byte
-	var gate compressGate
+	s := &sender{c: c, buf: alignedBuf(int(e.chunk)), comp: comp, hashes: hashes}
+	buf := s.buf
 	var pipe *syncPipe
 	defer func() { pipe.stop() }()
 	tick := time.NewTicker(250 * time.Millisecond)
@@ -221,7 +236,6 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 			}
 		}
 	}()
-	var hashID uint32
 	var lingerEnd time.Time // when queued records must leave
 	for {
 		e.mu.Lock()
@@ -272,7 +286,7 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 			err := d.dev.readAt(b, x.Offset)
 			since(&e.timers.read, t0)
 			if err == nil {
-				err = e.sendData(ctx, c, d, x.Offset, b, 0, kindDirty, comp, &gate, &zbuf)
+				err = e.sendData(ctx, s, d, x.Offset, b, 0, kindDirty)
 			}
 			if err != nil {
 				// The extent left the dirty map but may not have been
@@ -285,13 +299,8 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 				return err
 			}
 		case workRescan:
-			x, _ := d.rescan.Take(0, rescanRange)
 			e.mu.Unlock()
-			hashID++
-			if err := e.rescanRange(ctx, c, d, x.Offset, x.Length, hashID, hashes, buf, comp, &gate, &zbuf); err != nil {
-				e.mu.Lock()
-				d.rescan.Add(x.Offset, x.Length, time.Now())
-				e.mu.Unlock()
+			if err := e.rescan(ctx, s, d); err != nil {
 				return err
 			}
 		case workSync:
@@ -440,102 +449,29 @@ func (e *engine) sendChunk(ctx context.Context, c *conn, d *rdisk, r chunkResult
 
 // sendData sends data read from off: as ZERO when it is all zeros,
 // compressed when that pays.
-func (e *engine) sendData(ctx context.Context, c *conn, d *rdisk, off int64, data []byte, flags uint8, kind int, comp *protocol.Compressor, gate *compressGate, zbuf *[]byte) error {
+func (e *engine) sendData(ctx context.Context, s *sender, d *rdisk, off int64, data []byte, flags uint8, kind int) error {
 	n := int64(len(data))
 	if isZero(data) {
 		seq := e.record(d, off, n, kind, 0)
-		return c.queue(&protocol.Zero{Disk: uint16(d.idx), Seq: seq, Offset: off, Length: n, Flags: flags})
+		return s.c.queue(&protocol.Zero{Disk: uint16(d.idx), Seq: seq, Offset: off, Length: n, Flags: flags})
 	}
 	t0 := time.Now()
 	payload, ok := data, false
-	if gate.try() {
-		payload, ok = comp.Compress(data, *zbuf)
-		gate.result(ok)
+	if s.gate.try() {
+		payload, ok = s.comp.Compress(data, s.zbuf)
+		s.gate.result(ok)
 	}
 	since(&e.timers.read, t0)
 	if ok {
-		*zbuf = payload[:0]
+		s.zbuf = payload[:0]
 		flags |= protocol.FlagZstd
 	}
-	if err := e.waitCredit(ctx, c, int64(len(payload))); err != nil {
+	if err := e.waitCredit(ctx, s.c, int64(len(payload))); err != nil {
 		return err
 	}
 	seq := e.record(d, off, n, kind, int64(len(payload)))
 	defer since(&e.timers.network, time.Now())
-	return c.queue(&protocol.Write{Disk: uint16(d.idx), Seq: seq, Offset: off, Flags: flags, RawLen: uint32(n), Data: payload})
-}
-
-// rescanRange compares [off, off+length) of the device with the replica's
-// block hashes and sends the blocks that differ.
-func (e *engine) rescanRange(ctx context.Context, c *conn, d *rdisk, off, length int64, id uint32, hashes <-chan *protocol.HashReply, buf []byte, comp *protocol.Compressor, gate *compressGate, zbuf *[]byte) error {
-	hb := int64(rescanBlock)
-	if off%hb != 0 || length%hb != 0 {
-		hb = d.bs
-	}
-	if off%hb != 0 || length%hb != 0 {
-		hb = int64(d.dev.lbs)
-	}
-	if err := c.send(&protocol.HashRequest{ID: id, Disk: uint16(d.idx), Offset: off, Length: length, BlockSize: uint32(hb), Algo: protocol.HashBLAKE3}); err != nil {
-		return err
-	}
-	// The server hashes its replica while we wait: network (and staging
-	// read), not the source.
-	t0 := time.Now()
-	var reply *protocol.HashReply
-	for reply == nil {
-		select {
-		case r := <-hashes:
-			if r.ID == id {
-				reply = r
-			}
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	since(&e.timers.network, t0)
-	if reply.Count() != int(length/hb) {
-		return fmt.Errorf("rescan of %s: %d hashes for %d blocks", d.dev.name, reply.Count(), length/hb)
-	}
-	var local []byte
-	piece := int64(len(buf)) - int64(len(buf))%hb
-	for at := off; at < off+length; at += piece {
-		n := min(piece, off+length-at)
-		b := buf[:n]
-		t0 := time.Now()
-		if err := d.dev.readAt(b, at); err != nil {
-			return err
-		}
-		since(&e.timers.read, t0)
-		// Send each run of differing blocks.
-		runStart := int64(-1)
-		flush := func(end int64) error {
-			if runStart < 0 {
-				return nil
-			}
-			s := runStart
-			runStart = -1
-			return e.sendData(ctx, c, d, at+s, b[s:end], protocol.FlagRescan, kindDirty, comp, gate, zbuf)
-		}
-		for i := int64(0); i < n; i += hb {
-			local = protocol.AppendBlockHash(local[:0], protocol.HashBLAKE3, b[i:i+hb])
-			if string(local) != string(reply.Hash(int((at-off+i)/hb))) {
-				if runStart < 0 {
-					runStart = i
-				}
-				continue
-			}
-			if err := flush(i); err != nil {
-				return err
-			}
-		}
-		if err := flush(n); err != nil {
-			return err
-		}
-	}
-	e.mu.Lock()
-	d.rescanned += length
-	e.mu.Unlock()
-	return nil
+	return s.c.queue(&protocol.Write{Disk: uint16(d.idx), Seq: seq, Offset: off, Flags: flags, RawLen: uint32(n), Data: payload})
 }
 
 // compressGate stops trying to compress a stream of incompressible

@@ -87,6 +87,7 @@ func TestHashRangeSkipsZeros(t *testing.T) {
 		{"zeros then data", 3 * mib, 2 * mib, 32 << 10},
 		{"one block straddling zeros and data", mib + 32<<10, 64 << 10, 64 << 10},
 		{"a chunk as one block", mib, mib, mib},
+		{"blocks larger than a worker's piece, past the end", 0, 8 * mib, 2 * mib},
 		{"entirely past the end", 8 * mib, mib, 4096},
 		{"tail and past it", size - 8192, 16384, 4096},
 	}

@@ -53,6 +53,9 @@ type sessDisk struct {
 	// last is the Commit of the last record appended; the reader goroutine
 	// owns it.
 	last replica.Commit
+	// hashRd is the durable head that answered the last HASH_REQUEST, kept
+	// while only HASH_REQUESTs follow; the reader goroutine owns it.
+	hashRd *replica.Reader
 }
 
 // pending is a record whose durability the acker waits for, in order.
@@ -307,6 +310,7 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 		return err
 	}
 	defer dz.Close()
+	defer ss.dropHashReaders()
 	var zbuf []byte
 	for {
 		_ = ss.c.SetReadDeadline(time.Now().Add(readTimeout))
@@ -323,6 +327,9 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 		ss.mu.Lock()
 		ss.lastHeard = ss.s.now()
 		ss.mu.Unlock()
+		if _, ok := m.(*protocol.HashRequest); !ok {
+			ss.dropHashReaders()
+		}
 		switch m := m.(type) {
 		case *protocol.Write:
 			sd, err := ss.disk(m.Disk, "WRITE")
@@ -410,12 +417,13 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 			st := *m
 			st.Disks = append([]protocol.DiskStats(nil), m.Disks...)
 			ss.mu.Lock()
-			synced := newlySynced(ss.stats, &st)
+			now := milestone(ss.stats, &st)
 			ss.stats, ss.statsAt = &st, ss.s.now()
 			ss.mu.Unlock()
-			if synced {
+			if now {
 				// The end of an initial sync moves the server to
-				// READY_FOR_TEST: record it now, not at the next poll.
+				// READY_FOR_TEST, the end of a rescan to CONTINUOUS:
+				// record it now, not at the next poll.
 				select {
 				case ss.wake <- struct{}{}:
 				default:
@@ -433,11 +441,21 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 	}
 }
 
-// newlySynced reports whether a disk's initial sync is done in cur and
-// was not in prev.
-func newlySynced(prev, cur *protocol.Stats) bool {
+// milestone reports whether a disk's initial sync is done in cur and was
+// not in prev, or a disk's rescan ended. Only these few changes are
+// recorded at once: a phase that flaps between CONTINUOUS and BACKLOG
+// waits for the poll, or thousands of agents would each write a record
+// every second.
+func milestone(prev, cur *protocol.Stats) bool {
 	for i, d := range cur.Disks {
-		if d.SyncDone && (prev == nil || i >= len(prev.Disks) || !prev.Disks[i].SyncDone) {
+		var p *protocol.DiskStats
+		if prev != nil && i < len(prev.Disks) {
+			p = &prev.Disks[i]
+		}
+		if d.SyncDone && (p == nil || !p.SyncDone) {
+			return true
+		}
+		if p != nil && p.Phase == protocol.PhaseRescan && d.Phase != protocol.PhaseRescan {
 			return true
 		}
 	}
@@ -564,39 +582,57 @@ func (ss *session) ackLoop(ctx context.Context) {
 }
 
 // hashes answers a HASH_REQUEST from the disk's durable head, after every
-// record appended before the request is durable.
+// record appended before the request is durable (a head kept from the
+// request before, with nothing appended since, is that head).
 func (ss *session) hashes(ctx context.Context, m *protocol.HashRequest) (*protocol.HashReply, error) {
 	sd, err := ss.disk(m.Disk, "HASH_REQUEST")
 	if err != nil {
 		return nil, err
 	}
-	if err := sd.last.Wait(ctx); err != nil {
-		return nil, fmt.Errorf("hash request: %w", err)
+	if sd.hashRd == nil {
+		if err := sd.last.Wait(ctx); err != nil {
+			return nil, fmt.Errorf("hash request: %w", err)
+		}
+		if sd.hashRd, err = sd.d.OpenHead(ctx); err != nil {
+			return nil, fmt.Errorf("hash request: %w", err)
+		}
 	}
-	rd, err := sd.d.OpenHead(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("hash request: %w", err)
+	return HashRange(sd.hashRd, m)
+}
+
+// dropHashReaders closes the heads kept for HASH_REQUESTs. Any other
+// message may change a disk (or come a second after the last request),
+// so a head is reused only by an unbroken run of requests: a rescan's
+// second comparisons come that way, and opening a head costs the whole
+// journal window (a rescan opening one per request spent a third of the
+// server's time there). Closing them soon keeps them from pinning journal
+// segments that a fold would free.
+func (ss *session) dropHashReaders() {
+	for _, sd := range ss.disks {
+		if sd.hashRd != nil {
+			sd.hashRd.Close()
+			sd.hashRd = nil
+		}
 	}
-	defer rd.Close()
-	return HashRange(rd, m)
 }
 
 // HashRange hashes the blocks a HASH_REQUEST names from r; blocks past the
 // end of r hash as zeros. When r also reports its extents (a replica
 // reader does), stretches that read as zeros are neither read nor hashed:
 // a rescan of a half-empty disk spent a fifth of the server's time on
-// them.
+// them. (Hashing a long range with a worker per core was tried: a replica
+// reader's read-ahead already decrypts on the other cores, and the rescan
+// took no less time.)
 func HashRange(r interface {
 	ReadAt([]byte, int64) (int, error)
 	Size() int64
 }, m *protocol.HashRequest) (*protocol.HashReply, error) {
 	bs := int64(m.BlockSize)
-	n := m.Length / bs
-	hl := protocol.HashLen(m.Algo)
-	reply := &protocol.HashReply{ID: m.ID, Disk: m.Disk, Offset: m.Offset, BlockSize: m.BlockSize, Algo: m.Algo, Hashes: make([]byte, 0, n*int64(hl))}
+	hl := int64(protocol.HashLen(m.Algo))
+	reply := &protocol.HashReply{ID: m.ID, Disk: m.Disk, Offset: m.Offset, BlockSize: m.BlockSize, Algo: m.Algo, Hashes: make([]byte, 0, m.Length/bs*hl)}
 	size := r.Size()
 	end := m.Offset + m.Length
-	var zero []replica.Extent // zero extents inside the disk, in order
+	var zero []replica.Extent // the disk's zero extents in the range, in order
 	if x, ok := r.(interface {
 		Extents(off, length int64) ([]replica.Extent, error)
 	}); ok && m.Offset < size {
@@ -610,8 +646,9 @@ func HashRange(r interface {
 			}
 		}
 	}
-	// zeroTo returns how far from at the disk reads as zeros (at itself
-	// when it does not).
+	// zeroTo returns how far from at the disk reads as zeros without
+	// reading it (at itself when it does not); adjacent zero extents are
+	// merged, so one holds the whole stretch.
 	zeroTo := func(at int64) int64 {
 		if at >= size {
 			return end
@@ -639,19 +676,18 @@ func HashRange(r interface {
 			continue
 		}
 		if buf == nil {
-			buf = make([]byte, min(m.Length, 1<<20))
+			buf = make([]byte, min(m.Length, max(bs, 1<<20)))
 		}
-		chunk := buf[:min(int64(len(buf)), end-at)]
-		clear(chunk)
-		if at < size {
-			if _, err := r.ReadAt(chunk[:min(int64(len(chunk)), size-at)], at); err != nil && !errors.Is(err, io.EOF) {
-				return nil, fmt.Errorf("hash request: read %d at %d: %w", len(chunk), at, err)
-			}
+		b := buf[:min(int64(len(buf)), end-at)]
+		in := min(at+int64(len(b)), max(at, size)) // [at, in) is inside the disk
+		if _, err := r.ReadAt(b[:in-at], at); err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("hash request: read %d at %d: %w", in-at, at, err)
 		}
-		for i := int64(0); i < int64(len(chunk)); i += bs {
-			reply.Hashes = protocol.AppendBlockHash(reply.Hashes, m.Algo, chunk[i:i+bs])
+		clear(b[in-at:])
+		for i := int64(0); i < int64(len(b)); i += bs {
+			reply.Hashes = protocol.AppendBlockHash(reply.Hashes, m.Algo, b[i:i+bs])
 		}
-		at += int64(len(chunk))
+		at += int64(len(b))
 	}
 	return reply, nil
 }
