@@ -90,6 +90,7 @@ type Tracker struct {
 	disks     []*disk // index = value in the devices map = key in lost
 
 	notify  chan struct{} // a batch may be ready; capacity 1
+	hurry   chan struct{} // a Sync waits: end the reader's linger; capacity 1
 	closing chan struct{} // closed by Close
 	done    chan struct{} // closed when the ring reader goroutine ends
 
@@ -184,6 +185,7 @@ func New(devices []string, opts ...Option) (*Tracker, error) {
 	}
 	t := &Tracker{
 		notify:   make(chan struct{}, 1),
+		hurry:    make(chan struct{}, 1),
 		closing:  make(chan struct{}),
 		done:     make(chan struct{}),
 		ahead:    map[uint64]struct{}{},
@@ -334,6 +336,8 @@ func (t *Tracker) read(hold chan struct{}) {
 		byDev[k.dev] = k
 	}
 	var rec ringbuf.Record
+	linger := time.NewTimer(readLinger)
+	linger.Stop()
 	for {
 		err := t.ring.ReadInto(&rec)
 		if errors.Is(err, ringbuf.ErrClosed) {
@@ -382,8 +386,15 @@ func (t *Tracker) read(hold chan struct{}) {
 			// waking for each one (every write is two events, and at
 			// thousands of writes a second a wake-up per event was a
 			// sixth of the agent's CPU). Adds at most readLinger to the
-			// RPO and to a Sync.
-			time.Sleep(readLinger)
+			// RPO; a Sync ends the wait at once.
+			linger.Reset(readLinger)
+			select {
+			case <-linger.C:
+			case <-t.hurry:
+				linger.Stop()
+			case <-t.closing:
+				linger.Stop()
+			}
 		}
 	}
 }
@@ -401,8 +412,12 @@ func (t *Tracker) ringEmpty() bool {
 }
 
 // readLinger is how long the ring reader waits, once it emptied the ring,
-// before it reads (and, when nothing came, sleeps in epoll) again.
-const readLinger = time.Millisecond
+// before it reads (and, when nothing came, sleeps in epoll) again. Each
+// wake-up costs the agent the same whether one write or fifty came: at
+// 5 MB/s of random 4 KiB writes the agent used 18 % of a core with 1 ms
+// and 4 % with 50 ms (ferry bench all --only rpo), its RPO p99 staying
+// under 0.2 s against the 1 s goal.
+const readLinger = 50 * time.Millisecond
 
 // countLocked records that event seq is in the sets. Events are numbered
 // when their ring slot is taken but may be committed, and so read, out of
@@ -452,6 +467,10 @@ func (t *Tracker) Sync(ctx context.Context) (n uint64, err error) {
 	}
 	if err := t.checkLost(); err != nil {
 		return 0, err
+	}
+	select {
+	case t.hurry <- struct{}{}:
+	default:
 	}
 	t.mu.Lock()
 	t.waiters++

@@ -365,3 +365,38 @@ func TestConcurrentWritesAllSeen(t *testing.T) {
 		t.Errorf("%d of %d writes never reported", missed, writers*perWriter)
 	}
 }
+
+// TestSyncEndsLinger checks that a Sync does not wait out the reader's
+// linger: a cutover's drained point would otherwise pay readLinger for
+// every disk.
+func TestSyncEndsLinger(t *testing.T) {
+	dev := tracktest.Loop(t, 64<<20, false)
+	tr := newTracker(t, []string{dev})
+	defer tr.Close()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go func() {
+		for {
+			if _, err := tr.Next(ctx); err != nil {
+				return
+			}
+		}
+	}()
+	const rounds = 20
+	var waited time.Duration
+	for i := range int64(rounds) {
+		tracktest.Write(t, dev, (i+1)*8192, 4096, 0)
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		t0 := time.Now()
+		_, err := tr.Sync(sctx)
+		waited += time.Since(t0)
+		cancel()
+		if err != nil {
+			t.Fatalf("write %d: Sync: %v", i, err)
+		}
+	}
+	if waited > rounds*readLinger/4 {
+		t.Fatalf("%d Syncs, each after a write, took %v: they waited for the reader's %v linger", rounds, waited, readLinger)
+	}
+	t.Logf("%d Syncs took %v", rounds, waited)
+}
