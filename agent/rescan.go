@@ -178,46 +178,52 @@ func (e *engine) compareRange(ctx context.Context, s *sender, d *rdisk, w hashWa
 			return err
 		}
 		since(&e.timers.read, t0)
-		// Without a second level, each run of differing blocks goes as
-		// one write.
-		runStart := int64(-1)
-		flush := func(end int64) error {
-			if runStart < 0 {
-				return nil
-			}
-			st := runStart
-			runStart = -1
-			return e.sendData(ctx, s, d, at+st, b[st:end], protocol.FlagRescan, kindDirty)
-		}
-		for i := int64(0); i < n; i += hb {
-			local = protocol.AppendBlockHash(local[:0], protocol.HashBLAKE3, b[i:i+hb])
-			if bytes.Equal(local, reply.Hash(int((at-w.off+i)/hb))) {
-				if err := flush(i); err != nil {
-					return err
-				}
-				continue
-			}
+		err := diffRuns(b, hb, reply, int((at-w.off)/hb), &local, func(lo, hi int64) error {
 			if !refine {
-				if runStart < 0 {
-					runStart = i
-				}
-				continue
+				return e.sendData(ctx, s, d, at+lo, b[lo:hi], protocol.FlagRescan, kindDirty)
 			}
-			if int64(len(s.diff))+hb > refineBytes {
-				if err := e.refine(ctx, s, d, held, hb, fine); err != nil {
-					return err
+			for j := lo; j < hi; j += hb {
+				if int64(len(s.diff))+hb > refineBytes {
+					if err := e.refine(ctx, s, d, held, hb, fine); err != nil {
+						return err
+					}
+					held = held[:0]
 				}
-				held = held[:0]
+				s.diff = append(s.diff, b[j:j+hb]...)
+				held = append(held, at+j)
 			}
-			s.diff = append(s.diff, b[i:i+hb]...)
-			held = append(held, at+i)
-		}
-		if err := flush(n); err != nil {
+			return nil
+		})
+		if err != nil {
 			return err
 		}
 	}
 	if len(held) > 0 {
 		return e.refine(ctx, s, d, held, hb, fine)
+	}
+	return nil
+}
+
+// diffRuns calls fn with each longest run [lo, hi) of bs-byte blocks of
+// data whose hash differs from reply's, data's first block being reply's
+// block first; local is scratch space for the hashes.
+func diffRuns(data []byte, bs int64, reply *protocol.HashReply, first int, local *[]byte, fn func(lo, hi int64) error) error {
+	start := int64(-1)
+	for i := int64(0); i <= int64(len(data)); i += bs {
+		same := i == int64(len(data))
+		if !same {
+			*local = protocol.AppendBlockHash((*local)[:0], protocol.HashBLAKE3, data[i:i+bs])
+			same = bytes.Equal(*local, reply.Hash(first+int(i/bs)))
+		}
+		switch {
+		case !same && start < 0:
+			start = i
+		case same && start >= 0:
+			if err := fn(start, i); err != nil {
+				return err
+			}
+			start = -1
+		}
 	}
 	return nil
 }
@@ -254,28 +260,10 @@ func (e *engine) refine(ctx context.Context, s *sender, d *rdisk, held []int64, 
 			return err
 		}
 		data := s.diff[int64(r.first)*hb : int64(r.first+r.n)*hb]
-		runStart := int64(-1)
-		flush := func(end int64) error {
-			if runStart < 0 {
-				return nil
-			}
-			st := runStart
-			runStart = -1
-			return e.sendData(ctx, s, d, r.w.off+st, data[st:end], protocol.FlagRescan, kindDirty)
-		}
-		for i := int64(0); i < int64(len(data)); i += fine {
-			local = protocol.AppendBlockHash(local[:0], protocol.HashBLAKE3, data[i:i+fine])
-			if bytes.Equal(local, reply.Hash(int(i/fine))) {
-				if err := flush(i); err != nil {
-					return err
-				}
-				continue
-			}
-			if runStart < 0 {
-				runStart = i
-			}
-		}
-		if err := flush(int64(len(data))); err != nil {
+		err = diffRuns(data, fine, reply, 0, &local, func(lo, hi int64) error {
+			return e.sendData(ctx, s, d, r.w.off+lo, data[lo:hi], protocol.FlagRescan, kindDirty)
+		})
+		if err != nil {
 			return err
 		}
 	}
