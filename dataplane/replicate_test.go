@@ -99,6 +99,7 @@ func newHarness(t *testing.T) *harness {
 	t.Cleanup(func() {
 		h.stop()
 		rs.Close()
+		be.Close() // its pack compactor may still be writing
 	})
 	return h
 }

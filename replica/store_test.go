@@ -27,6 +27,10 @@ func newEnv(t testing.TB) *testEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The backend compacts packs in the background (after a GC, say):
+	// stop it before the directory is removed, or a pack it is writing
+	// makes the removal fail.
+	t.Cleanup(func() { be.Close() })
 	keys, err := CreateKeyFile(filepath.Join(dir, "key"))
 	if err != nil {
 		t.Fatal(err)

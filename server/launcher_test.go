@@ -38,7 +38,7 @@ func TestLauncherReleasesSnapshots(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := t.Context()
-	rs, err := replica.Open(ctx, replica.Options{Dir: filepath.Join(dir, "staging"), Backend: be, Keys: keys})
+	rs, err := replica.Open(ctx, replica.Options{Dir: filepath.Join(dir, "staging"), Backend: be, Keys: keys, CloseBackend: true})
 	if err != nil {
 		t.Fatal(err)
 	}
