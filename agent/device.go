@@ -1,8 +1,6 @@
 package agent
 
 import (
-	"github.com/ferrymigrate/ferry/internal/zeros"
-
 	"errors"
 	"fmt"
 	"io"
@@ -122,5 +120,3 @@ func alignedBuf(n int) []byte {
 	}
 	return b[off : off+n : off+n]
 }
-
-func isZero(b []byte) bool { return zeros.Is(b) }

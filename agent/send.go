@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ferrymigrate/ferry/internal/zeros"
 	"github.com/ferrymigrate/ferry/protocol"
 	"golang.org/x/time/rate"
 )
@@ -73,7 +74,7 @@ func (e *engine) startPipe(ctx context.Context, d *rdisk, from int64) *syncPipe 
 					b := buf[:j.n]
 					r.err = d.dev.readAt(b, j.off)
 					if r.err == nil {
-						r.zero = isZero(b)
+						r.zero = zeros.Is(b)
 						if !r.zero {
 							var z []byte
 							ok := gate.try()
@@ -451,7 +452,7 @@ func (e *engine) sendChunk(ctx context.Context, c *conn, d *rdisk, r chunkResult
 // compressed when that pays.
 func (e *engine) sendData(ctx context.Context, s *sender, d *rdisk, off int64, data []byte, flags uint8, kind int) error {
 	n := int64(len(data))
-	if isZero(data) {
+	if zeros.Is(data) {
 		seq := e.record(d, off, n, kind, 0)
 		return s.c.queue(&protocol.Zero{Disk: uint16(d.idx), Seq: seq, Offset: off, Length: n, Flags: flags})
 	}

@@ -171,7 +171,7 @@ func (cp *copier) copyExtent(ctx context.Context, x extent, flags uint8) error {
 }
 
 func (cp *copier) sendData(ctx context.Context, off int64, b []byte, flags uint8) error {
-	if isZero(b) {
+	if zeros.Is(b) {
 		if cp.fresh && flags&protocol.FlagSync != 0 {
 			return nil
 		}
@@ -269,5 +269,3 @@ func (cp *copier) rescan(ctx context.Context) error {
 	}
 	return nil
 }
-
-func isZero(b []byte) bool { return zeros.Is(b) }

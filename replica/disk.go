@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ferrymigrate/ferry/internal/zeros"
 	"github.com/ferrymigrate/ferry/replica/backend"
 )
 
@@ -369,7 +370,7 @@ func (d *Disk) AppendFrame(seq uint64, off int64, data, frame []byte) (Commit, e
 	}
 	r := record{typ: recWrite, seq: seq, off: off, length: int64(len(data))}
 	payload := data
-	if isZero(data) {
+	if zeros.Is(data) {
 		r.typ, payload = recZero, nil
 	} else if cs := int64(d.s.cfg.ChunkSize); off%cs == 0 && r.length%cs == 0 && seq > 0 {
 		if r.length != cs {
@@ -503,7 +504,7 @@ func (d *Disk) appendChunks(r record, data, frame []byte) (Commit, error) {
 	d.appended(recHeaderSize)
 	for i := 0; i < n; i++ {
 		part := data[int64(i)*cs : int64(i+1)*cs]
-		if isZero(part) {
+		if zeros.Is(part) {
 			job.wg.Done()
 			continue
 		}

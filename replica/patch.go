@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"github.com/ferrymigrate/ferry/internal/zeros"
 )
 
 // Delta chunks. A fold that finds only a few 4 KiB pages of a chunk
@@ -52,9 +54,9 @@ func diffPages(content, base []byte) (bitmap []byte, changed int) {
 		case hi <= len(base):
 			same = bytes.Equal(content[lo:hi], base[lo:hi])
 		case lo < len(base):
-			same = bytes.Equal(content[lo:len(base)], base[lo:]) && isZero(content[len(base):hi])
+			same = bytes.Equal(content[lo:len(base)], base[lo:]) && zeros.Is(content[len(base):hi])
 		default:
-			same = isZero(content[lo:hi])
+			same = zeros.Is(content[lo:hi])
 		}
 		if !same {
 			bitmap[p/8] |= 1 << (p % 8)

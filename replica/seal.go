@@ -1,8 +1,6 @@
 package replica
 
 import (
-	"github.com/ferrymigrate/ferry/internal/zeros"
-
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
@@ -349,6 +347,3 @@ func (s *sealer) decodeChunkPayload(plain []byte) ([]byte, error) {
 	}
 	return nil, fmt.Errorf("unknown compression %d", plain[0])
 }
-
-// isZero reports whether b is all zero bytes.
-func isZero(b []byte) bool { return zeros.Is(b) }

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ferrymigrate/ferry/internal/zeros"
 	"github.com/ferrymigrate/ferry/replica/backend"
 )
 
@@ -553,7 +554,7 @@ func (s *Store) putChunk(ctx context.Context, cb *chunkBatch, content []byte) (H
 // its compressed form (see encodeChunk). Callers hold gcMu shared unless
 // journalRef is set.
 func (s *Store) storeChunk(ctx context.Context, cb *chunkBatch, content, frame []byte, journalRef bool) (Hash, error) {
-	if isZero(content) {
+	if zeros.Is(content) {
 		return Hash{}, nil
 	}
 	h := s.sl.hash(content)
