@@ -254,8 +254,10 @@ func (r *Runner) run(ctx context.Context, job *ferry.Job, o Options) {
 		}(js.SourceServerID)
 	}
 	wg.Wait()
-	r.setStatus(ctx, job.ID, func(j *ferry.Job) { j.Status = ferry.JobCompleted; j.EndedAt = r.now() })
+	// JOB_END is logged before the job shows COMPLETED: whoever sees it
+	// completed (`ferry jobs wait`) then has the whole log.
 	r.logf(ctx, job.ID, "", ferry.EventJobEnd, "job ended")
+	r.setStatus(ctx, job.ID, func(j *ferry.Job) { j.Status = ferry.JobCompleted; j.EndedAt = r.now() })
 	if r.OnEnd != nil {
 		if final, err := r.Store.Job(ctx, job.ID); err == nil {
 			r.OnEnd(final)
@@ -533,8 +535,8 @@ func (r *Runner) Recover(ctx context.Context) (int, error) {
 						}
 					}
 				}
-				r.setStatus(ctx, j.ID, func(j *ferry.Job) { j.Status = ferry.JobCompleted; j.EndedAt = r.now() })
 				r.logf(ctx, j.ID, "", ferry.EventJobEnd, "ended after a control-plane restart")
+				r.setStatus(ctx, j.ID, func(j *ferry.Job) { j.Status = ferry.JobCompleted; j.EndedAt = r.now() })
 				n++
 			}
 			if next == "" {
