@@ -133,10 +133,7 @@ func (m *extentMap) Take(from, maxLen int64) (track.Extent, bool) {
 	if len(m.ext) == 0 {
 		return track.Extent{}, false
 	}
-	i := sort.Search(len(m.ext), func(i int) bool { return m.ext[i].Offset+m.ext[i].Length > from })
-	if i == len(m.ext) {
-		i = 0
-	}
+	i := m.next(from)
 	e := m.ext[i]
 	if e.Length > maxLen {
 		n := maxLen - maxLen%m.align
@@ -152,6 +149,25 @@ func (m *extentMap) Take(from, maxLen int64) (track.Extent, bool) {
 	m.bytes -= e.Length
 	m.emptied()
 	return e, true
+}
+
+// Peek returns the range Take(from, ...) would take from, without taking
+// it.
+func (m *extentMap) Peek(from int64) (track.Extent, bool) {
+	if len(m.ext) == 0 {
+		return track.Extent{}, false
+	}
+	return m.ext[m.next(from)], true
+}
+
+// next is the index of the first range ending after from, or 0 (the
+// elevator wraps) when there is none.
+func (m *extentMap) next(from int64) int {
+	i := sort.Search(len(m.ext), func(i int) bool { return m.ext[i].Offset+m.ext[i].Length > from })
+	if i == len(m.ext) {
+		i = 0
+	}
+	return i
 }
 
 func (m *extentMap) emptied() {

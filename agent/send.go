@@ -2,13 +2,16 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/ferrymigrate/ferry/internal/aio"
 	"github.com/ferrymigrate/ferry/internal/zeros"
 	"github.com/ferrymigrate/ferry/protocol"
+	"github.com/ferrymigrate/ferry/track"
 	"golang.org/x/time/rate"
 )
 
@@ -208,9 +211,120 @@ type sender struct {
 	hashID uint32 // last HASH_REQUEST id
 	// asked holds the HASH_REQUESTs not answered yet, early the replies
 	// that came before the one awaited.
-	asked map[uint32]bool
-	early map[uint32]*protocol.HashReply
-	diff  []byte // rescan blocks held for a second comparison
+	asked  map[uint32]bool
+	early  map[uint32]*protocol.HashReply
+	diff   []byte // rescan blocks held for a second comparison
+	dirty  []track.Extent
+	ranges []aio.Range
+	// readers are the disks' batch readers by disk index; nil where a
+	// disk reads one extent at a time (no O_DIRECT, or no native AIO).
+	readers map[int]*aio.Reader
+}
+
+// maxDirtyBatch bounds the dirty extents read in one system call. Under
+// random 4 KiB writes at 10 MB/s the tracker hands over about 130 every
+// 50 ms; a blocking pread each was a third of the agent's CPU.
+const maxDirtyBatch = 256
+
+// takeDirtyLocked takes the next dirty extents in sweep order: up to
+// maxDirtyBatch whole extents in a chunk's bytes (the first may be split
+// to fit).
+func (e *engine) takeDirtyLocked(d *rdisk, xs []track.Extent) []track.Extent {
+	room := e.chunk
+	for len(xs) < maxDirtyBatch {
+		next, ok := d.dirty.Peek(d.sweep)
+		if !ok || (len(xs) > 0 && next.Length > room) {
+			break
+		}
+		x, _ := d.dirty.Take(d.sweep, room)
+		d.sweep = x.Offset + x.Length
+		xs = append(xs, x)
+		room -= x.Length
+	}
+	return xs
+}
+
+// sendDirty reads the dirty extents xs and sends them in order.
+func (e *engine) sendDirty(ctx context.Context, s *sender, d *rdisk, xs []track.Extent) error {
+	t0 := time.Now()
+	data, err := s.readExtents(e, d, xs)
+	since(&e.timers.read, t0)
+	for i := 0; err == nil && i < len(xs); i++ {
+		err = e.sendData(ctx, s, d, xs[i].Offset, data[i], 0, kindDirty)
+	}
+	if err != nil {
+		// The extents left the dirty map but may not have been recorded
+		// as in flight (the credit wait or the read failed first): put
+		// them back, or their writes are lost. Re-adding one that is in
+		// flight too is harmless.
+		e.mu.Lock()
+		now := time.Now()
+		for _, x := range xs {
+			d.dirty.Add(x.Offset, x.Length, now)
+		}
+		e.mu.Unlock()
+	}
+	return err
+}
+
+// readExtents reads xs (at most a chunk's bytes in all) from d's device:
+// in one batch of native AIO where the device allows it, else one pread
+// each into s.buf. The slices stay valid until the next read.
+func (s *sender) readExtents(e *engine, d *rdisk, xs []track.Extent) ([][]byte, error) {
+	if r := s.reader(e, d); r != nil {
+		s.ranges = s.ranges[:0]
+		for _, x := range xs {
+			s.ranges = append(s.ranges, aio.Range{Off: x.Offset, Len: x.Length})
+		}
+		out, err := r.Read(s.ranges)
+		if err == nil {
+			return out, nil
+		}
+		if errors.Is(err, aio.ErrBroken) {
+			e.log.Warn("batched reads failed; reading written blocks one at a time", "disk", d.dev.name, "err", err)
+			s.readers[d.idx] = nil
+		}
+		// Read one at a time: that reads zeros past the device's end,
+		// bounces unaligned blocks and names the extent that failed.
+	}
+	out := make([][]byte, len(xs))
+	pos := int64(0)
+	for i, x := range xs {
+		b := s.buf[pos : pos+x.Length]
+		if err := d.dev.readAt(b, x.Offset); err != nil {
+			return nil, err
+		}
+		out[i] = b
+		pos += x.Length
+	}
+	return out, nil
+}
+
+// reader returns d's batch reader, opening it at first use; nil when the
+// disk has none.
+func (s *sender) reader(e *engine, d *rdisk) *aio.Reader {
+	if r, ok := s.readers[d.idx]; ok {
+		return r
+	}
+	if s.readers == nil {
+		s.readers = map[int]*aio.Reader{}
+	}
+	var r *aio.Reader
+	if d.dev.direct != nil {
+		var err error
+		if r, err = aio.Open(d.dev.direct, maxDirtyBatch, int(e.chunk)); err != nil {
+			e.log.Info("native AIO unavailable; reading written blocks one at a time", "disk", d.dev.name, "err", err)
+			r = nil
+		}
+	}
+	s.readers[d.idx] = r
+	return r
+}
+
+func (s *sender) closeReaders() {
+	for _, r := range s.readers {
+		r.Close()
+	}
 }
 
 // sendLoop sends data until the connection fails or ctx ends.
@@ -220,7 +334,7 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 		return err
 	}
 	s := &sender{c: c, buf: alignedBuf(int(e.chunk)), comp: comp, hashes: hashes}
-	buf := s.buf
+	defer s.closeReaders()
 	var pipe *syncPipe
 	defer func() { pipe.stop() }()
 	tick := time.NewTicker(250 * time.Millisecond)
@@ -279,24 +393,9 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 		}
 		switch w {
 		case workDirty:
-			x, _ := d.dirty.Take(d.sweep, e.chunk)
-			d.sweep = x.Offset + x.Length
+			s.dirty = e.takeDirtyLocked(d, s.dirty[:0])
 			e.mu.Unlock()
-			b := buf[:x.Length]
-			t0 := time.Now()
-			err := d.dev.readAt(b, x.Offset)
-			since(&e.timers.read, t0)
-			if err == nil {
-				err = e.sendData(ctx, s, d, x.Offset, b, 0, kindDirty)
-			}
-			if err != nil {
-				// The extent left the dirty map but may not have been
-				// recorded as in flight (the credit wait or the read
-				// failed first): put it back, or its writes are lost.
-				// Re-adding one that is in flight too is harmless.
-				e.mu.Lock()
-				d.dirty.Add(x.Offset, x.Length, time.Now())
-				e.mu.Unlock()
+			if err := e.sendDirty(ctx, s, d, s.dirty); err != nil {
 				return err
 			}
 		case workRescan:

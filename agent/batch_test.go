@@ -1,0 +1,138 @@
+package agent
+
+import (
+	"bytes"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ferrymigrate/ferry/internal/aio"
+	"github.com/ferrymigrate/ferry/track"
+)
+
+func TestTakeDirty(t *testing.T) {
+	const chunk = 64 << 10
+	now := time.Unix(1, 0)
+	tests := []struct {
+		name  string
+		adds  [][2]int64
+		sweep int64
+		want  []track.Extent
+		left  int64 // bytes left in the map
+	}{
+		{"scattered blocks in one batch, from the sweep on and wrapping",
+			[][2]int64{{0, 4096}, {40960, 4096}, {81920, 4096}}, 40960,
+			[]track.Extent{{Offset: 40960, Length: 4096}, {Offset: 81920, Length: 4096}, {Offset: 0, Length: 4096}}, 0},
+		{"a large first extent is split at the chunk",
+			[][2]int64{{0, 3 * chunk}}, 0,
+			[]track.Extent{{Offset: 0, Length: chunk}}, 2 * chunk},
+		{"a later extent that does not fit waits whole",
+			[][2]int64{{0, 4096}, {8192, chunk}}, 0,
+			[]track.Extent{{Offset: 0, Length: 4096}}, chunk},
+		{"extents that fill the chunk exactly",
+			[][2]int64{{0, chunk / 2}, {chunk, chunk / 2}, {3 * chunk, 4096}}, 0,
+			[]track.Extent{{Offset: 0, Length: chunk / 2}, {Offset: chunk, Length: chunk / 2}}, 4096},
+		{"empty", nil, 0, nil, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := &engine{chunk: chunk}
+			d := &rdisk{dirty: newExtentMap(4096, 0), sweep: tt.sweep}
+			for _, a := range tt.adds {
+				d.dirty.Add(a[0], a[1], now)
+			}
+			got := e.takeDirtyLocked(d, nil)
+			if len(got) != len(tt.want) {
+				t.Fatalf("took %v, want %v", got, tt.want)
+			}
+			for i := range got {
+				if got[i] != tt.want[i] {
+					t.Fatalf("took %v, want %v", got, tt.want)
+				}
+			}
+			if d.dirty.Bytes() != tt.left {
+				t.Fatalf("%d bytes left, want %d", d.dirty.Bytes(), tt.left)
+			}
+		})
+	}
+	// Never more than maxDirtyBatch extents, however small.
+	e := &engine{chunk: 16 << 20}
+	d := &rdisk{dirty: newExtentMap(4096, 0)}
+	for i := range int64(1000) {
+		d.dirty.Add(i*8192, 4096, now)
+	}
+	if got := e.takeDirtyLocked(d, nil); len(got) != maxDirtyBatch {
+		t.Fatalf("took %d extents, want %d", len(got), maxDirtyBatch)
+	}
+}
+
+// TestReadExtents reads a batch of dirty extents the three ways the sender
+// can: native AIO, one pread each (no AIO), and AIO falling back when a
+// read comes back short at the device's end.
+func TestReadExtents(t *testing.T) {
+	const size = 4 << 20
+	path := filepath.Join(t.TempDir(), "disk")
+	want := make([]byte, size)
+	rand.NewChaCha8([32]byte{7}).Read(want)
+	if err := os.WriteFile(path, want, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dev, err := openDevice(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.close()
+	if dev.direct == nil {
+		t.Logf("O_DIRECT refused here: the batches are read one extent at a time")
+	}
+	e := &engine{chunk: 1 << 20, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	d := &rdisk{dev: dev}
+	rnd := rand.New(rand.NewPCG(1, 1))
+	batch := func() []track.Extent {
+		var xs []track.Extent
+		for range 100 {
+			xs = append(xs, track.Extent{Offset: rnd.Int64N(size/4096) * 4096, Length: 4096})
+		}
+		return append(xs, track.Extent{Offset: 8192, Length: 256 << 10})
+	}
+	check := func(name string, s *sender, xs []track.Extent) {
+		t.Helper()
+		got, err := s.readExtents(e, d, xs)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		for i, x := range xs {
+			end := min(x.Offset+x.Length, size)
+			w := append(append([]byte(nil), want[x.Offset:end]...), make([]byte, x.Offset+x.Length-end)...)
+			if !bytes.Equal(got[i], w) {
+				t.Fatalf("%s: extent %d (%d bytes at %d) read wrong", name, i, x.Length, x.Offset)
+			}
+		}
+	}
+	s := &sender{buf: alignedBuf(int(e.chunk))}
+	defer s.closeReaders()
+	check("aio", s, batch())
+	if dev.direct != nil && s.readers[d.idx] == nil {
+		t.Fatal("no batch reader on a device opened with O_DIRECT")
+	}
+	// Past the end the device reads zeros: AIO comes back short and the
+	// batch is read again one extent at a time; the reader stays.
+	check("past the end", s, []track.Extent{{Offset: 0, Length: 4096}, {Offset: size - 4096, Length: 8192}})
+	if dev.direct != nil && s.readers[d.idx] == nil {
+		t.Fatal("a short read dropped the batch reader")
+	}
+	check("aio again", s, batch())
+	// A broken reader is dropped for good.
+	if r := s.readers[d.idx]; r != nil {
+		r.Close()
+		check("broken", s, batch())
+		if r, ok := s.readers[d.idx]; !ok || r != nil {
+			t.Fatal("a broken batch reader was kept")
+		}
+	}
+	check("one at a time", &sender{buf: alignedBuf(int(e.chunk)), readers: map[int]*aio.Reader{0: nil}}, batch())
+}
