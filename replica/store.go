@@ -481,7 +481,19 @@ func (s *Store) prefetch(h Hash) {
 	default:
 		return
 	}
+	// Close waits for read-ahead like any background work: it then
+	// closes the sealer and the backend a load would still be using.
+	// Adding under mu before closed is set keeps Add before Close's Wait.
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		<-s.readAhead
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
 	go func() {
+		defer s.wg.Done()
 		defer func() { <-s.readAhead }()
 		_, _ = s.getChunk(s.ctx, h) // errors surface on the demand read
 	}()
