@@ -26,7 +26,12 @@ type activeSession struct {
 func (ss *session) controlLoop(ctx context.Context) {
 	ss.s.mu.Lock()
 	if a := ss.s.sessions[ss.id]; a != nil {
-		a.cancel = func() { ss.c.Close() }
+		a.cancel = func() {
+			// A newer session of the same agent, or a replica deletion,
+			// ends this one: no drop of the connection.
+			ss.ending(false, "ended by the replication server (a newer session, or the replica's deletion)")
+			ss.c.Close()
+		}
 	}
 	ss.s.mu.Unlock()
 	poll := ss.s.PollInterval
@@ -58,6 +63,11 @@ func (ss *session) controlLoop(ctx context.Context) {
 			return
 		}
 		if first || settings != ss.settings {
+			if settings.Disconnect {
+				// Recorded before the agent can read it and close the
+				// connection, which would look like a drop.
+				ss.ending(false, "disconnected from the service")
+			}
 			if err := ss.send(&settings); err != nil {
 				return
 			}
@@ -140,8 +150,15 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 	ss.mu.Unlock()
 
 	var settings protocol.Settings
-	end, readied := false, false
+	end, readied, steadied := false, false, false
 	sent := ss.unsavedSent()
+	upFor, window := now.Sub(started), ss.s.unstableWindow()
+	if ss.dropLogged && upFor >= window {
+		// Up for the window: the drops before this session can no longer
+		// count with a next one.
+		ss.s.forgetDrops(ss.id)
+		ss.dropLogged = false
+	}
 	// Replicating time counts from the previous written update, at most
 	// a few polls past the longest a session goes without writing (a
 	// longer gap was not spent replicating).
@@ -150,7 +167,7 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 		elapsed = min(max(now.Sub(ss.countedAt), 0), ss.s.refreshEvery()+5*ss.s.pollInterval())
 	}
 	apply := func(srv *ferry.SourceServer) error {
-		readied = false
+		readied, steadied = false, false
 		ss.addSent(srv, sent)
 		settings = protocol.Settings{BandwidthBytesPerSec: srv.ReplicationSetup.BandwidthBytesPerSec, Desired: desiredCode(srv.Desired)}
 		if srv.Lifecycle == ferry.LifecycleDisconnected || srv.Archived {
@@ -189,14 +206,9 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 		if !snapAt.IsZero() {
 			srv.Replication.LastSnapshotAt = snapAt
 		}
-		switch {
-		case snapErr != nil:
-			srv.Replication.ErrorCode, srv.Replication.ErrorMessage = ferry.ErrCodeSnapshotsFailure, snapErr.Error()
-		case srv.Replication.State == ferry.ReplicationStalled:
-			srv.Replication.ErrorCode, srv.Replication.ErrorMessage = ferry.ErrCodeNotConverging, "no progress from the agent"
-		default:
-			srv.Replication.ErrorCode, srv.Replication.ErrorMessage = "", ""
-		}
+		code, msg := sessionError(srv.Replication, srv.Replication.State, snapErr, ss.unstable, upFor, window)
+		steadied = srv.Replication.ErrorCode == ferry.ErrCodeUnstableNetwork && code == ""
+		srv.Replication.ErrorCode, srv.Replication.ErrorMessage = code, msg
 		srv.LastSeenAt = lastHeard
 		for i := range srv.Replication.Steps {
 			switch srv.Replication.Steps[i].Step {
@@ -248,6 +260,9 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 	ss.countedAt = now
 	if readied {
 		ss.s.log().Info("initial sync complete; ready for test", "server", ss.id)
+	}
+	if steadied {
+		ss.s.log().Info("agent connection stable again; UNSTABLE_NETWORK cleared", "server", ss.id, "up_for", upFor.Round(time.Second))
 	}
 	return settings, end
 }
@@ -416,16 +431,25 @@ func (s *Server) setStep(ctx context.Context, id string, step ferry.InitiationSt
 }
 
 // recordDisconnect marks the server's replication DISCONNECTED when its
-// session ends.
-func (ss *session) recordDisconnect(ctx context.Context) {
+// session ends. A drop (an end that dropCounts counts, with cause) goes
+// into the server's drop log, and when it makes the drops reach the
+// threshold the same write gives the server UNSTABLE_NETWORK: a drop
+// costs no write of its own.
+func (ss *session) recordDisconnect(ctx context.Context, drop bool, cause string) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	sent := ss.unsavedSent()
+	unstable := ""
+	if drop {
+		unstable = ss.s.recordDrop(ss.id, ss.s.now(), cause)
+	}
+	marked := false
 	_, err := ss.s.Store.UpdateServer(ctx, ss.id, func(srv *ferry.SourceServer) error {
 		ss.addSent(srv, sent)
 		srv.Replication.State = ferry.ReplicationDisconnected
 		srv.Replication.LagSeconds = 0
 		srv.Replication.ETASeconds = 0
+		marked = markUnstable(srv, unstable)
 		return nil
 	})
 	if err != nil {
@@ -433,6 +457,9 @@ func (ss *session) recordDisconnect(ctx context.Context) {
 		return
 	}
 	ss.savedSent(sent)
+	if marked {
+		ss.s.log().Warn("agent connection unstable; UNSTABLE_NETWORK", "server", ss.id, "err", unstable)
+	}
 }
 
 func (s *Server) pollInterval() time.Duration {

@@ -24,8 +24,9 @@ func (s *Server) agentNotSeenAfter() time.Duration {
 // has not been heard from for AgentNotSeenAfter the AGENT_NOT_SEEN error
 // (MGN's name for it), so that a source that went away shows up in lists
 // and alerts without anyone comparing last-seen times. The agent's next
-// session clears it. Servers disconnected from the service, archived or
-// with replication stopped are left alone. It returns how many it marked.
+// session clears it. It replaces UNSTABLE_NETWORK but no other error.
+// Servers disconnected from the service, archived or with replication
+// stopped are left alone. It returns how many it marked.
 func (s *Server) MarkAgentsNotSeen(ctx context.Context) (int, error) {
 	after := s.agentNotSeenAfter()
 	now := s.now()
@@ -83,7 +84,12 @@ func notSeen(srv *ferry.SourceServer, now time.Time, after time.Duration) bool {
 	case ferry.LifecycleDisconnected, ferry.LifecycleCutover, ferry.LifecycleDiscovered:
 		return false
 	}
-	if srv.Replication.ErrorCode != "" {
+	switch srv.Replication.ErrorCode {
+	case "":
+	case ferry.ErrCodeUnstableNetwork:
+		// An agent gone for good is more to the point than its
+		// connection having dropped before it went.
+	default:
 		return false // already marked, or a more specific error stands
 	}
 	return !srv.LastSeenAt.IsZero() && now.Sub(srv.LastSeenAt) >= after

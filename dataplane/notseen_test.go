@@ -10,7 +10,8 @@ import (
 // TestAgentNotSeen: servers whose agents have been disconnected longer
 // than AgentNotSeenAfter get AGENT_NOT_SEEN, once; servers that are
 // recent, disconnected from the service, archived, cut over, stopped or
-// already in error do not; the agent's next session clears it.
+// already in error do not, except UNSTABLE_NETWORK, which it replaces; the
+// agent's next session clears it.
 func TestAgentNotSeen(t *testing.T) {
 	h := newHarness(t)
 	ctx := t.Context()
@@ -29,6 +30,7 @@ func TestAgentNotSeen(t *testing.T) {
 		{"s-arch", func(s *ferry.SourceServer) { s.Archived = true }, false},
 		{"s-stop", func(s *ferry.SourceServer) { s.Desired = ferry.DesiredStop }, false},
 		{"s-err", func(s *ferry.SourceServer) { s.Replication.ErrorCode = ferry.ErrCodeSnapshotsFailure }, false},
+		{"s-unstable", func(s *ferry.SourceServer) { s.Replication.ErrorCode = ferry.ErrCodeUnstableNetwork }, true},
 		{"s-live", func(s *ferry.SourceServer) { s.Replication.State = ferry.ReplicationContinuous }, false},
 	}
 	for _, tt := range tests {
@@ -47,8 +49,8 @@ func TestAgentNotSeen(t *testing.T) {
 		t.Fatal(err)
 	}
 	n, err := h.dp.MarkAgentsNotSeen(ctx)
-	if err != nil || n != 2 {
-		t.Fatalf("marked %d, %v; want s-old and s-1", n, err)
+	if err != nil || n != 3 {
+		t.Fatalf("marked %d, %v; want s-old, s-unstable and s-1", n, err)
 	}
 	for _, tt := range append(tests, struct {
 		id   string

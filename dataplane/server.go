@@ -42,6 +42,17 @@ type Server struct {
 	// AgentNotSeenAfter is how long a disconnected agent may be silent
 	// before its server gets the AGENT_NOT_SEEN error; 0 means 10 min.
 	AgentNotSeenAfter time.Duration
+	// UnstableDrops is how many unplanned ends of a server's agent
+	// sessions within UnstableWindow give the server the UNSTABLE_NETWORK
+	// error; 0 means 3, and more than 64 counts as 64. Ends the service
+	// asked for do not count: this server shutting down, a disconnect
+	// from the service, the operator's pause or stop, a newer session of
+	// the same agent replacing the old.
+	UnstableDrops int
+	// UnstableWindow is the time UnstableDrops are counted in, and how
+	// long a session must then stay up to clear UNSTABLE_NETWORK; 0
+	// means 10 min.
+	UnstableWindow time.Duration
 	// CreditBytes bounds the bytes an agent may have sent but not seen
 	// acknowledged; 0 means 16 MiB.
 	CreditBytes int64
@@ -57,6 +68,10 @@ type Server struct {
 	sessions map[string]*activeSession // the live session of each server; guarded by mu
 	live     atomic.Int64              // len(sessions), read without mu
 	traffic  map[string]*serverTraffic // per-server counters; guarded by mu
+	// drops is the recent unplanned session ends of servers that had any
+	// and have not since stayed connected for UnstableWindow; guarded by
+	// mu.
+	drops map[string]*dropLog
 }
 
 // Observer watches the records a session applies and acknowledges. Its

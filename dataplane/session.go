@@ -102,6 +102,37 @@ type session struct {
 	// countedAt is when the record's ReplicatingSeconds was last brought
 	// up to date; the control loop owns it.
 	countedAt time.Time
+	// unstable is the UNSTABLE_NETWORK text the session starts with and
+	// dropLogged whether this replication server keeps a drop log for the
+	// server (see dropState); set before the control loop starts, which
+	// owns them then.
+	unstable   string
+	dropLogged bool
+
+	endMu    sync.Mutex
+	ended    bool   // an end was recorded; guarded by endMu
+	endDrop  bool   // the end was a drop (see ending); guarded by endMu
+	endCause string // guarded by endMu
+}
+
+// ending records why the session ends, if nothing has yet: the first
+// cause is the real one, since what follows it (the other goroutines'
+// reads and writes on the closed connection) fails because of it. drop
+// says the connection failed or the agent closed it, rather than the
+// server or the operator ending the session.
+func (ss *session) ending(drop bool, cause string) {
+	ss.endMu.Lock()
+	defer ss.endMu.Unlock()
+	if !ss.ended {
+		ss.ended, ss.endDrop, ss.endCause = true, drop, cause
+	}
+}
+
+// endReason returns what ending recorded.
+func (ss *session) endReason() (drop bool, cause string) {
+	ss.endMu.Lock()
+	defer ss.endMu.Unlock()
+	return ss.endDrop, ss.endCause
 }
 
 // send writes one frame.
@@ -111,15 +142,22 @@ func (ss *session) send(m protocol.Message) error {
 	ss.wbuf = protocol.Append(ss.wbuf[:0], m)
 	_ = ss.c.SetWriteDeadline(time.Now().Add(writeTimeout))
 	if _, err := ss.bw.Write(ss.wbuf); err != nil {
-		return fmt.Errorf("send %s: %w", m.Type(), err)
+		err = fmt.Errorf("send %s: %w", m.Type(), err)
+		ss.ending(true, err.Error())
+		return err
 	}
 	if err := ss.bw.Flush(); err != nil {
-		return fmt.Errorf("send %s: %w", m.Type(), err)
+		err = fmt.Errorf("send %s: %w", m.Type(), err)
+		ss.ending(true, err.Error())
+		return err
 	}
 	return nil
 }
 
+// fail sends the agent an ERROR and returns err: the server ends the
+// session, which is no drop of the connection.
 func (ss *session) fail(code uint16, err error) error {
+	ss.ending(false, err.Error())
 	_ = ss.send(&protocol.Error{Code: code, Message: err.Error()})
 	return err
 }
@@ -151,6 +189,7 @@ func (s *Server) replicate(ctx context.Context, c net.Conn, id string) error {
 		return err
 	}
 	defer release()
+	ss.unstable, ss.dropLogged = s.dropState(id)
 
 	ack, err := ss.openDisks(ctx, hello)
 	if err != nil {
@@ -185,12 +224,21 @@ func (s *Server) replicate(ctx context.Context, c net.Conn, id string) error {
 		c.Close() // stop the reader when the control loop ends the session
 	}()
 	err = ss.readLoop(sctx, r)
+	if err != nil {
+		ss.ending(true, err.Error())
+	} else {
+		ss.ending(true, "the agent closed the connection")
+	}
 	close(ss.acks)
 	<-ackDone // every appended record is durable (or failed) before we return
 	cancel()
 	c.Close()
 	wg.Wait()
-	ss.recordDisconnect(context.WithoutCancel(ctx))
+	drop, cause := ss.endReason()
+	// The control loop is done: ss.settings is what the agent was last
+	// told.
+	drop = dropCounts(drop, ctx.Err() != nil, ss.settings.Desired)
+	ss.recordDisconnect(context.WithoutCancel(ctx), drop, cause)
 	return err
 }
 
@@ -434,7 +482,10 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 			}
 		case *protocol.Heartbeat:
 		case *protocol.Error:
-			return fmt.Errorf("agent: %w", m)
+			// The agent ended the session on purpose.
+			err := fmt.Errorf("agent: %w", m)
+			ss.ending(false, err.Error())
+			return err
 		default:
 			return ss.fail(protocol.ErrCodeProtocol, fmt.Errorf("unexpected %s from the agent", m.Type()))
 		}
