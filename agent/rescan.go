@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"time"
@@ -178,7 +177,7 @@ func (e *engine) compareRange(ctx context.Context, s *sender, d *rdisk, w hashWa
 			return err
 		}
 		since(&e.timers.read, t0)
-		err := diffRuns(b, hb, reply, int((at-w.off)/hb), &local, func(lo, hi int64) error {
+		err := protocol.DiffRuns(b, hb, reply, int((at-w.off)/hb), &local, func(lo, hi int64) error {
 			if !refine {
 				return e.sendData(ctx, s, d, at+lo, b[lo:hi], protocol.FlagRescan, kindDirty)
 			}
@@ -200,30 +199,6 @@ func (e *engine) compareRange(ctx context.Context, s *sender, d *rdisk, w hashWa
 	}
 	if len(held) > 0 {
 		return e.refine(ctx, s, d, held, hb, fine)
-	}
-	return nil
-}
-
-// diffRuns calls fn with each longest run [lo, hi) of bs-byte blocks of
-// data whose hash differs from reply's, data's first block being reply's
-// block first; local is scratch space for the hashes.
-func diffRuns(data []byte, bs int64, reply *protocol.HashReply, first int, local *[]byte, fn func(lo, hi int64) error) error {
-	start := int64(-1)
-	for i := int64(0); i <= int64(len(data)); i += bs {
-		same := i == int64(len(data))
-		if !same {
-			*local = protocol.AppendBlockHash((*local)[:0], protocol.HashBLAKE3, data[i:i+bs])
-			same = bytes.Equal(*local, reply.Hash(first+int(i/bs)))
-		}
-		switch {
-		case !same && start < 0:
-			start = i
-		case same && start >= 0:
-			if err := fn(start, i); err != nil {
-				return err
-			}
-			start = -1
-		}
 	}
 	return nil
 }
@@ -260,7 +235,7 @@ func (e *engine) refine(ctx context.Context, s *sender, d *rdisk, held []int64, 
 			return err
 		}
 		data := s.diff[int64(r.first)*hb : int64(r.first+r.n)*hb]
-		err = diffRuns(data, fine, reply, 0, &local, func(lo, hi int64) error {
+		err = protocol.DiffRuns(data, fine, reply, 0, &local, func(lo, hi int64) error {
 			return e.sendData(ctx, s, d, r.w.off+lo, data[lo:hi], protocol.FlagRescan, kindDirty)
 		})
 		if err != nil {

@@ -334,16 +334,22 @@ func TestConnectorReplicatesQEMU(t *testing.T) {
 		}
 	}
 	v.write(t, 10<<20, 1<<20)
+	// Scattered 4 KiB blocks: one alone in its 64 KiB hash block, two
+	// with a gap in another. The rescan's second comparison sends just
+	// them, not their 64 KiB blocks.
+	v.write(t, 20<<20+4096, 4096)
+	v.write(t, 30<<20+8192, 4096)
+	v.write(t, 30<<20+16384, 4096)
 	rescan := run("after losing the bitmap", ModeRescan)
-	if got := rescan.Disks[0].RawSentBytes; got != 1<<20 {
-		t.Errorf("rescan sent %d bytes for a 1 MiB change", got)
+	if got, want := rescan.Disks[0].RawSentBytes, int64(1<<20+3*4096); got != want {
+		t.Errorf("rescan sent %d bytes for a 1 MiB change and three 4 KiB blocks, want %d", got, want)
 	}
 	v.write(t, 50<<20, 512<<10)
 	after := run("after the rescan", ModeIncremental)
 	if got := after.Disks[0].RawSentBytes; got != 512<<10 {
 		t.Errorf("run after the rescan sent %d bytes for a 512 KiB change", got)
 	}
-	t.Logf("figures: disk %d MiB; first run %d KiB on the wire (%d raw), second run %d KiB (%d raw) for 3 MiB written; rescan %d KiB for 1 MiB written",
+	t.Logf("figures: disk %d MiB; first run %d KiB on the wire (%d raw), second run %d KiB (%d raw) for 3 MiB written; rescan %d KiB for 1 MiB and 12 KiB written",
 		size>>20, first.SentBytes()>>10, first.Disks[0].RawSentBytes>>10, second.SentBytes()>>10, second.Disks[0].RawSentBytes>>10, rescan.SentBytes()>>10)
 }
 

@@ -3,11 +3,11 @@ package connector
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/ferrymigrate/ferry/internal/zeros"
 	"github.com/ferrymigrate/ferry/nbd"
 	"github.com/ferrymigrate/ferry/protocol"
+	"golang.org/x/sync/errgroup"
 )
 
 // Rescan geometry: one HASH_REQUEST per range, one hash per block.
@@ -206,9 +206,12 @@ func (cp *copier) zero(off, length int64, flags uint8) error {
 }
 
 // rescan compares every block of the point in time with the replica's
-// hashes and sends the runs of blocks that differ.
+// hashes and sends only what differs. Like the agent's, it compares in
+// two levels: each rescanRange in rescanBlock blocks (a reply of 32 bytes
+// per 64 KiB), then the runs of blocks that differ again at the
+// replica's block size, so a changed 4 KiB block costs 4 KiB on the wire,
+// not 64 KiB.
 func (cp *copier) rescan(ctx context.Context) error {
-	var id uint32
 	var local []byte
 	buf := make([]byte, rescanRange)
 	for off := int64(0); off < cp.size; off += rescanRange {
@@ -217,14 +220,9 @@ func (cp *copier) rescan(ctx context.Context) error {
 		if length%hb != 0 {
 			hb = cp.bs
 		}
-		id++
-		reply, err := cp.s.link.hashRequest(ctx, &protocol.HashRequest{ID: uint32(time.Now().UnixNano()) ^ id, Disk: uint16(cp.p.i),
-			Offset: off, Length: length, BlockSize: uint32(hb), Algo: protocol.HashBLAKE3})
+		reply, err := cp.hashes(ctx, off, length, hb)
 		if err != nil {
 			return fmt.Errorf("rescan: %w", err)
-		}
-		if reply.Count() != int(length/hb) {
-			return fmt.Errorf("rescan: %d hashes for %d blocks", reply.Count(), length/hb)
 		}
 		b := buf[:length]
 		for at := int64(0); at < length; at += 4 << 20 {
@@ -234,38 +232,89 @@ func (cp *copier) rescan(ctx context.Context) error {
 			}
 		}
 		cp.p.res.ReadBytes += length
-		runStart := int64(-1)
-		flush := func(end int64) error {
-			if runStart < 0 {
-				return nil
-			}
-			s := runStart
-			runStart = -1
-			cp.p.res.TrackedBytes += end - s
-			for at := s; at < end; at += int64(len(cp.buf)) {
-				if err := cp.sendData(ctx, off+at, b[at:min(end, at+int64(len(cp.buf)))], protocol.FlagRescan); err != nil {
-					return err
-				}
-			}
+		var runs []extent // byte ranges of b
+		err = protocol.DiffRuns(b, hb, reply, 0, &local, func(lo, hi int64) error {
+			runs = append(runs, extent{lo, hi - lo})
 			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("rescan: %w", err)
 		}
-		for i := int64(0); i < length; i += hb {
-			local = protocol.AppendBlockHash(local[:0], protocol.HashBLAKE3, b[i:i+hb])
-			if string(local) != string(reply.Hash(int(i/hb))) {
-				if runStart < 0 {
-					runStart = i
-				}
-				continue
-			}
-			if err := flush(i); err != nil {
-				return err
-			}
-		}
-		if err := flush(length); err != nil {
+		if err := cp.refine(ctx, off, b, runs, hb); err != nil {
 			return err
 		}
 		done := off + length
 		cp.s.figures(cp.p.disk.Name, func(f *diskFigures) { f.rescanned = done })
+	}
+	return nil
+}
+
+// refineRequests bounds the second-level HASH_REQUESTs of one range in
+// flight at once.
+const refineRequests = 16
+
+// refine compares runs (byte ranges of b, which holds the disk from off)
+// whose coarse hashes differ again at the replica's block size, all
+// runs' requests in flight together, and sends the blocks that differ.
+// Where the replica's blocks are no finer than hb, it sends the runs.
+func (cp *copier) refine(ctx context.Context, off int64, b []byte, runs []extent, hb int64) error {
+	fine := cp.bs
+	if fine <= 0 || fine >= hb || hb%fine != 0 {
+		for _, r := range runs {
+			if err := cp.sendRun(ctx, off+r.off, b[r.off:r.off+r.len]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	replies := make([]*protocol.HashReply, len(runs))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(refineRequests)
+	for i, r := range runs {
+		g.Go(func() error {
+			var err error
+			replies[i], err = cp.hashes(gctx, off+r.off, r.len, fine)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return fmt.Errorf("rescan: %w", err)
+	}
+	var local []byte
+	for i, r := range runs {
+		data := b[r.off : r.off+r.len]
+		err := protocol.DiffRuns(data, fine, replies[i], 0, &local, func(lo, hi int64) error {
+			return cp.sendRun(ctx, off+r.off+lo, data[lo:hi])
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// hashes asks the replica for the hashes of [off, off+length) in blocks
+// of bs and checks that the reply has one per block.
+func (cp *copier) hashes(ctx context.Context, off, length, bs int64) (*protocol.HashReply, error) {
+	reply, err := cp.s.link.hashRequest(ctx, &protocol.HashRequest{ID: cp.s.link.nextHashID(), Disk: uint16(cp.p.i),
+		Offset: off, Length: length, BlockSize: uint32(bs), Algo: protocol.HashBLAKE3})
+	if err != nil {
+		return nil, err
+	}
+	if reply.Count() != int(length/bs) {
+		return nil, fmt.Errorf("%d hashes for %d blocks", reply.Count(), length/bs)
+	}
+	return reply, nil
+}
+
+// sendRun sends data, which differs from the replica at off, in pieces
+// of at most a buffer.
+func (cp *copier) sendRun(ctx context.Context, off int64, data []byte) error {
+	cp.p.res.TrackedBytes += int64(len(data))
+	for at := int64(0); at < int64(len(data)); at += int64(len(cp.buf)) {
+		if err := cp.sendData(ctx, off+at, data[at:min(int64(len(data)), at+int64(len(cp.buf)))], protocol.FlagRescan); err != nil {
+			return err
+		}
 	}
 	return nil
 }

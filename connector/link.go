@@ -50,7 +50,10 @@ type link struct {
 	settings  protocol.Settings // guarded by mu
 	err       error             // why the link ended; guarded by mu
 	hashes    map[uint32]chan *protocol.HashReply
-	stats     func() *protocol.Stats
+	// hashID numbers HASH_REQUESTs: unique on the link, so a reply late
+	// for a request given up on never answers a later one.
+	hashID atomic.Uint32
+	stats  func() *protocol.Stats
 	// onFlush is told of every FLUSH (the server wants a drained point).
 	onFlush func(*protocol.Flush)
 	done    chan struct{}
@@ -288,6 +291,9 @@ func (l *link) ackedSeq(disk int) uint64 {
 	defer l.mu.Unlock()
 	return l.acked[disk]
 }
+
+// nextHashID returns an ID for a new HASH_REQUEST.
+func (l *link) nextHashID() uint32 { return l.hashID.Add(1) }
 
 // hashRequest asks for the replica's block hashes and waits for them.
 func (l *link) hashRequest(ctx context.Context, m *protocol.HashRequest) (*protocol.HashReply, error) {

@@ -1,6 +1,8 @@
 package protocol
 
 import (
+	"bytes"
+	"fmt"
 	"sync"
 
 	"github.com/ferrymigrate/ferry/internal/zeros"
@@ -58,4 +60,39 @@ func zeroHash(algo uint8, n int) []byte {
 	h := appendHash(nil, algo, make([]byte, n))
 	zeroHashes.Store(k, h)
 	return h
+}
+
+// DiffRuns compares data, in blocks of bs bytes, with the block hashes of
+// reply (data's first block being reply's block first, hashed with
+// reply's algorithm) and calls fn with each longest run [lo, hi) of
+// blocks that differ, as byte offsets into data. Both ends of a rescan
+// use it: one changed block costs one block on the wire, adjacent ones
+// go as one extent. local is scratch space for the hashes, kept between
+// calls. It fails, before calling fn, when data is not whole blocks or
+// reply holds too few hashes for it.
+func DiffRuns(data []byte, bs int64, reply *HashReply, first int, local *[]byte, fn func(lo, hi int64) error) error {
+	if bs <= 0 || int64(len(data))%bs != 0 {
+		return fmt.Errorf("compare hashes: %d bytes are not whole %d-byte blocks", len(data), bs)
+	}
+	if need := first + int(int64(len(data))/bs); first < 0 || reply.Count() < need || HashLen(reply.Algo) == 0 {
+		return fmt.Errorf("compare hashes: the reply holds %d hashes, %d needed", reply.Count(), need)
+	}
+	start := int64(-1)
+	for i := int64(0); i <= int64(len(data)); i += bs {
+		same := i == int64(len(data))
+		if !same {
+			*local = AppendBlockHash((*local)[:0], reply.Algo, data[i:i+bs])
+			same = bytes.Equal(*local, reply.Hash(first+int(i/bs)))
+		}
+		switch {
+		case !same && start < 0:
+			start = i
+		case same && start >= 0:
+			if err := fn(start, i); err != nil {
+				return err
+			}
+			start = -1
+		}
+	}
+	return nil
 }
