@@ -157,10 +157,15 @@ func (d *Disk) foldChunks(ctx context.Context, cb *chunkBatch, r *Reader, dirty 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			// Allocated on the first chunk that must be read: most of a
+			// Taken on the first chunk that must be read: most of a
 			// fold's chunks are often linked or zero, and thousands of
 			// disks fold at once on a busy server.
 			var buf []byte
+			defer func() {
+				if buf != nil {
+					d.s.foldBufs.Put(&buf)
+				}
+			}()
 			for c := range work {
 				n := min(r.cs, r.size-c*r.cs)
 				h, err := d.foldChunk(ctx, cb, r, c, n, &buf)
@@ -189,7 +194,8 @@ func (d *Disk) foldChunks(ctx context.Context, cb *chunkBatch, r *Reader, dirty 
 }
 
 // foldChunk stores chunk c (n bytes) as r shows it, reading it into *buf
-// (allocated here when nil) unless it can be linked or is all zeros. When
+// (taken from the store's pool here when nil; its old content is never
+// read) unless it can be linked or is all zeros. When
 // at most 1/maxDeltaFraction of its pages differ from its full chunk in
 // the base map, only those pages are stored, as a delta over that chunk.
 func (d *Disk) foldChunk(ctx context.Context, cb *chunkBatch, r *Reader, c, n int64, buf *[]byte) (entry, error) {
@@ -206,7 +212,11 @@ func (d *Disk) foldChunk(ctx context.Context, cb *chunkBatch, r *Reader, c, n in
 		}
 	}
 	if *buf == nil {
-		*buf = make([]byte, r.cs)
+		if p, ok := d.s.foldBufs.Get().(*[]byte); ok && int64(len(*p)) >= r.cs {
+			*buf = *p
+		} else {
+			*buf = make([]byte, r.cs)
+		}
 	}
 	b := (*buf)[:n]
 	if e, ok, err := d.foldTouched(ctx, cb, r, c, b); ok || err != nil {
