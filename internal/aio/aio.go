@@ -155,6 +155,11 @@ func (r *Reader) run(n int) error {
 		if e == unix.EINTR {
 			continue
 		}
+		if e == 0 && k == 0 {
+			// Nothing taken and no error: never seen, but looping on it
+			// would spin.
+			e = unix.EAGAIN
+		}
 		if e != 0 {
 			if submitted == 0 {
 				// Nothing in flight: the context is still good, the
