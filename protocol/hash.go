@@ -74,8 +74,10 @@ func DiffRuns(data []byte, bs int64, reply *HashReply, first int, local *[]byte,
 	if bs <= 0 || int64(len(data))%bs != 0 {
 		return fmt.Errorf("compare hashes: %d bytes are not whole %d-byte blocks", len(data), bs)
 	}
-	if need := first + int(int64(len(data))/bs); first < 0 || reply.Count() < need || HashLen(reply.Algo) == 0 {
-		return fmt.Errorf("compare hashes: the reply holds %d hashes, %d needed", reply.Count(), need)
+	// Compared without adding to first, which a sum could overflow.
+	blocks, have := int64(len(data))/bs, int64(reply.Count())
+	if first < 0 || int64(first) > have || have-int64(first) < blocks || HashLen(reply.Algo) == 0 {
+		return fmt.Errorf("compare hashes: the reply holds %d hashes, %d needed from hash %d", have, blocks, first)
 	}
 	start := int64(-1)
 	for i := int64(0); i <= int64(len(data)); i += bs {

@@ -103,6 +103,7 @@ func TestDiffRunsRefusesMismatches(t *testing.T) {
 		{"too few hashes", data, 512, 0, reply},
 		{"past the reply's end", data[:3*512], 512, 1, reply},
 		{"negative first block", data[:512], 512, -1, reply},
+		{"first block so large the sum overflows", data[:512], 512, int(^uint(0) >> 1), reply},
 		{"a partial block", data[:700], 512, 0, reply},
 		{"no block size", data, 0, 0, reply},
 		{"unknown algorithm", data[:512], 512, 0, &HashReply{Algo: 99, Hashes: make([]byte, 64)}},
@@ -115,4 +116,65 @@ func TestDiffRunsRefusesMismatches(t *testing.T) {
 			t.Errorf("%s: err %v, fn called %v; want an error and no call", c.name, err, called)
 		}
 	}
+}
+
+// FuzzDiffRuns: any data and any reply (as a server could send) either
+// fail cleanly or yield ordered, block-aligned runs that cover exactly the
+// blocks whose hashes differ.
+func FuzzDiffRuns(f *testing.F) {
+	f.Add([]byte("abcdabcdabcdabcd"), int64(4), 0, HashBLAKE3, []byte{})
+	f.Add(make([]byte, 1024), int64(512), 1, HashXXH3, make([]byte, 24))
+	f.Add([]byte("xy"), int64(0), -1, uint8(99), []byte{1, 2, 3})
+	f.Add(make([]byte, 512), int64(512), int(^uint(0)>>1), HashBLAKE3, make([]byte, 32)) // first + blocks overflows
+	f.Fuzz(func(t *testing.T, data []byte, bs int64, first int, algo uint8, noise []byte) {
+		reply := &HashReply{Algo: algo, Hashes: noise}
+		// Make some hashes right, so runs end as well as start.
+		if hl := HashLen(algo); hl > 0 && bs > 0 && bs <= 1<<16 && int64(len(data))%bs == 0 && first >= 0 && first < 64 {
+			reply.Hashes = make([]byte, 0, (first+len(data)/int(bs))*hl)
+			for i := 0; i < first; i++ {
+				reply.Hashes = append(reply.Hashes, make([]byte, hl)...)
+			}
+			for i := 0; i < len(data); i += int(bs) {
+				h := AppendBlockHash(nil, algo, data[i:i+int(bs)])
+				if len(noise) > 0 && noise[(i/int(bs))%len(noise)]&1 == 1 {
+					h[0] ^= 0xff
+				}
+				reply.Hashes = append(reply.Hashes, h...)
+			}
+		}
+		var runs [][2]int64
+		var local []byte
+		err := DiffRuns(data, bs, reply, first, &local, func(lo, hi int64) error {
+			runs = append(runs, [2]int64{lo, hi})
+			return nil
+		})
+		if err != nil {
+			if len(runs) > 0 {
+				t.Fatalf("error %v after reporting runs %v", err, runs)
+			}
+			return
+		}
+		prev := int64(-1)
+		for _, r := range runs {
+			if r[0] <= prev || r[1] <= r[0] || r[1] > int64(len(data)) || r[0]%bs != 0 || r[1]%bs != 0 {
+				t.Fatalf("bad run %v after %d (data %d bytes, bs %d)", r, prev, len(data), bs)
+			}
+			prev = r[1]
+		}
+		in := func(i int64) bool {
+			for _, r := range runs {
+				if i >= r[0] && i < r[1] {
+					return true
+				}
+			}
+			return false
+		}
+		for i := int64(0); i < int64(len(data)); i += bs {
+			h := AppendBlockHash(nil, algo, data[i:i+bs])
+			differs := !bytes.Equal(h, reply.Hash(first+int(i/bs)))
+			if differs != in(i) {
+				t.Fatalf("block at %d: differs %v, in a run %v", i, differs, in(i))
+			}
+		}
+	})
 }
