@@ -46,20 +46,41 @@ type chunkResult struct {
 	data   []byte // payload as sent (compressed when flags say so)
 	flags  uint8
 	err    error
+	// back is data's buffer, which goes back to pool once data is sent:
+	// the readers hand their buffers over instead of copying a chunk
+	// that stays as read.
+	back *[]byte
+	pool *sync.Pool
+}
+
+// release gives r's buffer back to its pipe once it has been sent.
+func (r *chunkResult) release() {
+	if r.back != nil {
+		r.pool.Put(r.back)
+		r.back, r.data = nil, nil
+	}
 }
 
 // syncPipe reads a disk's initial-sync chunks in order with parallel
-// readers; at most Readers chunks are in memory.
+// readers; at most Readers chunks are in memory (and one being sent).
 type syncPipe struct {
 	d      *rdisk
 	futs   chan chan chunkResult
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// raw holds aligned chunk buffers for the reads, packed buffers of
+	// a chunk's size for compressed payloads.
+	raw, packed sync.Pool
 }
 
 func (e *engine) startPipe(ctx context.Context, d *rdisk, from int64) *syncPipe {
 	ctx, cancel := context.WithCancel(ctx)
 	p := &syncPipe{d: d, futs: make(chan chan chunkResult, e.o.Readers), cancel: cancel}
+	chunk := int(e.chunk)
+	p.raw.New = func() any { b := alignedBuf(chunk); return &b }
+	// A payload that does not save an eighth is sent as read, so the
+	// compressor never needs more room than this.
+	p.packed.New = func() any { b := make([]byte, 0, chunk); return &b }
 	jobs := make(chan struct {
 		off, n int64
 		res    chan chunkResult
@@ -70,27 +91,36 @@ func (e *engine) startPipe(ctx context.Context, d *rdisk, from int64) *syncPipe 
 			defer p.wg.Done()
 			comp, err := protocol.NewCompressor()
 			var gate compressGate
-			buf := alignedBuf(int(e.chunk))
 			for j := range jobs {
 				r := chunkResult{off: j.off, n: j.n, err: err}
 				if err == nil {
-					b := buf[:j.n]
+					bp := p.raw.Get().(*[]byte)
+					b := (*bp)[:j.n]
 					r.err = d.dev.readAt(b, j.off)
 					if r.err == nil {
 						r.zero = zeros.Is(b)
-						if !r.zero {
+					}
+					if r.err == nil && !r.zero {
+						ok := gate.try()
+						if ok {
+							zp := p.packed.Get().(*[]byte)
 							var z []byte
-							ok := gate.try()
+							z, ok = comp.Compress(b, (*zp)[:0])
+							gate.result(ok)
 							if ok {
-								z, ok = comp.Compress(b, nil)
-								gate.result(ok)
-							}
-							if ok {
-								r.data, r.flags = z, protocol.FlagZstd
+								*zp = z
+								r.data, r.flags, r.back, r.pool = z, protocol.FlagZstd, zp, &p.packed
 							} else {
-								r.data = append([]byte(nil), b...)
+								p.packed.Put(zp)
 							}
 						}
+						if !ok {
+							r.data, r.back, r.pool = b, bp, &p.raw
+							bp = nil
+						}
+					}
+					if bp != nil {
+						p.raw.Put(bp)
 					}
 				}
 				j.res <- r
@@ -427,9 +457,12 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 			}
 			since(&e.timers.read, t0)
 			if r.err != nil {
+				r.release()
 				return fmt.Errorf("initial sync of %s: %w", d.dev.name, r.err)
 			}
-			if err := e.sendChunk(ctx, c, d, r); err != nil {
+			err := e.sendChunk(ctx, c, d, r)
+			r.release()
+			if err != nil {
 				return err
 			}
 		case workSnapshot:
