@@ -51,6 +51,7 @@ state directory (0600). Later runs reuse them and need no token.`,
 				fmt.Fprintf(cmd.OutOrStdout(), "Data plane %s accepted this agent\n", st.DataPlaneAddress)
 				return nil
 			}
+			agent.LimitMemory()
 			if !agent.UnderSystemd() {
 				// The systemd unit sets these itself.
 				if err := agent.LowerPriority(); err != nil {
