@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"math"
 	"os"
 	"os/exec"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"testing"
@@ -43,5 +45,23 @@ func TestLowerPriority(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "PASS") {
 		t.Fatalf("child: %v\n%s", err, out)
+	}
+}
+
+func TestLimitMemory(t *testing.T) {
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	for _, tc := range []struct {
+		env  string
+		want int64
+	}{
+		{"", MemoryLimit},
+		{"100MiB", math.MaxInt64}, // the operator's: the runtime read it at start, LimitMemory leaves it
+	} {
+		t.Setenv("GOMEMLIMIT", tc.env)
+		debug.SetMemoryLimit(math.MaxInt64)
+		LimitMemory()
+		if got := debug.SetMemoryLimit(-1); got != tc.want {
+			t.Errorf("GOMEMLIMIT=%q: limit %d, want %d", tc.env, got, tc.want)
+		}
 	}
 }
