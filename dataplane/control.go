@@ -58,10 +58,7 @@ func (ss *session) controlLoop(ctx context.Context) {
 			started = now
 		}
 		lastAcked = ackedBytes
-		settings, end := ss.update(ctx, now, rate, started)
-		if end {
-			return
-		}
+		settings := ss.update(ctx, now, rate, started)
 		if first || settings != ss.settings {
 			if settings.Disconnect {
 				// Recorded before the agent can read it and close the
@@ -135,8 +132,9 @@ func (ss *session) durableBytes() int64 {
 }
 
 // update writes the session's picture to the server's record and returns
-// the settings to send; end is true when the server was disconnected.
-func (ss *session) update(ctx context.Context, now time.Time, rate float64, started time.Time) (protocol.Settings, bool) {
+// the settings to send (Disconnect set when the server was disconnected
+// from the service or archived).
+func (ss *session) update(ctx context.Context, now time.Time, rate float64, started time.Time) protocol.Settings {
 	ss.mu.Lock()
 	var st *protocol.Stats
 	if ss.stats != nil {
@@ -150,7 +148,7 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 	ss.mu.Unlock()
 
 	var settings protocol.Settings
-	end, readied, steadied := false, false, false
+	readied, steadied := false, false
 	sent := ss.unsavedSent()
 	upFor, window := now.Sub(started), ss.s.unstableWindow()
 	if ss.dropLogged && upFor >= window {
@@ -171,7 +169,7 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 		ss.addSent(srv, sent)
 		settings = protocol.Settings{BandwidthBytesPerSec: srv.ReplicationSetup.BandwidthBytesPerSec, Desired: desiredCode(srv.Desired)}
 		if srv.Lifecycle == ferry.LifecycleDisconnected || srv.Archived {
-			settings.Disconnect, end = true, false
+			settings.Disconnect = true
 			srv.Replication.State = ferry.ReplicationDisconnected
 			return nil
 		}
@@ -244,7 +242,7 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 		cur := cloneForUpdate(ss.record)
 		before := recordOf(cur)
 		if apply(cur) == nil && !needsWrite(before, recordOf(cur), now.Sub(ss.written), ss.s.refreshEvery()) {
-			return settings, end
+			return settings
 		}
 	}
 	out, err := ss.s.Store.UpdateServer(ctx, ss.id, apply)
@@ -253,7 +251,7 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 		if ctx.Err() == nil {
 			ss.s.log().Warn("update replication state", "server", ss.id, "err", err)
 		}
-		return settings, end
+		return settings
 	}
 	ss.record, ss.readAt, ss.written = out, now, now
 	ss.savedSent(sent)
@@ -264,7 +262,7 @@ func (ss *session) update(ctx context.Context, now time.Time, rate float64, star
 	if steadied {
 		ss.s.log().Info("agent connection stable again; UNSTABLE_NETWORK cleared", "server", ss.id, "up_for", upFor.Round(time.Second))
 	}
-	return settings, end
+	return settings
 }
 
 // refreshEvery is how stale the record's last-seen time, lag and ETA may

@@ -15,7 +15,8 @@ import (
 // that no other disk shares are freed by the next GC. A live session of
 // the server is ended first and none can start until it is done. A disk
 // that a launched instance still reads is refused with an error wrapping
-// ferry.ErrConflict, and the disks deleted before it stay deleted.
+// ferry.ErrConflict, and the disks deleted before it stay deleted. Once
+// all are gone, the server's traffic counters and drop log go too.
 func (s *Server) DeleteReplica(ctx context.Context, serverID string) (int, error) {
 	if s.Replica == nil {
 		return 0, nil
@@ -44,5 +45,16 @@ func (s *Server) DeleteReplica(ctx context.Context, serverID string) (int, error
 			s.log().Info("replica disk deleted", "server", serverID, "disk", d.ID())
 		}
 	}
+	s.forget(serverID)
 	return n, nil
+}
+
+// forget drops what the server keeps in memory of a server whose replica
+// is gone (its traffic counters and drop log): a fleet that comes and
+// goes would otherwise grow them for the life of the process.
+func (s *Server) forget(serverID string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.traffic, serverID)
+	delete(s.drops, serverID)
 }

@@ -13,7 +13,8 @@ import (
 
 // TestDeleteReplica deletes a server's replica disks and no other
 // server's (s-10's ids start like s-1's), ends the server's live session
-// first, and refuses a disk an instance is reading.
+// first, refuses a disk an instance is reading, and forgets the server's
+// counters once its replica is gone.
 func TestDeleteReplica(t *testing.T) {
 	h := newHarness(t)
 	ctx := t.Context()
@@ -48,6 +49,9 @@ func TestDeleteReplica(t *testing.T) {
 		}
 	}
 	reader.Close()
+	if !dataplane.HasTraffic(h.dp, "s-1") {
+		t.Fatal("no traffic counters for s-1 after its session")
+	}
 	if n, err := h.dp.DeleteReplica(ctx, "s-1"); err != nil || n != 1 {
 		t.Fatalf("delete again: %d, %v; want the last disk deleted", n, err)
 	}
@@ -58,6 +62,9 @@ func TestDeleteReplica(t *testing.T) {
 	}
 	if _, err := h.rs.Disk(dataplane.DiskID("s-10", "vda")); err != nil {
 		t.Errorf("another server's disk went too: %v", err)
+	}
+	if dataplane.HasTraffic(h.dp, "s-1") || dataplane.DropsLogged(h.dp, "s-1") != 0 {
+		t.Error("the server's traffic counters or drop log outlived its replica")
 	}
 	if n, err := h.dp.DeleteReplica(ctx, "s-1"); err != nil || n != 0 {
 		t.Fatalf("delete with nothing left: %d, %v", n, err)

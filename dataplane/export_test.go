@@ -10,3 +10,11 @@ func DropsLogged(s *Server, id string) int {
 	}
 	return 0
 }
+
+// HasTraffic reports whether s keeps traffic counters for server id.
+func HasTraffic(s *Server, id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.traffic[id]
+	return ok
+}
