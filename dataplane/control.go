@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"reflect"
 	"slices"
@@ -15,10 +16,20 @@ import (
 // activeSession is a server's current session, so a reconnecting agent
 // can replace it.
 type activeSession struct {
-	done   chan struct{}
-	cancel func()   // ends the session; guarded by Server.mu
+	done chan struct{}
+	// cancel ends the session; replaced says a newer session of the same
+	// agent is taking over (otherwise the replica is being deleted).
+	// Guarded by Server.mu.
+	cancel func(replaced bool)
 	sess   *session // set once the disks are open; guarded by Server.mu
 }
+
+// silentReplaced is how long a session must have heard nothing from its
+// agent for its replacement to count as a drop: two of the agent's
+// heartbeats. An agent that opens a new session while its old one is
+// still talking chose to; one whose old connection went quiet lost it
+// (half-open after a network failure) and only noticed now.
+const silentReplaced = 2 * agentHeartbeatEvery
 
 // controlLoop sends heartbeats, pushes SETTINGS when the operator changes
 // them, and keeps the control plane's record of the server current (about
@@ -26,10 +37,16 @@ type activeSession struct {
 func (ss *session) controlLoop(ctx context.Context) {
 	ss.s.mu.Lock()
 	if a := ss.s.sessions[ss.id]; a != nil {
-		a.cancel = func() {
-			// A newer session of the same agent, or a replica deletion,
-			// ends this one: no drop of the connection.
-			ss.ending(false, "ended by the replication server (a newer session, or the replica's deletion)")
+		a.cancel = func(replaced bool) {
+			switch silent := ss.silentFor(); {
+			case !replaced:
+				ss.ending(false, "ended by the replication server (the replica's deletion)")
+			case silent >= silentReplaced:
+				ss.ending(true, fmt.Sprintf("the agent started a new session after %s without a word on this one (a half-open connection)", silent.Round(time.Second)))
+			default:
+				// The agent chose to reconnect: no drop.
+				ss.ending(false, "replaced by a newer session of the same agent")
+			}
 			ss.c.Close()
 		}
 	}

@@ -50,6 +50,7 @@ type harness struct {
 	ca      *pki.CA
 	cert    tls.Certificate
 	stop    func() // ends the replication server serve started
+	clock   *clock // the server's clock, when a test moves it
 }
 
 func newHarness(t *testing.T) *harness {

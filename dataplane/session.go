@@ -23,6 +23,9 @@ const (
 	defaultPoll         = time.Second
 	defaultSettingsPoll = 10 * time.Second
 	heartbeatEvery      = 5 * time.Second
+	// agentHeartbeatEvery is how often an agent sends a HEARTBEAT when it
+	// has nothing else to send (agent.agentHeartbeat).
+	agentHeartbeatEvery = 5 * time.Second
 	readTimeout         = 30 * time.Second
 	writeTimeout        = 30 * time.Second
 	defaultCreditBytes  = 16 << 20
@@ -128,6 +131,16 @@ func (ss *session) ending(drop bool, cause string) {
 	}
 }
 
+// silentFor is how long the session has heard nothing from its agent.
+func (ss *session) silentFor() time.Duration {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.lastHeard.IsZero() {
+		return 0
+	}
+	return ss.s.now().Sub(ss.lastHeard)
+}
+
 // endReason returns what ending recorded.
 func (ss *session) endReason() (drop bool, cause string) {
 	ss.endMu.Lock()
@@ -184,7 +197,7 @@ func (s *Server) replicate(ctx context.Context, c net.Conn, id string) error {
 	}
 	// One session per server: a reconnecting agent replaces its old
 	// session, which first drains its pending commits.
-	release, err := s.claim(ctx, id)
+	release, err := s.claim(ctx, id, true)
 	if err != nil {
 		return err
 	}
@@ -249,8 +262,9 @@ func (s *Server) creditBytes() int64 {
 	return defaultCreditBytes
 }
 
-// claim makes this the only session of server id, ending an older one.
-func (s *Server) claim(ctx context.Context, id string) (func(), error) {
+// claim makes this the only session of server id, ending an older one;
+// replacing says a newer session of the agent is what claims it.
+func (s *Server) claim(ctx context.Context, id string, replacing bool) (func(), error) {
 	for {
 		s.mu.Lock()
 		if s.sessions == nil {
@@ -258,7 +272,7 @@ func (s *Server) claim(ctx context.Context, id string) (func(), error) {
 		}
 		old := s.sessions[id]
 		if old == nil {
-			a := &activeSession{done: make(chan struct{}), cancel: func() {}}
+			a := &activeSession{done: make(chan struct{}), cancel: func(bool) {}}
 			s.sessions[id] = a
 			s.live.Store(int64(len(s.sessions)))
 			s.mu.Unlock()
@@ -272,7 +286,7 @@ func (s *Server) claim(ctx context.Context, id string) (func(), error) {
 		}
 		kick := old.cancel
 		s.mu.Unlock()
-		kick()
+		kick(replacing)
 		select {
 		case <-old.done:
 		case <-ctx.Done():

@@ -97,6 +97,10 @@ func TestUnstableNetworkWhichEndsCount(t *testing.T) {
 		{"connection reset", func(t *testing.T, h *harness, rs *rawSession) { rs.reset(t) }, 1},
 		{"agent closes", func(t *testing.T, h *harness, rs *rawSession) { rs.c.Close() }, 1},
 		{"replaced by a newer session", func(t *testing.T, h *harness, rs *rawSession) { h.session(t) }, 0},
+		{"replaced after the old session went silent", func(t *testing.T, h *harness, rs *rawSession) {
+			h.clock.advance(11 * time.Second) // two agent heartbeats and more
+			h.session(t)
+		}, 1},
 		{"server shuts down", func(t *testing.T, h *harness, rs *rawSession) { h.stop(); h.stop = func() {} }, 0},
 		{"disconnected from the service", func(t *testing.T, h *harness, rs *rawSession) {
 			setServer(h, func(s *ferry.SourceServer) { s.Lifecycle = ferry.LifecycleDisconnected })
@@ -116,12 +120,15 @@ func TestUnstableNetworkWhichEndsCount(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t)
+			h.stop()
+			h.clock = &clock{}
+			h.serveWith(func(s *dataplane.Server) { s.Now = h.clock.now })
 			dp := h.dp
 			rs := h.session(t)
 			tt.end(t, h, rs)
 			if tt.want > 0 {
 				eventually(t, 10*time.Second, "drop logged", func() bool { return dataplane.DropsLogged(dp, "s-1") >= tt.want })
-			} else if tt.name != "replaced by a newer session" {
+			} else if !strings.HasPrefix(tt.name, "replaced") {
 				// The session's end is recorded before it lets go of the
 				// server.
 				eventually(t, 10*time.Second, "session ended", func() bool { return dp.Sessions() == 0 })
