@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -45,7 +46,23 @@ type Server struct {
 	GCInterval string `yaml:"gc_interval"`
 	// GCEvery is GCInterval parsed by Finish; 0 means never.
 	GCEvery time.Duration `yaml:"-"`
+	// UnstableDrops is how many unplanned drops of a server's data-plane
+	// connection within UnstableWindow give it UNSTABLE_NETWORK (2 to
+	// MaxUnstableDrops; default 3). Finish parses it into Drops.
+	UnstableDrops string `yaml:"unstable_drops"`
+	// UnstableWindow is the time those drops are counted in, and how long
+	// a session must then stay up to clear the error (a Go duration of a
+	// minute or more; default 10m). Finish parses it into Window.
+	UnstableWindow string `yaml:"unstable_window"`
+	// Drops and Window are UnstableDrops and UnstableWindow parsed by
+	// Finish; 0 means the replication server's default.
+	Drops  int           `yaml:"-"`
+	Window time.Duration `yaml:"-"`
 }
+
+// MaxUnstableDrops is the most drops unstable_drops may ask for: the
+// replication server keeps at most that many drop times per server.
+const MaxUnstableDrops = 64
 
 // Defaults for addresses.
 const (
@@ -100,17 +117,19 @@ func Parse(data []byte) (Server, error) {
 
 // EnvVars maps each setting to the environment variable that sets it.
 var EnvVars = map[string]string{
-	"data_dir":    "FERRY_DATA_DIR",
-	"listen":      "FERRY_LISTEN",
-	"data_listen": "FERRY_DATA_LISTEN",
-	"database":    "FERRY_DATABASE",
-	"ca_cert":     "FERRY_CA_CERT",
-	"ca_key":      "FERRY_CA_KEY",
-	"tls_cert":    "FERRY_TLS_CERT",
-	"tls_key":     "FERRY_TLS_KEY",
-	"advertise":   "FERRY_ADVERTISE",
-	"qemu_binary": "FERRY_QEMU_BINARY",
-	"gc_interval": "FERRY_GC_INTERVAL",
+	"data_dir":        "FERRY_DATA_DIR",
+	"listen":          "FERRY_LISTEN",
+	"data_listen":     "FERRY_DATA_LISTEN",
+	"database":        "FERRY_DATABASE",
+	"ca_cert":         "FERRY_CA_CERT",
+	"ca_key":          "FERRY_CA_KEY",
+	"tls_cert":        "FERRY_TLS_CERT",
+	"tls_key":         "FERRY_TLS_KEY",
+	"advertise":       "FERRY_ADVERTISE",
+	"qemu_binary":     "FERRY_QEMU_BINARY",
+	"gc_interval":     "FERRY_GC_INTERVAL",
+	"unstable_drops":  "FERRY_UNSTABLE_DROPS",
+	"unstable_window": "FERRY_UNSTABLE_WINDOW",
 }
 
 // ApplyEnv sets every field whose environment variable is set and
@@ -132,6 +151,7 @@ func (c *Server) fields() map[string]*string {
 		"database": &c.Database, "ca_cert": &c.CACert, "ca_key": &c.CAKey,
 		"tls_cert": &c.TLSCert, "tls_key": &c.TLSKey, "advertise": &c.Advertise,
 		"qemu_binary": &c.QEMUBinary, "gc_interval": &c.GCInterval,
+		"unstable_drops": &c.UnstableDrops, "unstable_window": &c.UnstableWindow,
 	}
 }
 
@@ -193,6 +213,20 @@ func (c *Server) Finish() error {
 			return fmt.Errorf("config: gc_interval %q: want a duration such as 6h, or off", c.GCInterval)
 		}
 		c.GCEvery = d
+	}
+	if c.UnstableDrops != "" {
+		n, err := strconv.Atoi(c.UnstableDrops)
+		if err != nil || n < 2 || n > MaxUnstableDrops {
+			return fmt.Errorf("config: unstable_drops %q: want a whole number from 2 to %d", c.UnstableDrops, MaxUnstableDrops)
+		}
+		c.Drops = n
+	}
+	if c.UnstableWindow != "" {
+		d, err := time.ParseDuration(c.UnstableWindow)
+		if err != nil || d < time.Minute {
+			return fmt.Errorf("config: unstable_window %q: want a duration of a minute or more, such as 10m", c.UnstableWindow)
+		}
+		c.Window = d
 	}
 	return nil
 }

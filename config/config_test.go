@@ -113,3 +113,47 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestUnstableNetworkSettings(t *testing.T) {
+	tests := []struct {
+		drops, window string
+		wantDrops     int
+		wantWindow    time.Duration
+		wantErr       string
+	}{
+		{"", "", 0, 0, ""},
+		{"5", "30m", 5, 30 * time.Minute, ""},
+		{"2", "1m", 2, time.Minute, ""},
+		{"64", "", 64, 0, ""},
+		{"1", "", 0, 0, "unstable_drops"},
+		{"65", "", 0, 0, "unstable_drops"},
+		{"three", "", 0, 0, "unstable_drops"},
+		{"", "30s", 0, 0, "unstable_window"},
+		{"", "10", 0, 0, "unstable_window"},
+		{"", "-10m", 0, 0, "unstable_window"},
+	}
+	for _, tt := range tests {
+		c := Server{Dev: true, DataDir: "/d", UnstableDrops: tt.drops, UnstableWindow: tt.window}
+		err := c.Finish()
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("%q/%q: error %v, want one naming %s", tt.drops, tt.window, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || c.Drops != tt.wantDrops || c.Window != tt.wantWindow {
+			t.Errorf("%q/%q: %d, %v, %v; want %d, %v", tt.drops, tt.window, c.Drops, c.Window, err, tt.wantDrops, tt.wantWindow)
+		}
+	}
+	// From YAML and the environment too.
+	c, err := Parse([]byte("unstable_drops: \"4\"\nunstable_window: 20m\n"))
+	if err != nil || c.UnstableDrops != "4" || c.UnstableWindow != "20m" {
+		t.Fatalf("yaml: %+v, %v", c, err)
+	}
+	c.ApplyEnv(func(k string) string {
+		return map[string]string{"FERRY_UNSTABLE_DROPS": "6"}[k]
+	})
+	if c.UnstableDrops != "6" {
+		t.Fatalf("FERRY_UNSTABLE_DROPS not applied: %q", c.UnstableDrops)
+	}
+}

@@ -108,7 +108,8 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 	}
 	s.APIAddr, s.DataAddr = s.apiLn.Addr().String(), s.dataLn.Addr().String()
 
-	s.data = &dataplane.Server{Store: s.store, CA: s.ca, Cert: s.cert, Logger: log, Replica: s.replica}
+	s.data = &dataplane.Server{Store: s.store, CA: s.ca, Cert: s.cert, Logger: log, Replica: s.replica,
+		UnstableDrops: cfg.Drops, UnstableWindow: cfg.Window}
 	// The control plane and the jobs change servers through a store that
 	// tells the data plane, so settings reach connected agents at once.
 	s.notified = notifyingStore{Store: s.store, changed: s.data.Notify}
