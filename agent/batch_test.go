@@ -6,8 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -77,17 +75,9 @@ func TestTakeDirty(t *testing.T) {
 // read comes back short at the device's end.
 func TestReadExtents(t *testing.T) {
 	const size = 4 << 20
-	path := filepath.Join(t.TempDir(), "disk")
 	want := make([]byte, size)
 	rand.NewChaCha8([32]byte{7}).Read(want)
-	if err := os.WriteFile(path, want, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	dev, err := openDevice(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.close()
+	dev := testDevice(t, want)
 	if dev.direct == nil {
 		t.Logf("O_DIRECT refused here: the batches are read one extent at a time")
 	}
@@ -146,7 +136,6 @@ func TestReadExtents(t *testing.T) {
 func TestSyncPipe(t *testing.T) {
 	const chunk = 64 << 10
 	const size = 40*chunk + 12288
-	path := filepath.Join(t.TempDir(), "disk")
 	want := make([]byte, size)
 	rnd := rand.New(rand.NewPCG(3, 4))
 	for i := 0; i*chunk < size; i++ {
@@ -162,14 +151,7 @@ func TestSyncPipe(t *testing.T) {
 			}
 		}
 	}
-	if err := os.WriteFile(path, want, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	dev, err := openDevice(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.close()
+	dev := testDevice(t, want)
 	e := &engine{chunk: chunk, o: Options{Readers: 3}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	d := &rdisk{dev: dev, size: size}
 	p := e.startPipe(context.Background(), d, 0)
