@@ -31,8 +31,12 @@ func (fakeLaunch) Pick(context.Context, string, map[string]string, time.Time) (m
 	return map[string]string{"vda": "snap-1"}, nil
 }
 
-func (fakeLaunch) Launch(_ context.Context, srv *ferry.SourceServer, snaps map[string]string, kind ferry.JobInitiator, jobID string, _ jobs.LogFunc) (*ferry.LaunchedInstance, error) {
-	return &ferry.LaunchedInstance{ID: "i-" + srv.ID, JobID: jobID, Kind: kind, Target: "fake", FirstBoot: ferry.FirstBootWaiting, Snapshots: snaps, LaunchedAt: time.Now()}, nil
+func (fakeLaunch) InstanceID(srv *ferry.SourceServer, _ ferry.JobInitiator) string {
+	return "i-" + srv.ID
+}
+
+func (fakeLaunch) Launch(_ context.Context, srv *ferry.SourceServer, snaps map[string]string, kind ferry.JobInitiator, jobID, id string, _ jobs.LogFunc) (*ferry.LaunchedInstance, error) {
+	return &ferry.LaunchedInstance{ID: id, JobID: jobID, Kind: kind, Target: "fake", FirstBoot: ferry.FirstBootWaiting, Snapshots: snaps, LaunchedAt: time.Now()}, nil
 }
 
 func (fakeLaunch) PostLaunch(context.Context, *ferry.LaunchedInstance, ferry.PostLaunchAction) ferry.PostLaunchResult {

@@ -131,11 +131,14 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 		return nil, fmt.Errorf("export: %w: %v (install qemu-utils: scripts/setup.sh)", launch.ErrUnavailable, err)
 	}
 
-	var rnd [4]byte
-	rand.Read(rnd[:])
-	id := spec.Name + "-" + hex.EncodeToString(rnd[:])
-	if len(id) > 63 {
-		id = spec.Name[:54] + "-" + hex.EncodeToString(rnd[:])
+	id := spec.ID
+	if id == "" {
+		var rnd [4]byte
+		rand.Read(rnd[:])
+		id = spec.Name + "-" + hex.EncodeToString(rnd[:])
+		if len(id) > 63 {
+			id = spec.Name[:54] + "-" + hex.EncodeToString(rnd[:])
+		}
 	}
 	if err := os.MkdirAll(t.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("export: create state dir: %w", err)

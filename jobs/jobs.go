@@ -36,10 +36,14 @@ type LogFunc func(ev ferry.JobEvent, format string, args ...any)
 // Launcher starts and stops instances on a launch target and runs
 // post-launch actions against them.
 type Launcher interface {
-	// Launch boots an instance of the server from the given snapshots. It
+	// InstanceID returns a new ID for an instance of srv launched by kind.
+	// The runner records it in the job before Launch, so that Recover can
+	// terminate what a control plane killed during Launch left running.
+	InstanceID(srv *ferry.SourceServer, kind ferry.JobInitiator) string
+	// Launch boots instance id of the server from the given snapshots. It
 	// returns once the instance runs; on error nothing is left behind.
 	// Steps inside the launch (conversion) are reported with logf.
-	Launch(ctx context.Context, srv *ferry.SourceServer, snapshots map[string]string, kind ferry.JobInitiator, jobID string, logf LogFunc) (*ferry.LaunchedInstance, error)
+	Launch(ctx context.Context, srv *ferry.SourceServer, snapshots map[string]string, kind ferry.JobInitiator, jobID, id string, logf LogFunc) (*ferry.LaunchedInstance, error)
 	// PostLaunch runs one post-launch action against a running instance.
 	PostLaunch(ctx context.Context, inst *ferry.LaunchedInstance, action ferry.PostLaunchAction) ferry.PostLaunchResult
 	// Terminate stops and removes an instance; terminating one that is
@@ -225,6 +229,18 @@ func (r *Runner) setStatus(ctx context.Context, jobID string, fn func(*ferry.Job
 	}
 }
 
+// setServerInstance records the ID of the instance a job launches (or
+// launched) for a server; "" clears it.
+func (r *Runner) setServerInstance(ctx context.Context, jobID, serverID, instanceID string) {
+	r.setStatus(ctx, jobID, func(j *ferry.Job) {
+		for i := range j.Servers {
+			if j.Servers[i].SourceServerID == serverID {
+				j.Servers[i].InstanceID = instanceID
+			}
+		}
+	})
+}
+
 func (r *Runner) setServerStatus(ctx context.Context, jobID, serverID string, st ferry.LaunchStatus, instanceID string) {
 	r.setStatus(ctx, jobID, func(j *ferry.Job) {
 		for i := range j.Servers {
@@ -374,8 +390,13 @@ func (r *Runner) launchOne(ctx context.Context, job *ferry.Job, id string, o Opt
 	}
 	r.logf(ctx, job.ID, id, ferry.EventLaunchStart, "launching on target %s", target)
 	logf := func(ev ferry.JobEvent, format string, args ...any) { r.logf(ctx, job.ID, id, ev, format, args...) }
-	inst, err := r.Launcher.Launch(ctx, srv, snaps, job.InitiatedBy, job.ID, logf)
+	// The instance's ID is in the job before the instance exists: a
+	// control plane killed during Launch leaves it for Recover.
+	iid := r.Launcher.InstanceID(srv, job.InitiatedBy)
+	r.setServerInstance(ctx, job.ID, id, iid)
+	inst, err := r.Launcher.Launch(ctx, srv, snaps, job.InitiatedBy, job.ID, iid, logf)
 	if err != nil {
+		r.setServerInstance(ctx, job.ID, id, "") // nothing was left behind
 		fail(ferry.EventLaunchFailed, "launch failed: %v", err)
 		return
 	}
@@ -514,7 +535,8 @@ func (r *Runner) Finalize(ctx context.Context, serverID string) (*ferry.SourceSe
 }
 
 // Recover ends the jobs a previous control-plane process left running:
-// their servers' launches are marked FAILED with the reason, and a
+// their servers' launches are marked FAILED with the reason, the instance
+// a launch may have started before the process ended is terminated, and a
 // cutover in progress goes back to READY_FOR_CUTOVER.
 func (r *Runner) Recover(ctx context.Context) (int, error) {
 	n := 0
@@ -528,6 +550,9 @@ func (r *Runner) Recover(ctx context.Context) (int, error) {
 			for _, j := range list {
 				for _, js := range j.Servers {
 					if js.LaunchStatus == ferry.LaunchPending || js.LaunchStatus == ferry.LaunchInProgress {
+						if js.InstanceID != "" {
+							r.recoverInstance(ctx, j, js)
+						}
 						r.setServerStatus(ctx, j.ID, js.SourceServerID, ferry.LaunchFailed, "")
 						r.logf(ctx, j.ID, js.SourceServerID, ferry.EventJobCancel, "the control plane restarted during this job; launch it again")
 						if j.InitiatedBy == ferry.InitiatedByStartCutover {
@@ -546,4 +571,22 @@ func (r *Runner) Recover(ctx context.Context) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// recoverInstance terminates the instance an interrupted launch may have
+// started (on the server's launch target; one that never started is
+// already gone, which is no error). A failure is logged with the ID, for
+// the operator to remove it by hand.
+func (r *Runner) recoverInstance(ctx context.Context, j *ferry.Job, js ferry.JobServer) {
+	target := ""
+	if srv, err := r.Store.Server(ctx, js.SourceServerID); err == nil {
+		target = srv.LaunchSetup.Target
+	}
+	inst := &ferry.LaunchedInstance{ID: js.InstanceID, JobID: j.ID, Kind: j.InitiatedBy, Target: target}
+	if err := r.Launcher.Terminate(ctx, inst); err != nil {
+		r.log().Error("terminate the instance of an interrupted launch", "job", j.ID, "server", js.SourceServerID, "instance", js.InstanceID, "err", err)
+		r.logf(ctx, j.ID, js.SourceServerID, ferry.EventLaunchFailed, "instance %s of the interrupted launch could not be terminated: %v; remove it from the launch target by hand", js.InstanceID, err)
+		return
+	}
+	r.logf(ctx, j.ID, js.SourceServerID, ferry.EventJobCancel, "terminated instance %s, which the interrupted launch may have started", js.InstanceID)
 }

@@ -89,6 +89,11 @@ type Spec struct {
 	// most 63 bytes, starting with a letter or digit). Targets derive
 	// instance IDs and file names from it.
 	Name string
+	// ID, when set, is the instance's ID instead of one the target makes
+	// from Name (a valid name; NewID makes one). A caller that records it
+	// before Launch can terminate the instance after a crash that came
+	// before Launch returned.
+	ID string
 	// Disks are attached in order; the first one boots.
 	Disks     []DiskSource
 	CPUs      int
@@ -206,6 +211,9 @@ func (s *Spec) Validate() error {
 	}
 	if !ValidName(s.Name) {
 		return bad("name %q: use letters, digits, '.', '_' and '-', at most 63 bytes, starting with a letter or digit", s.Name)
+	}
+	if s.ID != "" && !ValidName(s.ID) {
+		return bad("id %q: use letters, digits, '.', '_' and '-', at most 63 bytes, starting with a letter or digit", s.ID)
 	}
 	if len(s.Disks) == 0 {
 		return bad("no disks")

@@ -194,7 +194,10 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 		return nil, fmt.Errorf("libvirt: %w: the instance wants %d MiB, the host has %d MiB available", launch.ErrInsufficientMemory, spec.MemoryMiB, avail)
 	}
 
-	id := vmdir.NewID(spec.Name)
+	id := spec.ID
+	if id == "" {
+		id = vmdir.NewID(spec.Name)
+	}
 	dir, err := t.states().Create(spec.WorkDir, id, "agent.sock")
 	if err != nil {
 		return nil, err
@@ -254,6 +257,13 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 	}
 	if err := os.WriteFile(filepath.Join(dir, "domain.xml"), doc, 0o600); err != nil {
 		return nil, fmt.Errorf("libvirt: %w", err)
+	}
+	// The state goes down before the domain exists: the domain outlives
+	// the Ferry server, and a server killed before the second write below
+	// could otherwise never find it to terminate it (lookup takes a state
+	// without a UUID by its domain name).
+	if err := t.states().Write(id, st); err != nil {
+		return nil, err
 	}
 	start := time.Now()
 	// Autodestroy is not set: the domain outlives this connection and the

@@ -10,3 +10,14 @@ func PowerDown(ctx context.Context, t *Target, id string) error {
 	}
 	return qmpExec(ctx, st.QMP, "system_powerdown")
 }
+
+// ForgetPID rewrites instance id's state as a server killed between
+// QEMU's start and the state's second write leaves it: without the PID.
+func ForgetPID(t *Target, id string) error {
+	st, err := t.readState(id)
+	if err != nil {
+		return err
+	}
+	st.PID = 0
+	return t.states().Write(id, st)
+}

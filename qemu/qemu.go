@@ -153,7 +153,10 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
 
-	id := vmdir.NewID(spec.Name)
+	id := spec.ID
+	if id == "" {
+		id = vmdir.NewID(spec.Name)
+	}
 	// agent.sock is the longest socket name it may hold (with GuestAgent).
 	dir, err := t.states().Create(spec.WorkDir, id, "agent.sock")
 	if err != nil {
@@ -219,6 +222,13 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 	// minute; ctx is checked once it has.
 	startCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), startTimeout)
 	defer cancel()
+	// The state goes down before QEMU starts: the daemon outlives the
+	// Ferry server, and one killed before the second write below could
+	// otherwise never find it to terminate it (Terminate reads the PID
+	// from the pidfile then).
+	if err := t.states().Write(id, st); err != nil {
+		return nil, err
+	}
 	cmd := exec.CommandContext(startCtx, bin, argv...)
 	cmd.Stdout, cmd.Stderr = ef, ef
 	cmd.Dir = dir
@@ -337,6 +347,13 @@ func (t *Target) Terminate(ctx context.Context, id string) error {
 	}
 	if err != nil {
 		return err
+	}
+	if st.PID == 0 {
+		// Recorded before QEMU started, by a server that did not live
+		// to record the PID: QEMU's pidfile has it if it started.
+		if pid, err := readPID(filepath.Join(st.Dir, "qemu.pid")); err == nil {
+			st.PID = pid
+		}
 	}
 	start := time.Now()
 	how := "gone"

@@ -3,6 +3,7 @@ package qemu_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -244,5 +245,35 @@ func TestGuestAgentScript(t *testing.T) {
 	t.Logf("second script: %s", r.Output)
 	if _, err := newTarget(t, t.TempDir()).(*qemu.Target).AgentSocket(inst.ID); !errors.Is(err, launch.ErrNotFound) {
 		t.Errorf("AgentSocket on another target = %v, want ErrNotFound", err)
+	}
+}
+
+// TestTerminateAfterInterruptedLaunch: a server killed after QEMU started
+// but before the state recorded its PID leaves a state the server's jobs
+// can still terminate: Terminate finds QEMU by its pidfile.
+func TestTerminateAfterInterruptedLaunch(t *testing.T) {
+	requireQEMU(t)
+	img := testimage.ForTest(t)
+	url := targettest.ServeImage(t, img.Path)
+	tg := newTarget(t, t.TempDir()).(*qemu.Target)
+	ctx := context.Background()
+	inst, err := tg.Launch(ctx, launch.Spec{Name: "crash", ID: "crash-chosen", Disks: []launch.DiskSource{{NBDURL: url}}, CPUs: 1, MemoryMiB: 128})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tg.Terminate(context.Background(), inst.ID) })
+	if inst.ID != "crash-chosen" || inst.PID <= 0 {
+		t.Fatalf("launched %+v", inst)
+	}
+	if err := qemu.ForgetPID(tg, inst.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := tg.Terminate(ctx, inst.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d/cmdline", inst.PID)); err == nil {
+		if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", inst.PID)); strings.Contains(string(cmd), "crash-chosen") {
+			t.Fatalf("QEMU (pid %d) still runs after Terminate of a state without its PID", inst.PID)
+		}
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/ferrymigrate/ferry/guestagent"
 	"github.com/ferrymigrate/ferry/jobs"
 	"github.com/ferrymigrate/ferry/launch"
+	"github.com/ferrymigrate/ferry/launch/vmdir"
 	"github.com/ferrymigrate/ferry/libguestfs"
 	"github.com/ferrymigrate/ferry/libvirt"
 	"github.com/ferrymigrate/ferry/nbd"
@@ -196,22 +197,31 @@ func (l *launcher) openExport(ctx context.Context, nbdURL string) (nbd.Device, e
 	return l.lookup(strings.TrimPrefix(u.Path, "/"))
 }
 
+// instanceName is the name of srv's instances launched by kind: short,
+// since the target's unix sockets live under the instance directory and
+// socket paths are limited to 107 bytes.
+func instanceName(srv *ferry.SourceServer, kind ferry.JobInitiator) string {
+	what := "test"
+	if kind == ferry.InitiatedByStartCutover {
+		what = "cutover"
+	}
+	short := strings.TrimPrefix(srv.ID, "s-")
+	return what + "-" + short[:min(8, len(short))]
+}
+
+// InstanceID implements jobs.Launcher.
+func (l *launcher) InstanceID(srv *ferry.SourceServer, kind ferry.JobInitiator) string {
+	return vmdir.NewID(instanceName(srv, kind))
+}
+
 // Launch implements jobs.Launcher.
-func (l *launcher) Launch(ctx context.Context, srv *ferry.SourceServer, snaps map[string]string, kind ferry.JobInitiator, jobID string, logf jobs.LogFunc) (*ferry.LaunchedInstance, error) {
+func (l *launcher) Launch(ctx context.Context, srv *ferry.SourceServer, snaps map[string]string, kind ferry.JobInitiator, jobID, id string, logf jobs.LogFunc) (*ferry.LaunchedInstance, error) {
 	tg, err := l.target(srv.LaunchSetup.Target)
 	if err != nil {
 		return nil, err
 	}
 	_, files := tg.(*export.Target)
-	what := "test"
-	if kind == ferry.InitiatedByStartCutover {
-		what = "cutover"
-	}
-	// Short: the target's unix sockets live under the instance directory,
-	// and socket paths are limited to 107 bytes.
-	short := strings.TrimPrefix(srv.ID, "s-")
-	short = short[:min(8, len(short))]
-	spec := launch.Spec{Name: what + "-" + short, Source: launch.Source{
+	spec := launch.Spec{Name: instanceName(srv, kind), ID: id, Source: launch.Source{
 		ServerID: srv.ID, Hostname: srv.Hostname, OS: srv.OS, Kernel: srv.Kernel, CPUs: srv.CPUs, RAMBytes: srv.RAMBytes,
 	}}
 	spec.CPUs, spec.MemoryMiB = size(srv)
@@ -259,7 +269,7 @@ func (l *launcher) Launch(ctx context.Context, srv *ferry.SourceServer, snaps ma
 	for _, f := range inst.Forwards {
 		li.Forwards = append(li.Forwards, ferry.PortForward{HostPort: f.HostPort, GuestPort: f.GuestPort})
 	}
-	l.log.Info("instance launched", "server", srv.ID, "instance", inst.ID, "kind", what, "accel", inst.Accel)
+	l.log.Info("instance launched", "server", srv.ID, "instance", inst.ID, "kind", kind, "accel", inst.Accel)
 	return li, nil
 }
 

@@ -87,7 +87,8 @@ func TestLauncherReleasesSnapshots(t *testing.T) {
 		{"unknown target", "nope", map[string]string{"vda": snap.ID}, `unknown launch target "nope"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := l.Launch(ctx, server(tc.target, tc.snaps), tc.snaps, ferry.InitiatedByStartTest, "j-1", logf)
+			srv := server(tc.target, tc.snaps)
+			_, err := l.Launch(ctx, srv, tc.snaps, ferry.InitiatedByStartTest, "j-1", l.InstanceID(srv, ferry.InitiatedByStartTest), logf)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("Launch = %v, want an error containing %q", err, tc.want)
 			}
@@ -104,9 +105,14 @@ func TestLauncherReleasesSnapshots(t *testing.T) {
 	// The export target launches without QEMU: a success holds the
 	// snapshot until Terminate.
 	snaps := map[string]string{"vda": snap.ID}
-	inst, err := l.Launch(ctx, server("export", snaps), snaps, ferry.InitiatedByStartTest, "j-2", logf)
+	srv := server("export", snaps)
+	iid := l.InstanceID(srv, ferry.InitiatedByStartTest)
+	inst, err := l.Launch(ctx, srv, snaps, ferry.InitiatedByStartTest, "j-2", iid, logf)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if inst.ID != iid {
+		t.Errorf("instance %s launched, want the ID chosen before the launch, %s", inst.ID, iid)
 	}
 	if n := l.openReaders(); n != 1 {
 		t.Errorf("%d snapshot readers open while an instance uses one, want 1", n)

@@ -106,6 +106,7 @@ func Run(t *testing.T, newTarget NewTarget, img Image, opts Options) {
 			skip string
 		}{
 			{"bad name", func(s *launch.Spec) { s.Name = "../escape" }, launch.ErrInvalidSpec, ""},
+			{"bad id", func(s *launch.Spec) { s.ID = "../escape" }, launch.ErrInvalidSpec, ""},
 			{"no disks", func(s *launch.Spec) { s.Disks = nil }, launch.ErrInvalidSpec, ""},
 			{"local file as disk", func(s *launch.Spec) { s.Disks[0].NBDURL = img.Path }, launch.ErrInvalidSpec, ""},
 			{"zero CPUs", func(s *launch.Spec) { s.CPUs = 0 }, launch.ErrInvalidSpec, ""},
@@ -170,6 +171,8 @@ func Run(t *testing.T, newTarget NewTarget, img Image, opts Options) {
 
 		start := time.Now()
 		bootSpec := spec("conformance")
+		// The caller's ID, as the server's jobs choose one before Launch.
+		bootSpec.ID = "conformance-chosen"
 		prep := &prepared{}
 		bootSpec.Prepare = prep.record
 		inst, err := tg.Launch(ctx, bootSpec)
@@ -185,6 +188,9 @@ func Run(t *testing.T, newTarget NewTarget, img Image, opts Options) {
 			}
 		})
 		t.Logf("launch returned after %v: id %s pid %d accel %q addresses %v", launched.Round(time.Millisecond), inst.ID, inst.PID, inst.Accel, inst.Addresses)
+		if inst.ID != bootSpec.ID {
+			t.Errorf("instance ID %q, want the spec's %q", inst.ID, bootSpec.ID)
+		}
 		if inst.Target != tg.Name() || inst.State != launch.Running || inst.ConsoleLog == "" || len(inst.Addresses) != 1 || len(inst.Forwards) != 1 || inst.Forwards[0].HostPort == 0 {
 			t.Fatalf("Launch returned %+v", inst)
 		}
