@@ -367,7 +367,14 @@ func (t *Target) Terminate(ctx context.Context, id string) error {
 	}
 	defer l.Disconnect()
 	start := time.Now()
-	how, err := t.stop(ctx, l, st, or(t.ShutdownTimeout, DefaultShutdownTimeout))
+	grace := or(t.ShutdownTimeout, DefaultShutdownTimeout)
+	if st.StartedAt.IsZero() {
+		// Its launch never finished (its server died in it): no guest
+		// to shut down gracefully, and the restarted server should not
+		// wait for one.
+		grace = 0
+	}
+	how, err := t.stop(ctx, l, st, grace)
 	if err != nil {
 		return fmt.Errorf("libvirt: terminate %s: %w", id, err)
 	}

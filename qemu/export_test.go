@@ -1,6 +1,9 @@
 package qemu
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // PowerDown presses the instance's ACPI power button.
 func PowerDown(ctx context.Context, t *Target, id string) error {
@@ -12,12 +15,13 @@ func PowerDown(ctx context.Context, t *Target, id string) error {
 }
 
 // ForgetPID rewrites instance id's state as a server killed between
-// QEMU's start and the state's second write leaves it: without the PID.
+// QEMU's start and the state's second write leaves it: without the PID
+// or the start time.
 func ForgetPID(t *Target, id string) error {
 	st, err := t.readState(id)
 	if err != nil {
 		return err
 	}
-	st.PID = 0
+	st.PID, st.StartedAt = 0, time.Time{}
 	return t.states().Write(id, st)
 }

@@ -359,7 +359,10 @@ func (t *Target) Terminate(ctx context.Context, id string) error {
 	how := "gone"
 	if alive(st) {
 		how = "powerdown"
-		if qmpExec(ctx, st.QMP, "system_powerdown") != nil || !waitExit(ctx, st, or(t.ShutdownTimeout, DefaultShutdownTimeout)) {
+		// A state without a start time is one whose launch never
+		// finished (its server died in it): no guest to shut down
+		// gracefully, and the restarted server should not wait for one.
+		if st.StartedAt.IsZero() || qmpExec(ctx, st.QMP, "system_powerdown") != nil || !waitExit(ctx, st, or(t.ShutdownTimeout, DefaultShutdownTimeout)) {
 			how = "quit"
 			if qmpExec(ctx, st.QMP, "quit") != nil || !waitExit(ctx, st, 5*time.Second) {
 				how = "kill"
