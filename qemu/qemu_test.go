@@ -3,7 +3,6 @@ package qemu_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -56,7 +55,7 @@ func TestConformance(t *testing.T) {
 		BootMarker: testimage.BootMarker,
 		HTTPPort:   testimage.HTTPPort,
 		HTTPBody:   testimage.HTTPBody,
-	}, targettest.Options{})
+	}, targettest.Options{Interrupt: func(tg launch.Target, id string) error { return qemu.ForgetPID(tg.(*qemu.Target), id) }})
 }
 
 func TestLaunchQEMUMissing(t *testing.T) {
@@ -245,42 +244,5 @@ func TestGuestAgentScript(t *testing.T) {
 	t.Logf("second script: %s", r.Output)
 	if _, err := newTarget(t, t.TempDir()).(*qemu.Target).AgentSocket(inst.ID); !errors.Is(err, launch.ErrNotFound) {
 		t.Errorf("AgentSocket on another target = %v, want ErrNotFound", err)
-	}
-}
-
-// TestTerminateAfterInterruptedLaunch: a server killed after QEMU started
-// but before the state recorded its PID leaves a state the server's jobs
-// can still terminate: Terminate finds QEMU by its pidfile and stops it
-// without waiting for a graceful shutdown.
-func TestTerminateAfterInterruptedLaunch(t *testing.T) {
-	requireQEMU(t)
-	img := testimage.ForTest(t)
-	url := targettest.ServeImage(t, img.Path)
-	tg := newTarget(t, t.TempDir()).(*qemu.Target)
-	ctx := context.Background()
-	inst, err := tg.Launch(ctx, launch.Spec{Name: "crash", ID: "crash-chosen", Disks: []launch.DiskSource{{NBDURL: url}}, CPUs: 1, MemoryMiB: 128})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tg.Terminate(context.Background(), inst.ID) })
-	if inst.ID != "crash-chosen" || inst.PID <= 0 {
-		t.Fatalf("launched %+v", inst)
-	}
-	if err := qemu.ForgetPID(tg, inst.ID); err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	if err := tg.Terminate(ctx, inst.ID); err != nil {
-		t.Fatal(err)
-	}
-	// No graceful shutdown of a launch that never finished: the target's
-	// 20 s shutdown timeout is not waited for.
-	if took := time.Since(start); took > 10*time.Second {
-		t.Errorf("Terminate took %v; a launch that never finished needs no graceful shutdown", took)
-	}
-	if _, err := os.Stat(fmt.Sprintf("/proc/%d/cmdline", inst.PID)); err == nil {
-		if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", inst.PID)); strings.Contains(string(cmd), "crash-chosen") {
-			t.Fatalf("QEMU (pid %d) still runs after Terminate of a state without its PID", inst.PID)
-		}
 	}
 }

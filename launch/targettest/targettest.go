@@ -48,6 +48,11 @@ type Options struct {
 	// CheckFiles checks an instance of a Files target against the image
 	// it was launched from.
 	CheckFiles func(t *testing.T, inst *launch.Instance, img Image)
+	// Interrupt, when set, rewrites instance id's recorded state as a
+	// server killed inside Launch leaves it (the state written before
+	// the VM started). The suite then checks that Terminate still stops
+	// the VM, without the graceful shutdown's wait.
+	Interrupt func(tg launch.Target, id string) error
 }
 
 // NewTarget returns the target under test, keeping all its state under dir.
@@ -159,6 +164,9 @@ func Run(t *testing.T, newTarget NewTarget, img Image, opts Options) {
 	if opts.Files {
 		t.Run("FilesTerminate", func(t *testing.T) { runFiles(t, newTarget, img, spec, opts) })
 		return
+	}
+	if opts.Interrupt != nil {
+		t.Run("InterruptedLaunch", func(t *testing.T) { runInterrupted(t, newTarget, spec, opts) })
 	}
 	t.Run("BootServeTerminate", func(t *testing.T) {
 		if testing.Short() {
@@ -353,6 +361,42 @@ func CheckNothingLeft(t testing.TB, dir string) {
 			t.Errorf("process %d left running: %s", pid, strings.ReplaceAll(string(b), "\x00", " "))
 		}
 	}
+}
+
+// runInterrupted launches an instance with a chosen ID, makes its state
+// what a server killed inside Launch leaves, and terminates it: the VM
+// must stop, well within the target's shutdown timeout.
+func runInterrupted(t *testing.T, newTarget NewTarget, spec func(string) launch.Spec, opts Options) {
+	dir := t.TempDir()
+	tg := newTarget(t, dir)
+	ctx := context.Background()
+	s := spec("crash")
+	s.ID = "crash-chosen"
+	s.Forwards = nil
+	inst, err := tg.Launch(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tg.Terminate(context.Background(), inst.ID) })
+	if inst.ID != s.ID || inst.PID <= 0 {
+		t.Fatalf("launched %+v, want ID %s and a process", inst, s.ID)
+	}
+	if err := opts.Interrupt(tg, inst.ID); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := tg.Terminate(ctx, inst.ID); err != nil {
+		t.Fatal(err)
+	}
+	// A launch that never finished has no guest to shut down
+	// gracefully: the shutdown timeout is not waited for.
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("Terminate took %v; a launch that never finished needs no graceful shutdown", took)
+	}
+	if processRuns(inst.PID) {
+		t.Fatalf("the instance's VM (pid %d) still runs after Terminate", inst.PID)
+	}
+	CheckNothingLeft(t, dir)
 }
 
 // processRuns reports whether pid exists and is not a zombie (a daemon's
