@@ -55,7 +55,6 @@ type Options struct {
 
 // Timing of the agent's side of the protocol.
 const (
-	agentHeartbeat   = 5 * time.Second
 	agentReadTimeout = 30 * time.Second
 	statsEvery       = time.Second
 	barrierEvery     = time.Second
@@ -737,7 +736,7 @@ func (e *engine) statsLoop(ctx context.Context, c *conn) {
 		if err := c.send(st); err != nil {
 			return
 		}
-		if time.Since(lastBeat) >= agentHeartbeat {
+		if time.Since(lastBeat) >= protocol.HeartbeatEvery {
 			if err := c.send(&protocol.Heartbeat{UnixNano: time.Now().UnixNano()}); err != nil {
 				return
 			}

@@ -29,28 +29,29 @@ type activeSession struct {
 // heartbeats. An agent that opens a new session while its old one is
 // still talking chose to; one whose old connection went quiet lost it
 // (half-open after a network failure) and only noticed now.
-const silentReplaced = 2 * agentHeartbeatEvery
+const silentReplaced = 2 * protocol.HeartbeatEvery
+
+// cancel ends the session for a newer one of the same agent (replaced)
+// or for the replica's deletion. It is the session's activeSession.cancel
+// from the moment it claims the server, so a newer session never waits
+// for one that has not reached its control loop yet.
+func (ss *session) cancel(replaced bool) {
+	switch silent := ss.silentFor(); {
+	case !replaced:
+		ss.ending(false, "ended by the replication server (the replica's deletion)")
+	case silent >= silentReplaced:
+		ss.ending(true, fmt.Sprintf("the agent started a new session after %s without a word on this one (a half-open connection)", silent.Round(time.Second)))
+	default:
+		// The agent chose to reconnect: no drop.
+		ss.ending(false, "replaced by a newer session of the same agent")
+	}
+	ss.c.Close()
+}
 
 // controlLoop sends heartbeats, pushes SETTINGS when the operator changes
 // them, and keeps the control plane's record of the server current (about
 // once per poll interval). It returns when the session must end.
 func (ss *session) controlLoop(ctx context.Context) {
-	ss.s.mu.Lock()
-	if a := ss.s.sessions[ss.id]; a != nil {
-		a.cancel = func(replaced bool) {
-			switch silent := ss.silentFor(); {
-			case !replaced:
-				ss.ending(false, "ended by the replication server (the replica's deletion)")
-			case silent >= silentReplaced:
-				ss.ending(true, fmt.Sprintf("the agent started a new session after %s without a word on this one (a half-open connection)", silent.Round(time.Second)))
-			default:
-				// The agent chose to reconnect: no drop.
-				ss.ending(false, "replaced by a newer session of the same agent")
-			}
-			ss.c.Close()
-		}
-	}
-	ss.s.mu.Unlock()
 	poll := ss.s.PollInterval
 	if poll <= 0 {
 		poll = defaultPoll
@@ -104,7 +105,7 @@ func (ss *session) controlLoop(ctx context.Context) {
 	}
 }
 
-// heartbeats sends a HEARTBEAT every heartbeatEvery on a timer of its own
+// heartbeats sends a HEARTBEAT every protocol.HeartbeatEvery on a timer of its own
 // until the returned stop is called. The control loop cannot send them: its
 // record update waits on the metadata store, which thousands of sessions
 // share (one SQLite writer), and at 10,000 agents that wait outlasted the
@@ -115,14 +116,14 @@ func (ss *session) heartbeats() (stop func()) {
 	var t *time.Timer
 	mu.Lock()
 	defer mu.Unlock()
-	t = time.AfterFunc(heartbeatEvery, func() {
+	t = time.AfterFunc(protocol.HeartbeatEvery, func() {
 		if ss.send(&protocol.Heartbeat{UnixNano: ss.s.now().UnixNano()}) != nil {
 			return // the connection is gone; the session ends without us
 		}
 		mu.Lock()
 		defer mu.Unlock()
 		if !stopped {
-			t.Reset(heartbeatEvery)
+			t.Reset(protocol.HeartbeatEvery)
 		}
 	})
 	return func() {

@@ -21,7 +21,7 @@ func (s *Server) DeleteReplica(ctx context.Context, serverID string) (int, error
 	if s.Replica == nil {
 		return 0, nil
 	}
-	release, err := s.claim(ctx, serverID, false)
+	release, err := s.claim(ctx, serverID, false, func(bool) {})
 	if err != nil {
 		return 0, fmt.Errorf("delete replica of %s: %w", serverID, err)
 	}

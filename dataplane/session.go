@@ -22,10 +22,6 @@ const (
 	defaultStallAfter   = 60 * time.Second
 	defaultPoll         = time.Second
 	defaultSettingsPoll = 10 * time.Second
-	heartbeatEvery      = 5 * time.Second
-	// agentHeartbeatEvery is how often an agent sends a HEARTBEAT when it
-	// has nothing else to send (agent.agentHeartbeat).
-	agentHeartbeatEvery = 5 * time.Second
 	readTimeout         = 30 * time.Second
 	writeTimeout        = 30 * time.Second
 	defaultCreditBytes  = 16 << 20
@@ -197,7 +193,7 @@ func (s *Server) replicate(ctx context.Context, c net.Conn, id string) error {
 	}
 	// One session per server: a reconnecting agent replaces its old
 	// session, which first drains its pending commits.
-	release, err := s.claim(ctx, id, true)
+	release, err := s.claim(ctx, id, true, ss.cancel)
 	if err != nil {
 		return err
 	}
@@ -263,8 +259,9 @@ func (s *Server) creditBytes() int64 {
 }
 
 // claim makes this the only session of server id, ending an older one;
-// replacing says a newer session of the agent is what claims it.
-func (s *Server) claim(ctx context.Context, id string, replacing bool) (func(), error) {
+// replacing says a newer session of the agent is what claims it, and
+// cancel is how a later claim ends this one.
+func (s *Server) claim(ctx context.Context, id string, replacing bool, cancel func(replaced bool)) (func(), error) {
 	for {
 		s.mu.Lock()
 		if s.sessions == nil {
@@ -272,7 +269,7 @@ func (s *Server) claim(ctx context.Context, id string, replacing bool) (func(), 
 		}
 		old := s.sessions[id]
 		if old == nil {
-			a := &activeSession{done: make(chan struct{}), cancel: func(bool) {}}
+			a := &activeSession{done: make(chan struct{}), cancel: cancel}
 			s.sessions[id] = a
 			s.live.Store(int64(len(s.sessions)))
 			s.mu.Unlock()

@@ -2,7 +2,6 @@ package export
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ferrymigrate/ferry/launch"
+	"github.com/ferrymigrate/ferry/launch/vmdir"
 	"github.com/ferrymigrate/ferry/nbd"
 )
 
@@ -131,15 +131,7 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 		return nil, fmt.Errorf("export: %w: %v (install qemu-utils: scripts/setup.sh)", launch.ErrUnavailable, err)
 	}
 
-	id := spec.ID
-	if id == "" {
-		var rnd [4]byte
-		rand.Read(rnd[:])
-		id = spec.Name + "-" + hex.EncodeToString(rnd[:])
-		if len(id) > 63 {
-			id = spec.Name[:54] + "-" + hex.EncodeToString(rnd[:])
-		}
-	}
+	id := vmdir.InstanceID(spec)
 	if err := os.MkdirAll(t.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("export: create state dir: %w", err)
 	}

@@ -90,7 +90,7 @@ type Spec struct {
 	// instance IDs and file names from it.
 	Name string
 	// ID, when set, is the instance's ID instead of one the target makes
-	// from Name (a valid name; NewID makes one). A caller that records it
+	// from Name (a valid name; vmdir.NewID makes one). A caller that records it
 	// before Launch can terminate the instance after a crash that came
 	// before Launch returned.
 	ID string

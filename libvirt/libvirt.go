@@ -194,10 +194,7 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 		return nil, fmt.Errorf("libvirt: %w: the instance wants %d MiB, the host has %d MiB available", launch.ErrInsufficientMemory, spec.MemoryMiB, avail)
 	}
 
-	id := spec.ID
-	if id == "" {
-		id = vmdir.NewID(spec.Name)
-	}
+	id := vmdir.InstanceID(spec)
 	dir, err := t.states().Create(spec.WorkDir, id, "agent.sock")
 	if err != nil {
 		return nil, err

@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"fmt"
+	"time"
 )
 
 // Version is the protocol version this package speaks.
@@ -677,6 +678,10 @@ func (m *Settings) decodeBody(d *dec) {
 		d.fail("desired", fmt.Sprintf("unknown value %d", m.Desired))
 	}
 }
+
+// HeartbeatEvery is how often each side sends a HEARTBEAT when it has
+// nothing else to send; a peer silent for several of them is gone.
+const HeartbeatEvery = 5 * time.Second
 
 // Heartbeat (both directions) proves the peer is alive.
 type Heartbeat struct {

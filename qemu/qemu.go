@@ -153,10 +153,7 @@ func (t *Target) Launch(ctx context.Context, spec launch.Spec) (_ *launch.Instan
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
 
-	id := spec.ID
-	if id == "" {
-		id = vmdir.NewID(spec.Name)
-	}
+	id := vmdir.InstanceID(spec)
 	// agent.sock is the longest socket name it may hold (with GuestAgent).
 	dir, err := t.states().Create(spec.WorkDir, id, "agent.sock")
 	if err != nil {

@@ -20,13 +20,12 @@ import (
 
 // Timing of the simulated agent, as `ferry agent` does it.
 const (
-	statsEvery     = time.Second
-	heartbeatEvery = 5 * time.Second
-	barrierEvery   = time.Second
-	readTimeout    = 30 * time.Second
-	syncChunk      = 1 << 20
-	diskName       = "vda"
-	blockSize      = 4096
+	statsEvery   = time.Second
+	barrierEvery = time.Second
+	readTimeout  = 30 * time.Second
+	syncChunk    = 1 << 20
+	diskName     = "vda"
+	blockSize    = 4096
 )
 
 // fleet is what every simulated agent of a run shares.
@@ -422,7 +421,7 @@ func (a *simAgent) run(ctx context.Context) {
 	now := time.Now()
 	// Spread the agents' ticks over the second.
 	nextStats := now.Add(time.Duration(rng.Int64N(int64(statsEvery))))
-	nextBeat := now.Add(time.Duration(rng.Int64N(int64(heartbeatEvery))))
+	nextBeat := now.Add(time.Duration(rng.Int64N(int64(protocol.HeartbeatEvery))))
 	size := int64(o.MinWrite/blockSize+rng.IntN((o.MaxWrite-o.MinWrite)/blockSize+1)) * blockSize
 	gap := func(n int64) time.Duration {
 		return time.Duration(rng.ExpFloat64() * float64(n) / float64(o.WriteBytesPerSec) * float64(time.Second))
@@ -460,7 +459,7 @@ func (a *simAgent) run(ctx context.Context) {
 			nextStats = nextStats.Add(statsEvery)
 		case !now.Before(nextBeat):
 			err = a.send(&protocol.Heartbeat{UnixNano: now.UnixNano()})
-			nextBeat = nextBeat.Add(heartbeatEvery)
+			nextBeat = nextBeat.Add(protocol.HeartbeatEvery)
 		default:
 			wake := earliest(nextWrite, nextStats, nextBeat)
 			if lastSent > barrierSeq {

@@ -106,6 +106,15 @@ func (s States) IDs() ([]string, error) {
 	return ids, nil
 }
 
+// InstanceID returns the ID a launch of spec gets: the caller's
+// spec.ID, or a new one from its name.
+func InstanceID(spec launch.Spec) string {
+	if spec.ID != "" {
+		return spec.ID
+	}
+	return NewID(spec.Name)
+}
+
 // NewID returns a new instance id: the spec's name and 8 random hex
 // digits, at most 63 bytes, so it is a valid name too.
 func NewID(name string) string {
