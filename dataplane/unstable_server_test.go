@@ -219,6 +219,9 @@ func TestUnstableNetworkSetAndCleared(t *testing.T) {
 		c.Close()
 		eventually(t, 10*time.Second, "drop logged", func() bool { return dataplane.DropsLogged(h.dp, "s-1") == i+1 })
 	}
+	// The drop is logged in memory just before the session's end is
+	// written to the record.
+	eventually(t, 10*time.Second, "UNSTABLE_NETWORK recorded", func() bool { return server().Replication.ErrorCode != "" })
 	s := server()
 	if s.Replication.ErrorCode != ferry.ErrCodeUnstableNetwork || !strings.Contains(s.Replication.ErrorMessage, "dropped 3 times within") ||
 		!strings.Contains(s.Replication.ErrorMessage, "last error: ") {
