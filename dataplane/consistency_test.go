@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -229,20 +230,25 @@ func TestAppConsistentSnapshot(t *testing.T) {
 	// The write that waited longest was blocked by the freeze.
 	mu.Lock()
 	var blocked span
+	took4K := make([]time.Duration, 0, len(writes))
 	for _, w := range writes {
+		took4K = append(took4K, w.end.Sub(w.start))
 		if w.end.Sub(w.start) > blocked.end.Sub(blocked.start) {
 			blocked = w
 		}
 	}
 	mu.Unlock()
+	slices.Sort(took4K)
+	median := took4K[len(took4K)/2]
 	frozen := blocked.end.Sub(blocked.start)
-	t.Logf("snapshot call %v; writer blocked %v; barrier seq %d; durable seq %d before the blocked write, %d after",
-		took.Round(time.Millisecond), frozen.Round(time.Millisecond), info.Seq, blocked.durBefore, blocked.durAfter)
-	// The freeze lasts until the barrier is durable: tens of
+	t.Logf("snapshot call %v; writer blocked %v (median write %v); barrier seq %d; durable seq %d before the blocked write, %d after",
+		took.Round(time.Millisecond), frozen.Round(time.Millisecond), median, info.Seq, blocked.durBefore, blocked.durAfter)
+	// The freeze lasts until the barrier is durable: ten to tens of
 	// milliseconds once the tracker vouches for the drained point at once
-	// (docs/ebpf.md), far above an unfrozen write with fsync here.
-	if frozen < 20*time.Millisecond {
-		t.Fatalf("no write was held by the freeze (longest %v)", frozen)
+	// (docs/ebpf.md), far above an unfrozen 4 KiB write into the page
+	// cache. (The barrier check below is what proves the freeze held it.)
+	if frozen < 5*time.Millisecond || frozen < 20*median {
+		t.Fatalf("no write was held by the freeze (longest %v, median %v)", frozen, median)
 	}
 	// 2 s of freeze plus the scheduling slack of a loaded 2-core runner.
 	if frozen > agentMaxFreezeSlack {
