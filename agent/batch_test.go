@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -152,7 +153,18 @@ func TestSyncPipe(t *testing.T) {
 		}
 	}
 	dev := testDevice(t, want)
+	for _, codec := range []protocol.Codec{protocol.Zstd, protocol.S2} {
+		t.Run(codec.String(), func(t *testing.T) {
+			testSyncPipe(t, dev, want, codec)
+		})
+	}
+}
+
+func testSyncPipe(t *testing.T, dev *device, want []byte, codec protocol.Codec) {
+	const chunk = 64 << 10
+	size := int64(len(want))
 	e := &engine{chunk: chunk, o: Options{Readers: 3}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	e.syncCodec.Store(uint32(codec))
 	d := &rdisk{dev: dev, size: size}
 	p := e.startPipe(context.Background(), d, 0)
 	defer p.stop()
@@ -184,8 +196,11 @@ func TestSyncPipe(t *testing.T) {
 			if !bytes.Equal(src, make([]byte, r.n)) {
 				t.Fatalf("chunk at %d reported zero", r.off)
 			}
-		case r.flags&protocol.FlagZstd != 0:
+		case r.flags != 0:
 			kinds[1]++
+			if r.flags != codec.Flag() {
+				t.Fatalf("chunk at %d has flags %#x, want %s's", r.off, r.flags, codec)
+			}
 			got, err := dec.Payload(&protocol.Write{Flags: r.flags, RawLen: uint32(r.n), Data: r.data}, nil)
 			if err != nil || !bytes.Equal(got, src) {
 				t.Fatalf("compressed chunk at %d does not decode to the disk's bytes (%v)", r.off, err)
@@ -201,7 +216,13 @@ func TestSyncPipe(t *testing.T) {
 	// Check the held ones again: a buffer given to the next read while
 	// still held would show here.
 	for _, r := range held {
-		if !r.zero && r.flags&protocol.FlagZstd == 0 && !bytes.Equal(r.data, want[r.off:r.off+r.n]) {
+		got := r.data
+		if r.flags != 0 {
+			if got, err = dec.Payload(&protocol.Write{Flags: r.flags, RawLen: uint32(r.n), Data: r.data}, nil); err != nil {
+				t.Fatalf("held chunk at %d: %v", r.off, err)
+			}
+		}
+		if !r.zero && !bytes.Equal(got, want[r.off:r.off+r.n]) {
 			t.Fatalf("held chunk at %d was overwritten", r.off)
 		}
 	}
@@ -210,5 +231,48 @@ func TestSyncPipe(t *testing.T) {
 	}
 	if kinds[0] == 0 || kinds[1] == 0 || kinds[2] == 0 {
 		t.Fatalf("zero/compressed/raw chunks: %v; the disk holds all three", kinds)
+	}
+}
+
+// TestSyncCodec: the initial sync is compressed with S2 only when the
+// server decodes it, and with the operator's choice otherwise.
+func TestSyncCodec(t *testing.T) {
+	tests := []struct {
+		asked    protocol.Codec
+		revision uint16
+		want     protocol.Codec
+	}{
+		{0, protocol.RevisionS2, protocol.S2},
+		{0, protocol.RevisionS2 + 1, protocol.S2},
+		{0, protocol.RevisionStatsTiming, protocol.Zstd},
+		{0, protocol.RevisionBase, protocol.Zstd},
+		{protocol.S2, protocol.RevisionStatsTiming, protocol.Zstd},
+		{protocol.Zstd, protocol.RevisionS2, protocol.Zstd},
+		{protocol.S2, protocol.RevisionS2, protocol.S2},
+	}
+	for _, tt := range tests {
+		if got := syncCodec(tt.asked, tt.revision); got != tt.want {
+			t.Errorf("syncCodec(%v, revision %d) = %v, want %v", tt.asked, tt.revision, got, tt.want)
+		}
+	}
+}
+
+func TestParseSyncCodec(t *testing.T) {
+	tests := []struct {
+		in   string
+		want protocol.Codec
+		err  bool
+	}{
+		{"auto", 0, false}, {"", 0, false}, {"s2", protocol.S2, false}, {"zstd", protocol.Zstd, false},
+		{"ZSTD", 0, true}, {"lz4", 0, true}, {"none", 0, true},
+	}
+	for _, tt := range tests {
+		got, err := ParseSyncCodec(tt.in)
+		if (err != nil) != tt.err || got != tt.want {
+			t.Errorf("ParseSyncCodec(%q) = %v, %v; want %v, error %v", tt.in, got, err, tt.want, tt.err)
+		}
+		if err != nil && !strings.Contains(err.Error(), tt.in) {
+			t.Errorf("error %q does not name %q", err, tt.in)
+		}
 	}
 }

@@ -78,9 +78,11 @@ func (e *engine) startPipe(ctx context.Context, d *rdisk, from int64) *syncPipe 
 	p := &syncPipe{d: d, futs: make(chan chan chunkResult, e.o.Readers), cancel: cancel}
 	chunk := int(e.chunk)
 	p.raw.New = func() any { b := alignedBuf(chunk); return &b }
-	// A payload that does not save an eighth is sent as read, so the
-	// compressor never needs more room than this.
-	p.packed.New = func() any { b := make([]byte, 0, chunk); return &b }
+	p.packed.New = func() any { b := make([]byte, 0, protocol.CompressBound(chunk)); return &b }
+	codec := protocol.Codec(e.syncCodec.Load())
+	if codec == 0 { // no session yet: only tests start a pipe so
+		codec = protocol.Zstd
+	}
 	jobs := make(chan struct {
 		off, n int64
 		res    chan chunkResult
@@ -89,7 +91,7 @@ func (e *engine) startPipe(ctx context.Context, d *rdisk, from int64) *syncPipe 
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			comp, err := protocol.NewCompressor()
+			comp, err := protocol.NewCompressor(codec)
 			var gate compressGate
 			for j := range jobs {
 				r := chunkResult{off: j.off, n: j.n, err: err}
@@ -109,7 +111,7 @@ func (e *engine) startPipe(ctx context.Context, d *rdisk, from int64) *syncPipe 
 							gate.result(ok)
 							if ok {
 								*zp = z
-								r.data, r.flags, r.back, r.pool = z, protocol.FlagZstd, zp, &p.packed
+								r.data, r.flags, r.back, r.pool = z, codec.Flag(), zp, &p.packed
 							} else {
 								p.packed.Put(zp)
 							}
@@ -359,7 +361,7 @@ func (s *sender) closeReaders() {
 
 // sendLoop sends data until the connection fails or ctx ends.
 func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.HashReply) error {
-	comp, err := protocol.NewCompressor()
+	comp, err := protocol.NewCompressor(protocol.Zstd)
 	if err != nil {
 		return err
 	}

@@ -49,7 +49,14 @@ func (s *Source) copyDisk(ctx context.Context, p *plan, sock string) error {
 	if dirtyCtx != "" && !c.HasContext(dirtyCtx) {
 		return fmt.Errorf("QEMU did not export dirty bitmap %s", p.tmp)
 	}
-	comp, err := protocol.NewCompressor()
+	// Whole-disk copies are bound by the CPU, not the link, at LAN
+	// speeds: they go as S2 where the server decodes it (see
+	// agent.Options.SyncCodec); the incremental copies of changes, as zstd.
+	codec := protocol.Zstd
+	if p.mode != ModeIncremental && s.link.hello.ProtocolVersion >= protocol.RevisionS2 {
+		codec = protocol.S2
+	}
+	comp, err := protocol.NewCompressor(codec)
 	if err != nil {
 		return err
 	}
@@ -180,7 +187,7 @@ func (cp *copier) sendData(ctx context.Context, off int64, b []byte, flags uint8
 	payload, ok := cp.comp.Compress(b, cp.zbuf)
 	if ok {
 		cp.zbuf = payload[:0]
-		flags |= protocol.FlagZstd
+		flags |= cp.comp.Codec().Flag()
 	}
 	l := cp.s.link
 	if err := l.waitToSend(ctx, int64(len(payload))); err != nil {

@@ -399,17 +399,21 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 			if err != nil {
 				return ss.fail(protocol.ErrCodeProtocol, err)
 			}
-			if m.Flags&protocol.FlagZstd != 0 {
+			if m.Flags&(protocol.FlagZstd|protocol.FlagS2) != 0 {
 				zbuf = data
 			}
 			ss.s.received.Add(int64(len(data)))
 			ss.traffic.received.Add(int64(len(data)))
 			sd.unsaved.Add(int64(len(m.Data)))
-			// The agent's zstd frame, decoded above, is kept as the stored
-			// chunk's compressed form: the store does not compress it again.
-			var frame []byte
-			if m.Flags&protocol.FlagZstd != 0 {
-				frame = m.Data
+			// The agent's zstd frame or S2 block, decoded above, is kept as
+			// the stored chunk's compressed form: the store does not
+			// compress it again.
+			var frame replica.Frame
+			switch {
+			case m.Flags&protocol.FlagZstd != 0:
+				frame = replica.Frame{Codec: replica.CodecZstd, Data: m.Data}
+			case m.Flags&protocol.FlagS2 != 0:
+				frame = replica.Frame{Codec: replica.CodecS2, Data: m.Data}
 			}
 			t0 := time.Now()
 			c, err := sd.d.AppendFrame(m.Seq, m.Offset, data, frame)

@@ -17,8 +17,10 @@ const (
 	RevisionBase = 1
 	// RevisionStatsTiming adds the agent's timing block to STATS.
 	RevisionStatsTiming = 2
+	// RevisionS2 adds WRITE payloads compressed with S2 (FlagS2).
+	RevisionS2 = 3
 	// Revision is the newest revision this package speaks.
-	Revision = RevisionStatsTiming
+	Revision = RevisionS2
 )
 
 // Limits the decoder enforces.
@@ -261,7 +263,10 @@ const (
 	FlagSync uint8 = 1 << 1
 	// FlagRescan: the extent was found different by a rescan.
 	FlagRescan uint8 = 1 << 2
-	flagsKnown       = FlagZstd | FlagSync | FlagRescan
+	// FlagS2: Data is an S2 block of RawLen bytes (RevisionS2).
+	FlagS2     uint8 = 1 << 3
+	flagsKnown       = FlagZstd | FlagSync | FlagRescan | FlagS2
+	flagsCodec       = FlagZstd | FlagS2
 )
 
 // Write (agent → server) carries data for [Offset, Offset+RawLen) of a disk.
@@ -271,9 +276,9 @@ type Write struct {
 	Offset int64
 	Flags  uint8
 	// RawLen is the data's length once decompressed; equal to len(Data)
-	// without FlagZstd.
+	// without FlagZstd or FlagS2.
 	RawLen uint32
-	// Data is the payload, zstd-compressed when Flags has FlagZstd.
+	// Data is the payload, compressed when Flags has FlagZstd or FlagS2.
 	Data []byte
 }
 
@@ -304,7 +309,9 @@ func (m *Write) decodeBody(d *dec) {
 		d.fail("flags", fmt.Sprintf("unknown flags %#x", m.Flags&^flagsKnown))
 	case m.RawLen == 0 || m.RawLen > MaxPayload:
 		d.fail("raw length", fmt.Sprintf("%d is not in 1..%d", m.RawLen, MaxPayload))
-	case m.Flags&FlagZstd == 0 && int(m.RawLen) != len(m.Data):
+	case m.Flags&flagsCodec == flagsCodec:
+		d.fail("flags", "both ZSTD and S2 set")
+	case m.Flags&flagsCodec == 0 && int(m.RawLen) != len(m.Data):
 		d.fail("raw length", fmt.Sprintf("%d differs from the %d uncompressed bytes", m.RawLen, len(m.Data)))
 	}
 }

@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/klauspost/compress/s2"
 )
 
 // samples is one of every message, with every field set.
@@ -18,6 +21,7 @@ func samples() []Message {
 		&HelloAck{ProtocolVersion: Version, Disks: []AckDisk{{DurableSeq: 7, ReplicaSize: 1 << 30, BlockSize: 4096, SyncCursor: 4 << 20, Rescan: true}}},
 		&Write{Disk: 1, Seq: 42, Offset: 8192, Flags: FlagSync, RawLen: 4, Data: []byte("abcd")},
 		&Write{Disk: 0, Seq: 43, Offset: 0, Flags: FlagZstd | FlagRescan, RawLen: 4096, Data: []byte{1, 2, 3}},
+		&Write{Disk: 0, Seq: 44, Offset: 4096, Flags: FlagS2 | FlagSync, RawLen: 8192, Data: s2.Encode(nil, bytes.Repeat([]byte("ferry "), 8192/6+1)[:8192])},
 		&Zero{Disk: 2, Seq: 44, Offset: 1 << 20, Length: 1 << 20, Flags: FlagSync},
 		&Barrier{Disk: 1, Seq: 45, Consistency: CrashConsistent},
 		&Barrier{Disk: 1, Seq: 45, Consistency: AppConsistent, FlushID: 3},
@@ -98,6 +102,8 @@ func TestDecodeErrorsNameTheProblem(t *testing.T) {
 		{"snapshot keep 0", append(Append(nil, &Snapshot{Consistency: 1})[headerLen:], 0, 0, 0, 0), "SNAPSHOT: keep"},
 		{"bad barrier", Append(nil, &Barrier{Consistency: 9})[headerLen:], "BARRIER: consistency"},
 		{"write raw length", Append(nil, &Write{RawLen: 5, Data: []byte("abcd")})[headerLen:], "WRITE: raw length"},
+		{"write two codecs", Append(nil, &Write{Flags: FlagZstd | FlagS2, RawLen: 5, Data: []byte("abcd")})[headerLen:], "WRITE: flags: both ZSTD and S2"},
+		{"write unknown flag", Append(nil, &Write{Flags: 1 << 4, RawLen: 4, Data: []byte("abcd")})[headerLen:], "WRITE: flags: unknown flags 0x10"},
 		{"lying disk count", []byte{byte(TypeHelloAck), 1, 0, 0xff, 0xff}, "HELLO_ACK: disks: count 65535"},
 		{"hash length", Append(nil, &HashRequest{BlockSize: 4096, Length: 1 << 40, Algo: HashBLAKE3})[headerLen:], "HASH_REQUEST: length"},
 		{"small credit", Append(nil, &Credit{Bytes: 10})[headerLen:], "CREDIT: bytes"},
@@ -125,36 +131,68 @@ func TestReaderRejectsHugeFrame(t *testing.T) {
 	}
 }
 
+// TestCompressRoundTrip checks each codec: text compresses and decodes
+// back, a raw length that differs from the payload's is malformed, and
+// data that does not compress is sent as it is.
 func TestCompressRoundTrip(t *testing.T) {
-	c, err := NewCompressor()
-	if err != nil {
-		t.Fatal(err)
-	}
 	d, err := NewDecompressor()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d.Close()
 	text := bytes.Repeat([]byte("ferry replicates disks "), 4096)
-	z, ok := c.Compress(text, nil)
-	if !ok || len(z) >= len(text) {
-		t.Fatalf("text did not compress: %d -> %d", len(text), len(z))
-	}
-	w := &Write{Flags: FlagZstd, RawLen: uint32(len(text)), Data: z}
-	got, err := d.Payload(w, nil)
-	if err != nil || !bytes.Equal(got, text) {
-		t.Fatalf("payload: %v", err)
-	}
-	w.RawLen++
-	if _, err := d.Payload(w, nil); !errors.Is(err, ErrMalformed) {
-		t.Fatalf("wrong raw length: %v", err)
-	}
-	random := make([]byte, 4096)
+	random := make([]byte, 64<<10)
+	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range random {
-		random[i] = byte(i*7919 + i*i*31)
+		random[i] = byte(rng.Uint32())
 	}
-	if _, ok := c.Compress(random[:64], nil); ok {
-		t.Fatal("64 incompressible bytes were compressed")
+	for _, codec := range []Codec{Zstd, S2} {
+		t.Run(codec.String(), func(t *testing.T) {
+			c, err := NewCompressor(codec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Codec() != codec {
+				t.Fatalf("compressor's codec %v", c.Codec())
+			}
+			// A buffer of CompressBound is never replaced.
+			buf := make([]byte, 0, CompressBound(len(text)))
+			z, ok := c.Compress(text, buf)
+			if !ok || len(z) >= len(text)/4 {
+				t.Fatalf("text did not compress: %d -> %d", len(text), len(z))
+			}
+			if &z[0] != &buf[:1][0] {
+				t.Error("the payload was not written into the buffer given")
+			}
+			w := &Write{Flags: codec.Flag(), RawLen: uint32(len(text)), Data: z}
+			// The encoded WRITE decodes, and its payload decodes to text.
+			m, err := Decode(Append(nil, w)[headerLen:])
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := d.Payload(m.(*Write), make([]byte, 10))
+			if err != nil || !bytes.Equal(got, text) {
+				t.Fatalf("payload: %v", err)
+			}
+			for _, n := range []uint32{w.RawLen + 1, w.RawLen - 1} {
+				w.RawLen = n
+				if _, err := d.Payload(w, nil); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), codec.String()+" payload") {
+					t.Fatalf("raw length %d: %v", n, err)
+				}
+			}
+			w.RawLen, w.Data = uint32(len(text)), z[:len(z)/2]
+			if _, err := d.Payload(w, nil); !errors.Is(err, ErrMalformed) {
+				t.Fatalf("cut payload: %v", err)
+			}
+			for _, n := range []int{64, len(random)} {
+				if out, ok := c.Compress(random[:n], nil); ok || !bytes.Equal(out, random[:n]) {
+					t.Fatalf("%d incompressible bytes were compressed", n)
+				}
+			}
+		})
+	}
+	if _, err := NewCompressor(9); err == nil {
+		t.Fatal("codec 9 accepted")
 	}
 }
 
@@ -173,7 +211,7 @@ func FuzzDecode(f *testing.F) {
 		if !bytes.Equal(again, body) {
 			t.Fatalf("%s re-encodes differently:\n%x\n%x", m.Type(), body, again)
 		}
-		if w, ok := m.(*Write); ok && w.Flags&FlagZstd != 0 {
+		if w, ok := m.(*Write); ok && w.Flags&(FlagZstd|FlagS2) != 0 {
 			d, err := NewDecompressor()
 			if err != nil {
 				t.Fatal(err)

@@ -3,7 +3,10 @@ package replica
 import (
 	"bytes"
 	"math/rand/v2"
+	"strings"
 	"testing"
+
+	"github.com/klauspost/compress/s2"
 )
 
 // TestChunkCompression checks which chunks are stored compressed and that
@@ -29,25 +32,25 @@ func TestChunkCompression(t *testing.T) {
 	tests := []struct {
 		name    string
 		content []byte
-		want    byte
+		want    Codec
 	}{
-		{"text", text(mib), compZstd},
+		{"text", text(mib), CodecZstd},
 		{"random", random(mib), compNone},
-		{"random with text at the end", append(random(mib/2), text(mib/2)...), compZstd},
-		{"text with random at the end", append(text(mib/4), random(3*mib/4)...), compZstd},
-		{"small text", text(8 << 10), compZstd},
+		{"random with text at the end", append(random(mib/2), text(mib/2)...), CodecZstd},
+		{"text with random at the end", append(text(mib/4), random(3*mib/4)...), CodecZstd},
+		{"small text", text(8 << 10), CodecZstd},
 		{"small random", random(8 << 10), compNone},
 		{"tiny", text(100), compNone},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := sl.hash(tt.content)
-			obj := sl.encodeChunk(h, tt.content, nil, nil)
+			obj := sl.encodeChunk(h, tt.content, Frame{}, nil)
 			payload, err := sl.open(chunkName(h), kindChunk, obj)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if payload[0] != tt.want {
+			if Codec(payload[0]) != tt.want {
 				t.Errorf("stored with compression %d, want %d", payload[0], tt.want)
 			}
 			got, err := sl.decodeChunk(h, obj)
@@ -84,7 +87,46 @@ func BenchmarkEncodeChunk(b *testing.B) {
 			dst := make([]byte, 0, 2<<20)
 			b.SetBytes(int64(len(c.content)))
 			for b.Loop() {
-				dst = sl.encodeChunk(h, c.content, nil, dst[:0])
+				dst = sl.encodeChunk(h, c.content, Frame{}, dst[:0])
+			}
+		})
+	}
+}
+
+// TestDecodeChunkPayloadS2 checks that an S2 chunk payload decodes only
+// when its block is sound and says the length the chunk header says.
+func TestDecodeChunkPayloadS2(t *testing.T) {
+	sl, err := newSealer(XChaCha20Poly1305, bytes.Repeat([]byte{7}, 64), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sl.close()
+	content := bytes.Repeat([]byte("ferry replicates block devices; "), 1000)
+	block := s2.Encode(nil, content)
+	n := uint32(len(content))
+	tests := []struct {
+		name    string
+		payload []byte
+		err     string // "" when it must decode to content
+	}{
+		{"sound", s2Payload(content, n), ""},
+		{"header says less", s2Payload(content, n-1), "s2 block decodes to"},
+		{"header says more", s2Payload(content, n+1), "s2 block decodes to"},
+		{"over the chunk size", s2Payload(bytes.Repeat([]byte{1}, 1<<20+1), 1<<20+1), "exceeds the maximum"},
+		{"truncated", s2Payload(content, n)[:5+len(block)/2], "s2:"},
+		{"no block", s2Payload(content, n)[:5], "s2:"},
+		{"corrupt", append(s2Payload(content, n)[:5+len(block)-8], 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff), "s2:"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := sl.decodeChunkPayload(tt.payload)
+			switch {
+			case tt.err == "" && err != nil:
+				t.Fatal(err)
+			case tt.err == "" && !bytes.Equal(got, content):
+				t.Fatal("decoded content differs")
+			case tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)):
+				t.Fatalf("error %v, want one containing %q", err, tt.err)
 			}
 		})
 	}

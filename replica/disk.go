@@ -351,20 +351,21 @@ func (d *Disk) root(ctx context.Context, seq uint64) (*blockMap, error) {
 // must be multiples of the block size (ErrUnaligned) and inside the disk
 // (ErrOutOfRange). All-zero data is recorded as a zero extent.
 func (d *Disk) Append(seq uint64, off int64, data []byte) (Commit, error) {
-	return d.AppendFrame(seq, off, data, nil)
+	return d.AppendFrame(seq, off, data, Frame{})
 }
 
 // AppendFrame is Append for data that arrived compressed: frame is a
-// zstd frame the caller decoded to data. When data is one whole, aligned
-// chunk, the store keeps frame as the chunk's compressed form instead of
-// compressing data again, so an initial sync's compression is paid once,
-// on the agent. frame must have decoded to data under a decoder that
-// allows no window or output beyond MaxFrameBytes; the store, whose
-// decoder allows that much, does not decode it again. Chunks are shared
-// by content across all disks, so a frame the store's decoder would
-// refuse would break every disk holding that content. A nil frame is
-// Append. The store does not read frame beyond this call.
-func (d *Disk) AppendFrame(seq uint64, off int64, data, frame []byte) (Commit, error) {
+// zstd frame or S2 block the caller decoded to data. When data is one
+// whole, aligned chunk, the store keeps frame as the chunk's compressed
+// form instead of compressing data again, so an initial sync's
+// compression is paid once, on the agent. frame must have decoded to data
+// (a zstd frame under a decoder that allows no window or output beyond
+// MaxFrameBytes); the store, whose decoders allow that much, does not
+// decode it again. Chunks are shared by content across all disks, so a
+// frame the store's decoder would refuse would break every disk holding
+// that content. The zero Frame is Append. The store does not read
+// frame's data beyond this call.
+func (d *Disk) AppendFrame(seq uint64, off int64, data []byte, frame Frame) (Commit, error) {
 	if len(data) > maxExtent {
 		return Commit{}, fmt.Errorf("write: extent of %d bytes exceeds %d", len(data), maxExtent)
 	}
@@ -374,7 +375,7 @@ func (d *Disk) AppendFrame(seq uint64, off int64, data, frame []byte) (Commit, e
 		r.typ, payload = recZero, nil
 	} else if cs := int64(d.s.cfg.ChunkSize); off%cs == 0 && r.length%cs == 0 && seq > 0 {
 		if r.length != cs {
-			frame = nil
+			frame = Frame{}
 		}
 		return d.appendChunks(r, data, frame)
 	}
@@ -486,9 +487,9 @@ var chunkBufs sync.Pool
 // record: the chunks are hashed, compressed, sealed and staged in
 // parallel, made durable with the record's group commit, and only the
 // hashes go to the journal. The data is written once, compressed, instead
-// of raw to the journal and again by the fold. frame, when not nil, is a
-// zstd frame of data (one chunk) to keep as the chunk's compressed form.
-func (d *Disk) appendChunks(r record, data, frame []byte) (Commit, error) {
+// of raw to the journal and again by the fold. frame, when it has data,
+// is data (one chunk) compressed, to keep as the chunk's stored form.
+func (d *Disk) appendChunks(r record, data []byte, frame Frame) (Commit, error) {
 	cs := int64(d.s.cfg.ChunkSize)
 	n := int(r.length / cs)
 	job := &chunkJob{hashes: make([]Hash, n)}
@@ -516,13 +517,13 @@ func (d *Disk) appendChunks(r record, data, frame []byte) (Commit, error) {
 		// The frame shares the chunk's buffer, after the content, so
 		// that one copy keeps both past this call.
 		buf := append((*bp)[:0], part...)
-		var z []byte
-		if frame != nil {
-			buf = append(buf, frame...)
+		z := Frame{Codec: frame.Codec}
+		if frame.Data != nil {
+			buf = append(buf, frame.Data...)
 		}
 		*bp = buf[:0]
-		if frame != nil {
-			buf, z = buf[:cs:cs], buf[cs:]
+		if frame.Data != nil {
+			buf, z.Data = buf[:cs:cs], buf[cs:]
 		}
 		d.s.sealSlots <- struct{}{}
 		go func() {

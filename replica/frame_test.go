@@ -8,13 +8,14 @@ import (
 	"testing"
 
 	"github.com/ferrymigrate/ferry/protocol"
+	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 )
 
 // TestAppendFrame checks that a whole chunk written with the agent's zstd
-// frame is stored as that frame (not compressed again), that frames the
-// store cannot keep are ignored, and that every write reads back, folded,
-// after a reopen and under Verify.
+// frame or S2 block is stored as that (not compressed again), that frames
+// the store cannot keep are ignored, and that every write reads back,
+// folded, after a reopen and under Verify.
 func TestAppendFrame(t *testing.T) {
 	// The data plane's decoder allows windows and output up to
 	// MaxPayload; the store keeps frames it accepted only if its own
@@ -76,12 +77,24 @@ func TestAppendFrame(t *testing.T) {
 		}
 		return z
 	}
+	// s2Frame marks a case whose frame is an S2 block, made by
+	// s2.EncodeBetter when its window is s2Better.
+	const s2Frame, s2Better = -1, 1
+	compress := func(t *testing.T, content []byte, window int, opts ...zstd.EOption) Frame {
+		switch {
+		case window == s2Frame && len(opts) == 0:
+			return Frame{Codec: CodecS2, Data: s2.Encode(nil, content)}
+		case window == s2Frame:
+			return Frame{Codec: CodecS2, Data: s2.EncodeBetter(nil, content)}
+		}
+		return Frame{Codec: CodecZstd, Data: frame(t, content, window, opts...)}
+	}
 	best := zstd.WithEncoderLevel(zstd.SpeedBestCompression)
 	tests := []struct {
 		name    string
 		off     int64
 		content []byte
-		window  int
+		window  int // s2Frame: an S2 block (with opts: s2.EncodeBetter's)
 		opts    []zstd.EOption
 		// kept: the chunk's stored object is the frame plus the seal.
 		kept bool
@@ -96,6 +109,10 @@ func TestAppendFrame(t *testing.T) {
 		{"whole chunk, incompressible", 3 * cs, random(cs), 0, nil, false},
 		{"part of a chunk", 4*cs + 4096, text(8192), 0, []zstd.EOption{best}, false},
 		{"two chunks", 6 * cs, text(2 * cs), 0, []zstd.EOption{best}, false},
+		{"whole chunk, S2", 8 * cs, text(cs), s2Frame, nil, true},
+		{"whole chunk, S2 better", 9 * cs, text(cs), s2Frame, []zstd.EOption{best}, true},
+		{"whole chunk, S2 incompressible", 10 * cs, random(cs), s2Frame, nil, false},
+		{"part of a chunk, S2", 11*cs + 4096, text(8192), s2Frame, nil, false},
 	}
 	const size = 16 << 20
 	m := &model{b: make([]byte, size)}
@@ -107,13 +124,13 @@ func TestAppendFrame(t *testing.T) {
 	var seq uint64
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			z := frame(t, tt.content, tt.window, tt.opts...)
+			z := compress(t, tt.content, tt.window, tt.opts...)
 			seq++
 			c, err := d.AppendFrame(seq, tt.off, tt.content, z)
 			if err != nil {
 				t.Fatal(err)
 			}
-			clear(z) // the store must not read the frame after the call
+			clear(z.Data) // the store must not read the frame after the call
 			if err := c.Wait(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -122,7 +139,7 @@ func TestAppendFrame(t *testing.T) {
 				t.Fatal(err)
 			}
 			// The chunk's object, opened, holds the frame itself.
-			z = frame(t, tt.content, tt.window, tt.opts...)
+			z = compress(t, tt.content, tt.window, tt.opts...)
 			h := s.sl.hash(tt.content[:min(cs, int64(len(tt.content)))])
 			obj, err := e.be.Get(ctx, chunkName(h))
 			kept := false
@@ -131,7 +148,7 @@ func TestAppendFrame(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				kept = plain[0] == compZstd && bytes.Equal(plain[5:], z)
+				kept = Codec(plain[0]) == z.Codec && bytes.Equal(plain[5:], z.Data)
 			}
 			if kept != tt.kept {
 				t.Errorf("frame kept as the stored chunk = %v, want %v", kept, tt.kept)

@@ -2,10 +2,13 @@ package replica
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/klauspost/compress/s2"
 )
 
 // Fuzz targets for every on-disk format parser. Seed corpora live in
@@ -116,7 +119,9 @@ func FuzzOpenChunk(f *testing.F) {
 	}
 	content := bytes.Repeat([]byte("ferry"), 1000)
 	h := sl.hash(content)
-	f.Add(h[:], sl.encodeChunk(h, content, nil, nil))
+	f.Add(h[:], sl.encodeChunk(h, content, Frame{}, nil))
+	f.Add(h[:], sl.encodeChunk(h, content, Frame{Codec: CodecS2, Data: s2.Encode(nil, content)}, nil))
+	f.Add(h[:], s2Payload(content, 100))
 	f.Add(h[:], []byte("FRO1\x01\x01"))
 	f.Add(h[:], []byte{})
 	f.Fuzz(func(t *testing.T, hb []byte, obj []byte) {
@@ -129,6 +134,12 @@ func FuzzOpenChunk(f *testing.F) {
 		// The payload decoder alone, as if the seal had been forged.
 		_, _ = sl.decodeChunkPayload(obj)
 	})
+}
+
+// s2Payload is a chunk's plaintext holding content as an S2 block whose
+// header says n bytes.
+func s2Payload(content []byte, n uint32) []byte {
+	return append(binary.LittleEndian.AppendUint32([]byte{byte(CodecS2)}, n), s2.Encode(nil, content)...)
 }
 
 // TestWriteFuzzCorpus refreshes the committed seed corpus under
@@ -190,7 +201,8 @@ func TestWriteFuzzCorpus(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for i, obj := range [][]byte{sl.encodeChunk(h, content, nil, nil), []byte("FRO1\x01\x01short")} {
+	for i, obj := range [][]byte{sl.encodeChunk(h, content, Frame{}, nil), []byte("FRO1\x01\x01short"),
+		sl.encodeChunk(h, content, Frame{Codec: CodecS2, Data: s2.Encode(nil, content)}, nil), s2Payload(content, 100)} {
 		data := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n[]byte(%q)\n", h[:], obj)
 		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("seed-%d", i)), []byte(data), 0o644); err != nil {
 			t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/bits"
 	"math/rand/v2"
 	"strings"
@@ -263,14 +264,15 @@ func mustReader(t *testing.T, d *Disk) *Reader {
 	return r
 }
 
-// TestFormatUpgrade: a format 2 store is upgraded to 3 at Open (so older
-// versions refuse it once it may hold delta pages); a newer one is refused.
+// TestFormatUpgrade: an older store is upgraded to the current format at
+// Open (so older versions refuse it once it may hold delta pages or S2
+// chunks); a newer one is refused.
 func TestFormatUpgrade(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range []struct {
 		version int
 		wantErr bool
-	}{{1, false}, {2, false}, {3, false}, {4, true}} {
+	}{{1, false}, {2, false}, {3, false}, {formatVersion, false}, {formatVersion + 1, true}} {
 		e := newEnv(t)
 		e.open(t).Close()
 		raw, err := e.be.Get(ctx, "config")
@@ -288,7 +290,7 @@ func TestFormatUpgrade(t *testing.T) {
 		}
 		s, err := Open(ctx, e.opts)
 		if tc.wantErr {
-			if err == nil || !strings.Contains(err.Error(), "version 4") {
+			if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("version %d", tc.version)) {
 				t.Errorf("open a format %d store: %v, want an error naming the version", tc.version, err)
 			}
 			if err == nil {

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"sync"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 	"github.com/zeebo/blake3"
 	"golang.org/x/crypto/chacha20poly1305"
@@ -211,42 +212,58 @@ func (s *sealer) openTo(dst []byte, name string, kind byte, obj []byte) ([]byte,
 // (protocol.MaxPayload may not exceed it; a test holds them together).
 const MaxFrameBytes = 8 << 20
 
-// Chunk payload (inside the seal): compression (1: 0 none, 1 zstd) |
-// content length (uint32 LE) | data.
+// Codec names how a chunk's payload is compressed: the first byte of a
+// chunk's plaintext, and the form of a Frame.
+type Codec byte
+
+// Chunk payload (inside the seal): codec (1 byte) | content length
+// (uint32 LE) | data.
 const (
-	compNone byte = 0
-	compZstd byte = 1
+	compNone Codec = 0
+	// CodecZstd is one zstd frame (RFC 8878).
+	CodecZstd Codec = 1
+	// CodecS2 is one S2 block (github.com/klauspost/compress/s2), whose
+	// header declares the decoded length. Store format 4 adds it.
+	CodecS2 Codec = 2
 )
+
+// Frame is a chunk's content as it arrived compressed (the agent's WRITE
+// payload), for the store to keep as the chunk's stored form instead of
+// compressing the content again. The zero Frame is none.
+type Frame struct {
+	Codec Codec
+	Data  []byte
+}
 
 var plainPool = sync.Pool{New: func() any { return new([]byte) }}
 
 // encodeChunk compresses content when that saves at least 1/8 and seals
-// it, into dst's storage when it is large enough. frame, when not nil, is
-// a zstd frame that decodes to content (the agent's, already decoded by
-// the caller with a decoder no more lenient than the store's): it is kept
-// as the compressed form when it saves 1/8, and otherwise content is kept
-// uncompressed, not compressed again, since the frame was made at the
-// store's own level.
-func (s *sealer) encodeChunk(h Hash, content, frame, dst []byte) []byte {
+// it, into dst's storage when it is large enough. frame, when it has
+// data, decodes to content (the agent's, already decoded by the caller
+// with a decoder no more lenient than the store's): it is kept as the
+// compressed form when it saves 1/8, and otherwise content is kept
+// uncompressed, not compressed again, since the agent found it did not
+// compress.
+func (s *sealer) encodeChunk(h Hash, content []byte, frame Frame, dst []byte) []byte {
 	bp := plainPool.Get().(*[]byte)
 	defer plainPool.Put(bp)
 	if cap(*bp) < 5+len(content) {
 		*bp = make([]byte, 0, 5+s.maxChunk)
 	}
 	buf := (*bp)[:5]
-	buf[0] = compNone
+	buf[0] = byte(compNone)
 	binary.LittleEndian.PutUint32(buf[1:], uint32(len(content)))
-	if frame != nil {
-		if len(frame) <= len(content)-len(content)/8 {
-			buf = append(buf, frame...)
-			buf[0] = compZstd
+	if frame.Data != nil {
+		if len(frame.Data) <= len(content)-len(content)/8 {
+			buf = append(buf, frame.Data...)
+			buf[0] = byte(frame.Codec)
 			*bp = buf[:0]
 			return s.sealTo(dst, chunkName(h), kindChunk, buf)
 		}
 	} else if len(content) >= 512 && s.worthCompressing(content) {
 		z := s.enc.EncodeAll(content, buf)
 		if len(z)-5 <= len(content)-len(content)/8 {
-			z[0] = compZstd
+			z[0] = byte(CodecZstd)
 			return s.sealTo(dst, chunkName(h), kindChunk, z)
 		}
 	}
@@ -329,19 +346,32 @@ func (s *sealer) decodeChunkPayload(plain []byte) ([]byte, error) {
 	if int64(n) > int64(s.maxChunk) {
 		return nil, fmt.Errorf("chunk length %d exceeds the maximum %d", n, s.maxChunk)
 	}
-	switch plain[0] {
+	switch Codec(plain[0]) {
 	case compNone:
 		if uint32(len(plain)-5) != n {
 			return nil, fmt.Errorf("chunk length %d, header says %d", len(plain)-5, n)
 		}
 		return plain[5:], nil
-	case compZstd:
+	case CodecZstd:
 		out, err := s.dec.DecodeAll(plain[5:], make([]byte, 0, n))
 		if err != nil {
 			return nil, fmt.Errorf("zstd: %w", err)
 		}
 		if uint32(len(out)) != n {
 			return nil, fmt.Errorf("decompressed to %d bytes, header says %d", len(out), n)
+		}
+		return out, nil
+	case CodecS2:
+		// The block declares its length up front: check it before
+		// allocating, so a corrupt block cannot ask for more.
+		if l, err := s2.DecodedLen(plain[5:]); err != nil {
+			return nil, fmt.Errorf("s2: %w", err)
+		} else if uint32(l) != n {
+			return nil, fmt.Errorf("s2 block decodes to %d bytes, header says %d", l, n)
+		}
+		out, err := s2.Decode(make([]byte, n), plain[5:])
+		if err != nil {
+			return nil, fmt.Errorf("s2: %w", err)
 		}
 		return out, nil
 	}

@@ -27,7 +27,7 @@ const DefaultChunkSize = 1 << 20
 
 // formatVersion is the store format written by this version; older
 // stores are upgraded at Open (see docs/storage.md).
-const formatVersion = 3
+const formatVersion = 4
 
 // Window bounds how much folded journal is kept for any-point-in-time reads.
 // Unfolded records are always kept.
@@ -279,9 +279,10 @@ func (s *Store) open(ctx context.Context) error {
 	}
 	if s.cfg.Version < formatVersion {
 		// Version 2 adds journal records that reference chunks (recChunks),
-		// version 3 delta entries in map pages (FPG2); record the upgrade
-		// before any is written so that an older version refuses the store
-		// instead of misreading its journals or maps.
+		// version 3 delta entries in map pages (FPG2), version 4 chunks
+		// compressed with S2; record the upgrade before any is written so
+		// that an older version refuses the store instead of misreading its
+		// journals, maps or chunks.
 		s.cfg.Version = formatVersion
 		raw, err := json.MarshalIndent(s.cfg, "", "  ")
 		if err != nil {
@@ -561,16 +562,16 @@ var objPool = sync.Pool{New: func() any { return new([]byte) }}
 // other's commit would deadlock, and both write the same complete object.
 // Callers hold gcMu shared.
 func (s *Store) putChunk(ctx context.Context, cb *chunkBatch, content []byte) (Hash, error) {
-	return s.storeChunk(ctx, cb, content, nil, false)
+	return s.storeChunk(ctx, cb, content, Frame{}, false)
 }
 
 // storeChunk is putChunk; with journalRef it also takes a journal
 // reference on the chunk (see jrefs) in the same critical section as the
 // dedup check, so GC cannot delete a stored chunk the journal is about to
-// reference. frame, when not nil, is a zstd frame of content to store as
-// its compressed form (see encodeChunk). Callers hold gcMu shared unless
+// reference. frame, when it has data, is a compressed form of content to
+// store (see encodeChunk). Callers hold gcMu shared unless
 // journalRef is set.
-func (s *Store) storeChunk(ctx context.Context, cb *chunkBatch, content, frame []byte, journalRef bool) (Hash, error) {
+func (s *Store) storeChunk(ctx context.Context, cb *chunkBatch, content []byte, frame Frame, journalRef bool) (Hash, error) {
 	if zeros.Is(content) {
 		return Hash{}, nil
 	}

@@ -21,7 +21,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
 	"github.com/zeebo/blake3"
 	"golang.org/x/crypto/chacha20poly1305"
 	"golang.org/x/sys/unix"
@@ -59,6 +58,9 @@ type Result struct {
 	ZstdCompMBps    float64 `json:"zstd_compress_mb_per_s"`
 	ZstdDecompMBps  float64 `json:"zstd_decompress_mb_per_s"`
 	ZstdRatio       float64 `json:"zstd_ratio"`
+	S2CompMBps      float64 `json:"s2_compress_mb_per_s"`
+	S2DecompMBps    float64 `json:"s2_decompress_mb_per_s"`
+	S2Ratio         float64 `json:"s2_ratio"`
 	DiskBytes       int64   `json:"disk_bytes"`
 	DurationSeconds float64 `json:"duration_seconds"`
 }
@@ -98,7 +100,10 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if r.XChaChaMBps, err = aeadRate(o.Duration, mixed, chacha20poly1305.NewX); err != nil {
 		return nil, err
 	}
-	if r.ZstdCompMBps, r.ZstdDecompMBps, r.ZstdRatio, err = zstdRates(o.Duration, mixed); err != nil {
+	if r.ZstdCompMBps, r.ZstdDecompMBps, r.ZstdRatio, err = codecRates(o.Duration, mixed, protocol.Zstd); err != nil {
+		return nil, err
+	}
+	if r.S2CompMBps, r.S2DecompMBps, r.S2Ratio, err = codecRates(o.Duration, mixed, protocol.S2); err != nil {
 		return nil, err
 	}
 	return r, ctx.Err()
@@ -152,49 +157,44 @@ func aeadRate(d time.Duration, data []byte, mk func([]byte) (cipher.AEAD, error)
 	return cpuRate(d, data, func(b []byte) { out = a.Seal(out[:0], nonce, b, nil) }), nil
 }
 
-// zstdRates compresses with the agent's compressor (zstd's fastest level)
-// and decompresses, per 1 MiB piece; rates are of the uncompressed bytes.
-func zstdRates(d time.Duration, data []byte) (comp, decomp, ratio float64, err error) {
-	c, err := protocol.NewCompressor()
+// codecRates compresses with the agent's compressor for codec and
+// decompresses with the server's, per 1 MiB piece; rates are of the
+// uncompressed bytes.
+func codecRates(d time.Duration, data []byte, codec protocol.Codec) (comp, decomp, ratio float64, err error) {
+	c, err := protocol.NewCompressor(codec)
 	if err != nil {
 		return 0, 0, 0, err
 	}
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1))
+	dec, err := protocol.NewDecompressor()
 	if err != nil {
-		return 0, 0, 0, fmt.Errorf("zstd decoder: %w", err)
+		return 0, 0, 0, err
 	}
 	defer dec.Close()
-	var pieces [][]byte
+	var pieces []*protocol.Write
 	var in, out int64
 	for off := 0; off < len(data); off += workload.MiB {
 		z, ok := c.Compress(data[off:off+workload.MiB], nil)
 		in += workload.MiB
 		if ok {
-			pieces = append(pieces, append([]byte(nil), z...))
+			pieces = append(pieces, &protocol.Write{Flags: codec.Flag(), RawLen: workload.MiB, Data: append([]byte(nil), z...)})
 			out += int64(len(z))
 		} else {
 			out += workload.MiB
 		}
 	}
 	ratio = float64(in) / float64(out)
-	var buf []byte
-	comp = cpuRate(d, data, func(b []byte) {
-		// Compress hands back its input when compressing does not pay:
-		// only a compressed result may become the next call's buffer.
-		if z, ok := c.Compress(b, buf[:0]); ok {
-			buf = z
-		}
-	})
+	buf := make([]byte, 0, protocol.CompressBound(workload.MiB))
+	comp = cpuRate(d, data, func(b []byte) { c.Compress(b, buf) })
 	if len(pieces) == 0 {
-		return comp, 0, ratio, errors.New("zstd: no piece of the mixed data compressed")
+		return comp, 0, ratio, fmt.Errorf("%s: no piece of the mixed data compressed", codec)
 	}
 	var n int64
 	dst := make([]byte, 0, workload.MiB)
 	t0 := time.Now()
 	for time.Since(t0) < d {
 		for _, p := range pieces {
-			if dst, err = dec.DecodeAll(p, dst[:0]); err != nil {
-				return 0, 0, 0, fmt.Errorf("zstd decode: %w", err)
+			if dst, err = dec.Payload(p, dst); err != nil {
+				return 0, 0, 0, fmt.Errorf("%s decode: %w", codec, err)
 			}
 			n += int64(len(dst))
 		}

@@ -352,7 +352,7 @@ func (a *simAgent) initialSync(ctx context.Context) error {
 	a.f.compPool.Put(comp)
 	flags := protocol.FlagSync
 	if zipped {
-		flags |= protocol.FlagZstd
+		flags |= comp.Codec().Flag()
 	}
 	_, err := a.record(func(seq uint64) protocol.Message {
 		return &protocol.Write{Disk: 0, Seq: seq, Offset: 0, Flags: flags, RawLen: uint32(len(data)), Data: payload}

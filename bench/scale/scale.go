@@ -309,7 +309,7 @@ func runOne(ctx context.Context, o Options, n int, dir string) (Measurement, err
 	rand.Read(f.random)
 	f.image = makeImage(int(o.DataBytes))
 	f.compPool.New = func() any {
-		c, err := protocol.NewCompressor()
+		c, err := protocol.NewCompressor(protocol.S2) // as an agent's initial sync
 		if err != nil {
 			panic(err) // only fails on invalid options, which are constant
 		}

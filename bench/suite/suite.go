@@ -288,6 +288,9 @@ func limitFigures(l *limits.Result) []Figure {
 		f("zstd fastest compress, one core, mixed data", l.ZstdCompMBps),
 		f("zstd decompress, one core, mixed data", l.ZstdDecompMBps),
 		{Section: SectionLimits, Name: "zstd fastest ratio, mixed data", Value: l.ZstdRatio, Unit: "×"},
+		f("S2 compress, one core, mixed data", l.S2CompMBps),
+		f("S2 decompress, one core, mixed data", l.S2DecompMBps),
+		{Section: SectionLimits, Name: "S2 ratio, mixed data", Value: l.S2Ratio, Unit: "×"},
 	}
 }
 
