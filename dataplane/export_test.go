@@ -1,5 +1,7 @@
 package dataplane
 
+import "github.com/ferrymigrate/ferry/protocol"
+
 // DropsLogged returns how many unplanned session ends of server id s
 // keeps in its drop log, for tests outside the package.
 func DropsLogged(s *Server, id string) int {
@@ -18,3 +20,7 @@ func HasTraffic(s *Server, id string) bool {
 	_, ok := s.traffic[id]
 	return ok
 }
+
+// SetSendFault makes s's sessions fail to send the message types f
+// returns an error for, as a connection that broke would.
+func SetSendFault(s *Server, f func(protocol.Type) error) { s.sendFault = f }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/ferrymigrate/ferry"
 	"github.com/ferrymigrate/ferry/pki"
+	"github.com/ferrymigrate/ferry/protocol"
 	"github.com/ferrymigrate/ferry/replica"
 )
 
@@ -72,6 +73,9 @@ type Server struct {
 	// and have not since stayed connected for UnstableWindow; guarded by
 	// mu.
 	drops map[string]*dropLog
+	// sendFault, when set (tests only), fails the sending of the message
+	// types it returns an error for, as a broken connection would.
+	sendFault func(protocol.Type) error
 }
 
 // Observer watches the records a session applies and acknowledges. Its

@@ -150,7 +150,14 @@ func (ss *session) send(m protocol.Message) error {
 	defer ss.wmu.Unlock()
 	ss.wbuf = protocol.Append(ss.wbuf[:0], m)
 	_ = ss.c.SetWriteDeadline(time.Now().Add(writeTimeout))
-	if _, err := ss.bw.Write(ss.wbuf); err != nil {
+	var err error
+	if ss.s.sendFault != nil {
+		err = ss.s.sendFault(m.Type())
+	}
+	if err == nil {
+		_, err = ss.bw.Write(ss.wbuf)
+	}
+	if err != nil {
 		err = fmt.Errorf("send %s: %w", m.Type(), err)
 		ss.ending(true, err.Error())
 		return err
@@ -215,9 +222,13 @@ func (s *Server) replicate(ctx context.Context, c net.Conn, id string) error {
 	now := s.now()
 	ss.lastHeard, ss.lastProgress, ss.tracker = now, now, hello.Tracker
 	if err := ss.send(ack); err != nil {
+		ss.recordEnd(ctx)
 		return err
 	}
 	if err := ss.send(&protocol.Credit{Bytes: s.creditBytes()}); err != nil {
+		// The agent read HELLO_ACK and the connection failed: that
+		// session ended as much as one that ran for hours.
+		ss.recordEnd(ctx)
 		return err
 	}
 
@@ -243,12 +254,18 @@ func (s *Server) replicate(ctx context.Context, c net.Conn, id string) error {
 	cancel()
 	c.Close()
 	wg.Wait()
+	ss.recordEnd(ctx)
+	return err
+}
+
+// recordEnd records the session's end (see ending) once nothing else of
+// it runs: DISCONNECTED, and a drop toward UNSTABLE_NETWORK when it counts.
+func (ss *session) recordEnd(ctx context.Context) {
 	drop, cause := ss.endReason()
-	// The control loop is done: ss.settings is what the agent was last
-	// told.
+	// ss.settings is what the agent was last told (run, before the
+	// control loop's first SETTINGS).
 	drop = dropCounts(drop, ctx.Err() != nil, ss.settings.Desired)
 	ss.recordDisconnect(context.WithoutCancel(ctx), drop, cause)
-	return err
 }
 
 func (s *Server) creditBytes() int64 {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,9 +30,8 @@ type rawSession struct {
 	r   *protocol.Reader
 }
 
-// session connects as s-1's agent and reads HELLO_ACK: the replication
-// server has made it s-1's session by then.
-func (h *harness) session(t *testing.T) *rawSession {
+// sessionNoAck connects as s-1's agent and sends HELLO.
+func (h *harness) sessionNoAck(t *testing.T) *rawSession {
 	t.Helper()
 	nc, err := (&net.Dialer{}).DialContext(t.Context(), "tcp", h.addr)
 	if err != nil {
@@ -43,8 +43,15 @@ func (h *harness) session(t *testing.T) *rawSession {
 		Disks: []protocol.HelloDisk{{Name: "vda", Size: 1 << 20, LogicalBlockSize: 512}}})); err != nil {
 		t.Fatal(err)
 	}
-	rs := &rawSession{c: c, tcp: nc.(*net.TCPConn), r: protocol.NewReader(c)}
-	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	return &rawSession{c: c, tcp: nc.(*net.TCPConn), r: protocol.NewReader(c)}
+}
+
+// session connects as s-1's agent and reads HELLO_ACK: the replication
+// server has made it s-1's session by then.
+func (h *harness) session(t *testing.T) *rawSession {
+	t.Helper()
+	rs := h.sessionNoAck(t)
+	_ = rs.c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	if m, err := rs.r.Read(); err != nil {
 		t.Fatal(err)
 	} else if _, ok := m.(*protocol.HelloAck); !ok {
@@ -135,6 +142,39 @@ func TestUnstableNetworkWhichEndsCount(t *testing.T) {
 			}
 			if got := dataplane.DropsLogged(dp, "s-1"); got != tt.want {
 				t.Fatalf("%d drops logged, want %d", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestDropRightAfterHello: an agent whose connection fails as the
+// session starts, while the server sends HELLO_ACK or the first CREDIT,
+// has ended a session like any other: each such end is a drop and leaves
+// the server DISCONNECTED. The server used to return from either without
+// recording anything (found under load in CI, where a reset arrived
+// between the two).
+func TestDropRightAfterHello(t *testing.T) {
+	for _, typ := range []protocol.Type{protocol.TypeHelloAck, protocol.TypeCredit} {
+		t.Run(typ.String(), func(t *testing.T) {
+			h := newHarness(t)
+			dataplane.SetSendFault(h.dp, func(got protocol.Type) error {
+				if got == typ {
+					return syscall.ECONNRESET
+				}
+				return nil
+			})
+			for i := range 2 {
+				rs := h.sessionNoAck(t)
+				eventually(t, 10*time.Second, "drop logged", func() bool { return dataplane.DropsLogged(h.dp, "s-1") == i+1 })
+				eventually(t, 10*time.Second, "session ended", func() bool { return h.dp.Sessions() == 0 })
+				s, err := h.st.Server(t.Context(), "s-1")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if s.Replication.State != ferry.ReplicationDisconnected {
+					t.Fatalf("after %d failed starts: replication %s, want DISCONNECTED", i+1, s.Replication.State)
+				}
+				rs.c.Close()
 			}
 		})
 	}
