@@ -57,6 +57,13 @@ type Server struct {
 	// CreditBytes bounds the bytes an agent may have sent but not seen
 	// acknowledged; 0 means 16 MiB.
 	CreditBytes int64
+	// BulkCreditBytes is the credit of an agent that copies whole disks
+	// (initial sync, rescan) while BulkCreditPool has room; 0 means 64
+	// MiB. Not above CreditBytes turns it off.
+	BulkCreditBytes int64
+	// BulkCreditPool bounds the credit beyond CreditBytes that all bulk
+	// sessions hold together; 0 means 1 GiB.
+	BulkCreditPool int64
 	// Observer, when set, is told of every WRITE applied and every
 	// durable acknowledgement sent (benchmarks match them to measure the
 	// RPO); nil means none.
@@ -73,6 +80,8 @@ type Server struct {
 	// and have not since stayed connected for UnstableWindow; guarded by
 	// mu.
 	drops map[string]*dropLog
+	// bulkUsed is the bulk credit pool in use; guarded by mu.
+	bulkUsed int64
 	// sendFault, when set (tests only), fails the sending of the message
 	// types it returns an error for, as a broken connection would.
 	sendFault func(protocol.Type) error

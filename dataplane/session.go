@@ -24,7 +24,6 @@ const (
 	defaultSettingsPoll = 10 * time.Second
 	readTimeout         = 30 * time.Second
 	writeTimeout        = 30 * time.Second
-	defaultCreditBytes  = 16 << 20
 	// ackQueue bounds the records read but not yet acknowledged. A
 	// session's queue is allocated whole, so it is kept small (6 KiB): a
 	// server holds thousands of sessions, and a group commit acknowledges
@@ -107,6 +106,9 @@ type session struct {
 	// owns them then.
 	unstable   string
 	dropLogged bool
+	// bulkHeld is the credit this session holds from the server's bulk
+	// pool (see credit.go); the session's start and reader own it.
+	bulkHeld int64
 
 	endMu    sync.Mutex
 	ended    bool   // an end was recorded; guarded by endMu
@@ -225,7 +227,8 @@ func (s *Server) replicate(ctx context.Context, c net.Conn, id string) error {
 		ss.recordEnd(ctx)
 		return err
 	}
-	if err := ss.send(&protocol.Credit{Bytes: s.creditBytes()}); err != nil {
+	defer ss.releaseCredit()
+	if err := ss.grantCredit(bulkStart(hello, ack), true); err != nil {
 		// The agent read HELLO_ACK and the connection failed: that
 		// session ended as much as one that ran for hours.
 		ss.recordEnd(ctx)
@@ -266,13 +269,6 @@ func (ss *session) recordEnd(ctx context.Context) {
 	// control loop's first SETTINGS).
 	drop = dropCounts(drop, ctx.Err() != nil, ss.settings.Desired)
 	ss.recordDisconnect(context.WithoutCancel(ctx), drop, cause)
-}
-
-func (s *Server) creditBytes() int64 {
-	if s.CreditBytes > 0 {
-		return max(s.CreditBytes, protocol.MaxFrame)
-	}
-	return defaultCreditBytes
 }
 
 // claim makes this the only session of server id, ending an older one;
@@ -511,6 +507,9 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 			}
 			if m.Timing != nil {
 				ss.traffic.setAgentTiming(*m.Timing)
+			}
+			if err := ss.grantCredit(bulkPhase(m), false); err != nil {
+				return err
 			}
 		case *protocol.Heartbeat:
 		case *protocol.Error:
