@@ -16,9 +16,9 @@ const (
 	Zstd Codec = iota + 1
 	// S2 (github.com/klauspost/compress/s2, block format) encodes two to
 	// three times as fast as Zstd for about a quarter more bytes: for
-	// bulk copies (initial sync, rescan), which are bound by the agent's
-	// CPU, not by the link, at LAN speeds. Only to servers of
-	// RevisionS2 or later.
+	// whole-disk copies (an agent's initial sync, the connector's full
+	// copies and rescans), which are bound by the CPU, not by the link,
+	// at LAN speeds. Only to servers of RevisionS2 or later.
 	S2
 )
 
