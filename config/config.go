@@ -58,7 +58,18 @@ type Server struct {
 	// Finish; 0 means the replication server's default.
 	Drops  int           `yaml:"-"`
 	Window time.Duration `yaml:"-"`
+	// BulkCreditPool is how much write credit, in MiB, the replication
+	// server may grant beyond the usual 16 MiB to all agents copying whole
+	// disks together (0 to MaxBulkCreditPoolMiB; 0 turns the bulk credit
+	// off; default 1024). Finish parses it into CreditPool.
+	BulkCreditPool string `yaml:"bulk_credit_pool_mib"`
+	// CreditPool is BulkCreditPool in bytes, parsed by Finish: 0 means
+	// the replication server's default, negative none.
+	CreditPool int64 `yaml:"-"`
 }
+
+// MaxBulkCreditPoolMiB is the most bulk_credit_pool_mib may ask for.
+const MaxBulkCreditPoolMiB = 64 << 10
 
 // MaxUnstableDrops is the most drops unstable_drops may ask for: the
 // replication server keeps at most that many drop times per server.
@@ -117,19 +128,20 @@ func Parse(data []byte) (Server, error) {
 
 // EnvVars maps each setting to the environment variable that sets it.
 var EnvVars = map[string]string{
-	"data_dir":        "FERRY_DATA_DIR",
-	"listen":          "FERRY_LISTEN",
-	"data_listen":     "FERRY_DATA_LISTEN",
-	"database":        "FERRY_DATABASE",
-	"ca_cert":         "FERRY_CA_CERT",
-	"ca_key":          "FERRY_CA_KEY",
-	"tls_cert":        "FERRY_TLS_CERT",
-	"tls_key":         "FERRY_TLS_KEY",
-	"advertise":       "FERRY_ADVERTISE",
-	"qemu_binary":     "FERRY_QEMU_BINARY",
-	"gc_interval":     "FERRY_GC_INTERVAL",
-	"unstable_drops":  "FERRY_UNSTABLE_DROPS",
-	"unstable_window": "FERRY_UNSTABLE_WINDOW",
+	"data_dir":             "FERRY_DATA_DIR",
+	"listen":               "FERRY_LISTEN",
+	"data_listen":          "FERRY_DATA_LISTEN",
+	"database":             "FERRY_DATABASE",
+	"ca_cert":              "FERRY_CA_CERT",
+	"ca_key":               "FERRY_CA_KEY",
+	"tls_cert":             "FERRY_TLS_CERT",
+	"tls_key":              "FERRY_TLS_KEY",
+	"advertise":            "FERRY_ADVERTISE",
+	"qemu_binary":          "FERRY_QEMU_BINARY",
+	"gc_interval":          "FERRY_GC_INTERVAL",
+	"unstable_drops":       "FERRY_UNSTABLE_DROPS",
+	"unstable_window":      "FERRY_UNSTABLE_WINDOW",
+	"bulk_credit_pool_mib": "FERRY_BULK_CREDIT_POOL_MIB",
 }
 
 // ApplyEnv sets every field whose environment variable is set and
@@ -152,6 +164,7 @@ func (c *Server) fields() map[string]*string {
 		"tls_cert": &c.TLSCert, "tls_key": &c.TLSKey, "advertise": &c.Advertise,
 		"qemu_binary": &c.QEMUBinary, "gc_interval": &c.GCInterval,
 		"unstable_drops": &c.UnstableDrops, "unstable_window": &c.UnstableWindow,
+		"bulk_credit_pool_mib": &c.BulkCreditPool,
 	}
 }
 
@@ -227,6 +240,16 @@ func (c *Server) Finish() error {
 			return fmt.Errorf("config: unstable_window %q: want a duration of a minute or more, such as 10m", c.UnstableWindow)
 		}
 		c.Window = d
+	}
+	if c.BulkCreditPool != "" {
+		n, err := strconv.ParseInt(c.BulkCreditPool, 10, 64)
+		if err != nil || n < 0 || n > MaxBulkCreditPoolMiB {
+			return fmt.Errorf("config: bulk_credit_pool_mib %q: want a whole number of MiB from 0 (off) to %d", c.BulkCreditPool, MaxBulkCreditPoolMiB)
+		}
+		c.CreditPool = n << 20
+		if n == 0 {
+			c.CreditPool = -1
+		}
 	}
 	return nil
 }

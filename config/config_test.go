@@ -114,6 +114,44 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
+func TestBulkCreditPoolSetting(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    int64
+		wantErr bool
+	}{
+		{"", 0, false},
+		{"1024", 1 << 30, false},
+		{"64", 64 << 20, false},
+		{"0", -1, false},
+		{"65536", 64 << 30, false},
+		{"65537", 0, true},
+		{"-1", 0, true},
+		{"1G", 0, true},
+	}
+	for _, tt := range tests {
+		c := Server{Dev: true, DataDir: "/d", BulkCreditPool: tt.in}
+		err := c.Finish()
+		if tt.wantErr {
+			if err == nil || !strings.Contains(err.Error(), "bulk_credit_pool_mib") || !strings.Contains(err.Error(), tt.in) {
+				t.Errorf("%q: error %v, want one naming bulk_credit_pool_mib and the value", tt.in, err)
+			}
+			continue
+		}
+		if err != nil || c.CreditPool != tt.want {
+			t.Errorf("%q: %d, %v; want %d", tt.in, c.CreditPool, err, tt.want)
+		}
+	}
+	c, err := Parse([]byte("bulk_credit_pool_mib: \"256\"\n"))
+	if err != nil || c.BulkCreditPool != "256" {
+		t.Fatalf("from YAML: %+v, %v", c, err)
+	}
+	c.ApplyEnv(func(k string) string { return map[string]string{"FERRY_BULK_CREDIT_POOL_MIB": "512"}[k] })
+	if c.BulkCreditPool != "512" {
+		t.Fatalf("FERRY_BULK_CREDIT_POOL_MIB not applied: %q", c.BulkCreditPool)
+	}
+}
+
 func TestUnstableNetworkSettings(t *testing.T) {
 	tests := []struct {
 		drops, window string

@@ -38,8 +38,11 @@ func (s *Server) bulkExtra() int64 {
 }
 
 func (s *Server) bulkPool() int64 {
-	if s.BulkCreditPool > 0 {
+	switch {
+	case s.BulkCreditPool > 0:
 		return s.BulkCreditPool
+	case s.BulkCreditPool < 0:
+		return 0
 	}
 	return defaultBulkCreditPool
 }

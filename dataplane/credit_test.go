@@ -43,6 +43,7 @@ func TestBulkCredit(t *testing.T) {
 	}{
 		{"defaults", 0, 0, bulk},
 		{"pool too small", 0, 8 << 20, base},
+		{"pool off", 0, -1, base},
 		{"bulk not above the base", 8 << 20, 0, base},
 		{"bulk 128 MiB", 128 << 20, 0, 128 << 20},
 	}

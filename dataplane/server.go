@@ -62,7 +62,8 @@ type Server struct {
 	// MiB. Not above CreditBytes turns it off.
 	BulkCreditBytes int64
 	// BulkCreditPool bounds the credit beyond CreditBytes that all bulk
-	// sessions hold together; 0 means 1 GiB.
+	// sessions hold together; 0 means 1 GiB, negative none (bulk credit
+	// off).
 	BulkCreditPool int64
 	// Observer, when set, is told of every WRITE applied and every
 	// durable acknowledgement sent (benchmarks match them to measure the

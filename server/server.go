@@ -109,7 +109,7 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 	s.APIAddr, s.DataAddr = s.apiLn.Addr().String(), s.dataLn.Addr().String()
 
 	s.data = &dataplane.Server{Store: s.store, CA: s.ca, Cert: s.cert, Logger: log, Replica: s.replica,
-		UnstableDrops: cfg.Drops, UnstableWindow: cfg.Window}
+		UnstableDrops: cfg.Drops, UnstableWindow: cfg.Window, BulkCreditPool: cfg.CreditPool}
 	// The control plane and the jobs change servers through a store that
 	// tells the data plane, so settings reach connected agents at once.
 	s.notified = notifyingStore{Store: s.store, changed: s.data.Notify}

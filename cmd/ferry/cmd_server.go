@@ -55,19 +55,20 @@ variables or --config, and a missing one is a start-up error.`,
 	cmd.Flags().StringVar(&cfgFile, "config", "", "YAML configuration file")
 	cmd.Flags().BoolVar(&dev, "dev", false, "development mode: create everything needed in --data on first start")
 	usage := map[string]string{
-		"data_dir":        "data directory (metadata, keys, replicas)",
-		"listen":          "API and dashboard address (default :8443)",
-		"data_listen":     "agent data-plane address (default :1500)",
-		"database":        "metadata store: sqlite:PATH or postgres://URL",
-		"ca_cert":         "CA certificate PEM file",
-		"ca_key":          "CA private key PEM file",
-		"tls_cert":        "server certificate PEM file",
-		"tls_key":         "server private key PEM file",
-		"advertise":       "host name agents reach this server by",
-		"qemu_binary":     "QEMU the qemu launch target runs (default qemu-system-x86_64 on PATH)",
-		"gc_interval":     "how often the replica store is garbage-collected while the server runs (default 6h; off: never)",
-		"unstable_drops":  "unplanned drops of an agent's connection within unstable_window that make UNSTABLE_NETWORK (default 3)",
-		"unstable_window": "the time unstable_drops are counted in, and a session must stay up to clear it (default 10m)",
+		"data_dir":             "data directory (metadata, keys, replicas)",
+		"listen":               "API and dashboard address (default :8443)",
+		"data_listen":          "agent data-plane address (default :1500)",
+		"database":             "metadata store: sqlite:PATH or postgres://URL",
+		"ca_cert":              "CA certificate PEM file",
+		"ca_key":               "CA private key PEM file",
+		"tls_cert":             "server certificate PEM file",
+		"tls_key":              "server private key PEM file",
+		"advertise":            "host name agents reach this server by",
+		"qemu_binary":          "QEMU the qemu launch target runs (default qemu-system-x86_64 on PATH)",
+		"gc_interval":          "how often the replica store is garbage-collected while the server runs (default 6h; off: never)",
+		"unstable_drops":       "unplanned drops of an agent's connection within unstable_window that make UNSTABLE_NETWORK (default 3)",
+		"unstable_window":      "the time unstable_drops are counted in, and a session must stay up to clear it (default 10m)",
+		"bulk_credit_pool_mib": "write credit (MiB) beyond 16 MiB per agent that agents copying whole disks share (default 1024; 0: off)",
 	}
 	for key, u := range usage {
 		v := new(string)
