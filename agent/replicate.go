@@ -76,11 +76,8 @@ func ParseSyncCodec(s string) (protocol.Codec, error) {
 // syncCodec is the initial sync's codec: the one asked for, or S2 when
 // the server's revision decodes it; never S2 to a server that does not.
 func syncCodec(asked protocol.Codec, revision uint16) protocol.Codec {
-	if revision < protocol.RevisionS2 {
-		return protocol.Zstd
-	}
-	if asked == 0 {
-		return protocol.S2
+	if asked == 0 || protocol.BulkCodec(revision) != protocol.S2 {
+		return protocol.BulkCodec(revision)
 	}
 	return asked
 }

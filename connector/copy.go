@@ -53,8 +53,8 @@ func (s *Source) copyDisk(ctx context.Context, p *plan, sock string) error {
 	// speeds: they go as S2 where the server decodes it (see
 	// agent.Options.SyncCodec); the incremental copies of changes, as zstd.
 	codec := protocol.Zstd
-	if p.mode != ModeIncremental && s.link.hello.ProtocolVersion >= protocol.RevisionS2 {
-		codec = protocol.S2
+	if p.mode != ModeIncremental {
+		codec = protocol.BulkCodec(s.link.hello.ProtocolVersion)
 	}
 	comp, err := protocol.NewCompressor(codec)
 	if err != nil {

@@ -11,16 +11,10 @@ import (
 // readCredit reads frames until a CREDIT and returns its bytes.
 func (rs *rawSession) readCredit(t *testing.T) int64 {
 	t.Helper()
-	_ = rs.c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	for {
-		m, err := rs.r.Read()
-		if err != nil {
-			t.Fatalf("waiting for CREDIT: %v", err)
-		}
-		if c, ok := m.(*protocol.Credit); ok {
-			return c.Bytes
-		}
-	}
+	return rs.readUntil(t, "CREDIT", func(m protocol.Message) bool {
+		_, ok := m.(*protocol.Credit)
+		return ok
+	}).(*protocol.Credit).Bytes
 }
 
 func (rs *rawSession) stats(t *testing.T, phase protocol.Phase) {

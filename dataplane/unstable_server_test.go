@@ -69,19 +69,28 @@ func (rs *rawSession) reset(t *testing.T) {
 	rs.tcp.Close()
 }
 
-// waitSettings reads until a SETTINGS frame satisfies ok.
-func (rs *rawSession) waitSettings(t *testing.T, ok func(*protocol.Settings) bool) {
+// readUntil reads frames until one satisfies ok, and returns it.
+func (rs *rawSession) readUntil(t *testing.T, what string, ok func(protocol.Message) bool) protocol.Message {
 	t.Helper()
 	_ = rs.c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	for {
 		m, err := rs.r.Read()
 		if err != nil {
-			t.Fatalf("waiting for SETTINGS: %v", err)
+			t.Fatalf("waiting for %s: %v", what, err)
 		}
-		if st, isSettings := m.(*protocol.Settings); isSettings && ok(st) {
-			return
+		if ok(m) {
+			return m
 		}
 	}
+}
+
+// waitSettings reads until a SETTINGS frame satisfies ok.
+func (rs *rawSession) waitSettings(t *testing.T, ok func(*protocol.Settings) bool) {
+	t.Helper()
+	rs.readUntil(t, "SETTINGS", func(m protocol.Message) bool {
+		st, isSettings := m.(*protocol.Settings)
+		return isSettings && ok(st)
+	})
 }
 
 // TestUnstableNetworkWhichEndsCount: through a real replication server,

@@ -22,6 +22,15 @@ const (
 	S2
 )
 
+// BulkCodec is the codec for a whole-disk copy to a server of revision:
+// S2 where it decodes it, else Zstd.
+func BulkCodec(revision uint16) Codec {
+	if revision >= RevisionS2 {
+		return S2
+	}
+	return Zstd
+}
+
 // Flag returns the WRITE flag that marks a payload compressed with c.
 func (c Codec) Flag() uint8 {
 	if c == S2 {
