@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ferrymigrate/ferry/internal/aio"
+	"github.com/ferrymigrate/ferry/internal/directio"
 	"github.com/ferrymigrate/ferry/protocol"
 	"github.com/ferrymigrate/ferry/track"
 )
@@ -106,7 +107,7 @@ func TestReadExtents(t *testing.T) {
 			}
 		}
 	}
-	s := &sender{buf: alignedBuf(int(e.chunk))}
+	s := &sender{buf: directio.Buf(int(e.chunk))}
 	defer s.closeReaders()
 	check("aio", s, batch())
 	if dev.direct != nil && s.readers[d.idx] == nil {
@@ -127,7 +128,7 @@ func TestReadExtents(t *testing.T) {
 			t.Fatal("a broken batch reader was kept")
 		}
 	}
-	check("one at a time", &sender{buf: alignedBuf(int(e.chunk)), readers: map[int]*aio.Reader{0: nil}}, batch())
+	check("one at a time", &sender{buf: directio.Buf(int(e.chunk)), readers: map[int]*aio.Reader{0: nil}}, batch())
 }
 
 // TestSyncPipe reads a disk of zero, text and random chunks (the last one

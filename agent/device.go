@@ -11,6 +11,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ferrymigrate/ferry/internal/directio"
 )
 
 // device is an open source block device (or, in tests, a file).
@@ -87,7 +89,7 @@ func (d *device) readDirect(p []byte, off int64) error {
 	buf := p
 	bounce := start != off || end != off+int64(len(p)) || uintptr(unsafe.Pointer(unsafe.SliceData(p)))%align != 0
 	if bounce {
-		buf = alignedBuf(int(end - start))
+		buf = directio.Buf(int(end - start))
 	}
 	n, err := d.direct.ReadAt(buf, start)
 	if err != nil && !errors.Is(err, io.EOF) {
@@ -109,14 +111,4 @@ func (d *device) close() {
 	if d.direct != nil {
 		d.direct.Close()
 	}
-}
-
-// alignedBuf returns a 4096-aligned buffer of n bytes, as O_DIRECT needs.
-func alignedBuf(n int) []byte {
-	b := make([]byte, n+4096)
-	off := int(4096 - uintptr(unsafe.Pointer(unsafe.SliceData(b)))%4096)
-	if off == 4096 {
-		off = 0
-	}
-	return b[off : off+n : off+n]
 }

@@ -8,11 +8,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/ferrymigrate/ferry/internal/aio"
+	"github.com/ferrymigrate/ferry/internal/directio"
 	"github.com/ferrymigrate/ferry/internal/zeros"
 	"github.com/ferrymigrate/ferry/protocol"
 	"github.com/ferrymigrate/ferry/track"
-	"golang.org/x/time/rate"
 )
 
 // senderTimers add up where the send loop's time goes, so the server can
@@ -77,7 +79,7 @@ func (e *engine) startPipe(ctx context.Context, d *rdisk, from int64) *syncPipe 
 	ctx, cancel := context.WithCancel(ctx)
 	p := &syncPipe{d: d, futs: make(chan chan chunkResult, e.o.Readers), cancel: cancel}
 	chunk := int(e.chunk)
-	p.raw.New = func() any { b := alignedBuf(chunk); return &b }
+	p.raw.New = func() any { b := directio.Buf(chunk); return &b }
 	p.packed.New = func() any { b := make([]byte, 0, protocol.CompressBound(chunk)); return &b }
 	codec := protocol.Codec(e.syncCodec.Load())
 	if codec == 0 { // no session yet: only tests start a pipe so
@@ -365,7 +367,7 @@ func (e *engine) sendLoop(ctx context.Context, c *conn, hashes <-chan *protocol.
 	if err != nil {
 		return err
 	}
-	s := &sender{c: c, buf: alignedBuf(int(e.chunk)), comp: comp, hashes: hashes}
+	s := &sender{c: c, buf: directio.Buf(int(e.chunk)), comp: comp, hashes: hashes}
 	defer s.closeReaders()
 	var pipe *syncPipe
 	defer func() { pipe.stop() }()

@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ferrymigrate/ferry/bench/workload"
+	"github.com/ferrymigrate/ferry/internal/directio"
 	"github.com/ferrymigrate/ferry/protocol"
 )
 
@@ -217,7 +218,7 @@ func disk(ctx context.Context, dir string, size int64) (write, read float64, err
 		return 0, 0, fmt.Errorf("disk limits: %w", err)
 	}
 	defer f.Close()
-	buf := workload.AlignedBuf(workload.MiB)
+	buf := directio.Buf(workload.MiB)
 	workload.FillRandom(mrand.New(mrand.NewPCG(3, 4)), buf)
 	t0 := time.Now()
 	for off := int64(0); off < size; off += workload.MiB {

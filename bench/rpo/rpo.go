@@ -18,6 +18,7 @@ import (
 	"github.com/ferrymigrate/ferry"
 	"github.com/ferrymigrate/ferry/bench/harness"
 	"github.com/ferrymigrate/ferry/bench/workload"
+	"github.com/ferrymigrate/ferry/internal/directio"
 )
 
 // Options size a run; zero values take the defaults.
@@ -251,7 +252,7 @@ func (w *writer) run(ctx context.Context, mbps float64, d time.Duration, m *Matc
 	for k := range uint64(writers) {
 		go func() {
 			rng := rand.New(rand.NewPCG(w.runs, k))
-			buf := workload.AlignedBuf(blockSize)
+			buf := directio.Buf(blockSize)
 			blocks := w.size / blockSize / writers
 			for {
 				if lim.Wait(tctx) != nil {
@@ -312,7 +313,7 @@ func lostOnReplica(ctx context.Context, h *harness.Harness, dev string, ws []sou
 		return nil, fmt.Errorf("rpo check: %w", err)
 	}
 	defer f.Close()
-	a, b := workload.AlignedBuf(blockSize), workload.AlignedBuf(blockSize)
+	a, b := directio.Buf(blockSize), directio.Buf(blockSize)
 	var lost []string
 	for _, w := range ws {
 		if _, err := rd.ReadAt(a, w.off); err != nil {

@@ -5,9 +5,10 @@ import (
 	"math/rand/v2"
 	"os"
 	"strings"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ferrymigrate/ferry/internal/directio"
 )
 
 // MiB is the unit images are made of.
@@ -89,13 +90,6 @@ func WriteImage(path string, size int64) error {
 	return nil
 }
 
-// AlignedBuf returns n bytes aligned to 4096, as O_DIRECT needs.
-func AlignedBuf(n int) []byte {
-	b := make([]byte, n+4096)
-	off := int((4096 - uintptr(unsafe.Pointer(unsafe.SliceData(b)))%4096) % 4096)
-	return b[off : off+n : off+n]
-}
-
 // ChangeBlocks overwrites n random 4 KiB blocks of the first size bytes
 // of path (a device or a file) with random data, with O_DIRECT so the
 // writes reach the device at once. The same seed changes the same blocks.
@@ -106,7 +100,7 @@ func ChangeBlocks(path string, size int64, n int, seed uint64) error {
 	}
 	defer f.Close()
 	rng := rand.New(rand.NewPCG(seed, 99))
-	buf := AlignedBuf(4096)
+	buf := directio.Buf(4096)
 	for range n {
 		FillRandom(rng, buf)
 		off := rng.Int64N(size/4096) * 4096

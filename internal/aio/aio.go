@@ -26,6 +26,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ferrymigrate/ferry/internal/directio"
 )
 
 // Range is one read: Len bytes from Off.
@@ -63,9 +65,8 @@ type event struct {
 
 const cmdPread = 0 // IOCB_CMD_PREAD
 
-// align is the buffer alignment O_DIRECT needs on any device (the largest
-// logical block size in use).
-const align = 4096
+// align is the alignment O_DIRECT needs.
+const align = directio.Align
 
 // Reader reads batches of ranges from one descriptor. It is not safe for
 // concurrent use: one goroutine reads through it.
@@ -94,9 +95,7 @@ func Open(f *os.File, depth int, maxBytes int) (*Reader, error) {
 	if _, _, e := unix.Syscall(unix.SYS_IO_SETUP, uintptr(depth), uintptr(unsafe.Pointer(&r.ctx)), 0); e != 0 {
 		return nil, fmt.Errorf("aio: io_setup: %w", e)
 	}
-	raw := make([]byte, maxBytes+align)
-	skip := int(align-uintptr(unsafe.Pointer(unsafe.SliceData(raw)))%align) % align
-	r.buf = raw[skip : skip+maxBytes : skip+maxBytes]
+	r.buf = directio.Buf(maxBytes)
 	r.cbs = make([]iocb, depth)
 	r.ptrs = make([]*iocb, depth)
 	r.evs = make([]event, depth)
