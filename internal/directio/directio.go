@@ -1,8 +1,7 @@
 // Package directio holds what every O_DIRECT user in Ferry needs: the
 // alignment and aligned buffers. The agent reads source disks with
-// O_DIRECT (no page cache pollution on a production server), the replica
-// store writes its pack files with it (one copy fewer per byte stored),
-// and the benches write their images with it.
+// O_DIRECT (no page cache pollution on a production server), and the
+// benches write their images and changes with it.
 package directio
 
 import "unsafe"
