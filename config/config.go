@@ -66,7 +66,22 @@ type Server struct {
 	// CreditPool is BulkCreditPool in bytes, parsed by Finish: 0 means
 	// the replication server's default, negative none.
 	CreditPool int64 `yaml:"-"`
+	// BulkCredit is the write credit, in MiB, of one agent copying whole
+	// disks (MinBulkCreditMiB to MaxBulkCreditMiB; the minimum is the
+	// usual credit, so no extra; default 64). Finish parses it into
+	// AgentBulkCredit.
+	BulkCredit string `yaml:"bulk_credit_mib"`
+	// AgentBulkCredit is BulkCredit in bytes, parsed by Finish: 0 means
+	// the replication server's default.
+	AgentBulkCredit int64 `yaml:"-"`
 }
+
+// MinBulkCreditMiB and MaxBulkCreditMiB bound bulk_credit_mib: from the
+// credit every agent has to what one session may usefully hold.
+const (
+	MinBulkCreditMiB = 16
+	MaxBulkCreditMiB = 1024
+)
 
 // MaxBulkCreditPoolMiB is the most bulk_credit_pool_mib may ask for.
 const MaxBulkCreditPoolMiB = 64 << 10
@@ -142,6 +157,7 @@ var EnvVars = map[string]string{
 	"unstable_drops":       "FERRY_UNSTABLE_DROPS",
 	"unstable_window":      "FERRY_UNSTABLE_WINDOW",
 	"bulk_credit_pool_mib": "FERRY_BULK_CREDIT_POOL_MIB",
+	"bulk_credit_mib":      "FERRY_BULK_CREDIT_MIB",
 }
 
 // ApplyEnv sets every field whose environment variable is set and
@@ -164,7 +180,7 @@ func (c *Server) fields() map[string]*string {
 		"tls_cert": &c.TLSCert, "tls_key": &c.TLSKey, "advertise": &c.Advertise,
 		"qemu_binary": &c.QEMUBinary, "gc_interval": &c.GCInterval,
 		"unstable_drops": &c.UnstableDrops, "unstable_window": &c.UnstableWindow,
-		"bulk_credit_pool_mib": &c.BulkCreditPool,
+		"bulk_credit_pool_mib": &c.BulkCreditPool, "bulk_credit_mib": &c.BulkCredit,
 	}
 }
 
@@ -250,6 +266,13 @@ func (c *Server) Finish() error {
 		if n == 0 {
 			c.CreditPool = -1
 		}
+	}
+	if c.BulkCredit != "" {
+		n, err := strconv.ParseInt(c.BulkCredit, 10, 64)
+		if err != nil || n < MinBulkCreditMiB || n > MaxBulkCreditMiB {
+			return fmt.Errorf("config: bulk_credit_mib %q: want a whole number of MiB from %d (no more than every agent has) to %d", c.BulkCredit, MinBulkCreditMiB, MaxBulkCreditMiB)
+		}
+		c.AgentBulkCredit = n << 20
 	}
 	return nil
 }

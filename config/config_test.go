@@ -195,3 +195,41 @@ func TestUnstableNetworkSettings(t *testing.T) {
 		t.Fatalf("FERRY_UNSTABLE_DROPS not applied: %q", c.UnstableDrops)
 	}
 }
+
+func TestBulkCreditSetting(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    int64
+		wantErr bool
+	}{
+		{"", 0, false},
+		{"64", 64 << 20, false},
+		{"16", 16 << 20, false},
+		{"1024", 1 << 30, false},
+		{"15", 0, true},
+		{"1025", 0, true},
+		{"0", 0, true},
+		{"64M", 0, true},
+	}
+	for _, tt := range tests {
+		c := Server{Dev: true, DataDir: "/d", BulkCredit: tt.in}
+		err := c.Finish()
+		if tt.wantErr {
+			if err == nil || !strings.Contains(err.Error(), "bulk_credit_mib") || !strings.Contains(err.Error(), tt.in) {
+				t.Errorf("%q: error %v, want one naming bulk_credit_mib and the value", tt.in, err)
+			}
+			continue
+		}
+		if err != nil || c.AgentBulkCredit != tt.want {
+			t.Errorf("%q: %d, %v; want %d", tt.in, c.AgentBulkCredit, err, tt.want)
+		}
+	}
+	c, err := Parse([]byte("bulk_credit_mib: \"128\"\n"))
+	if err != nil || c.BulkCredit != "128" {
+		t.Fatalf("from YAML: %+v, %v", c, err)
+	}
+	c.ApplyEnv(func(k string) string { return map[string]string{"FERRY_BULK_CREDIT_MIB": "32"}[k] })
+	if c.BulkCredit != "32" {
+		t.Fatalf("FERRY_BULK_CREDIT_MIB not applied: %q", c.BulkCredit)
+	}
+}

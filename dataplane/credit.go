@@ -64,6 +64,12 @@ func (s *Server) releaseBulk(n int64) {
 	s.bulkUsed -= n
 }
 
+// BulkCreditPoolBytes returns the bulk credit pool's size: what
+// BulkCreditPool asks for, 0 when it is off.
+func (s *Server) BulkCreditPoolBytes() int64 {
+	return s.bulkPool()
+}
+
 // BulkCreditInUse returns the bulk credit the live sessions hold beyond
 // CreditBytes (for tests and metrics).
 func (s *Server) BulkCreditInUse() int64 {

@@ -34,18 +34,22 @@ func TestBulkCredit(t *testing.T) {
 		name       string
 		bulk, pool int64
 		want       int64 // the first CREDIT
+		wantPool   int64 // BulkCreditPoolBytes (the metric)
 	}{
-		{"defaults", 0, 0, bulk},
-		{"pool too small", 0, 8 << 20, base},
-		{"pool off", 0, -1, base},
-		{"bulk not above the base", 8 << 20, 0, base},
-		{"bulk 128 MiB", 128 << 20, 0, 128 << 20},
+		{"defaults", 0, 0, bulk, 1 << 30},
+		{"pool too small", 0, 8 << 20, base, 8 << 20},
+		{"pool off", 0, -1, base, 0},
+		{"bulk not above the base", 8 << 20, 0, base, 1 << 30},
+		{"bulk 128 MiB", 128 << 20, 0, 128 << 20, 1 << 30},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t)
 			h.stop()
 			h.serveWith(func(s *dataplane.Server) { s.BulkCreditBytes, s.BulkCreditPool = tt.bulk, tt.pool })
+			if got := h.dp.BulkCreditPoolBytes(); got != tt.wantPool {
+				t.Fatalf("pool %d MiB, want %d MiB", got>>20, tt.wantPool>>20)
+			}
 			rs := h.sessionNoAck(t) // its disk's initial sync is not done
 			if got := rs.readCredit(t); got != tt.want {
 				t.Fatalf("first CREDIT %d MiB, want %d MiB", got>>20, tt.want>>20)

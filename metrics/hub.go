@@ -53,6 +53,10 @@ var (
 		"Non-zero data the replicas' newest block maps hold, before deduplication and compression.", nil, nil)
 	descStoreStored = prometheus.NewDesc("ferry_store_stored_bytes",
 		"Bytes of chunk objects the replica store keeps, after deduplication and compression.", nil, nil)
+	descBulkUsed = prometheus.NewDesc("ferry_bulk_credit_used_bytes",
+		"Write credit that agents copying whole disks (initial sync, rescan) hold beyond the base credit, from the bulk pool.", nil, nil)
+	descBulkPool = prometheus.NewDesc("ferry_bulk_credit_pool_bytes",
+		"Size of the bulk credit pool (bulk_credit_pool_mib); 0 when it is off.", nil, nil)
 )
 
 // DataPlaneCollector reports agent connections and the replica store's
@@ -66,6 +70,9 @@ type DataPlaneCollector struct {
 	StoreUsage func(ctx context.Context) (logical, stored int64, err error)
 	// StoreTTL is how long one store read is reused; 0 means 5 minutes.
 	StoreTTL time.Duration
+	// BulkCredit returns the bulk write credit in use and the pool's
+	// size; nil sends no bulk credit figures.
+	BulkCredit func() (used, pool int64)
 
 	mu              sync.Mutex
 	readAt          time.Time // guarded by mu
@@ -79,11 +86,18 @@ func (c *DataPlaneCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descAgents
 	ch <- descStoreLogical
 	ch <- descStoreStored
+	ch <- descBulkUsed
+	ch <- descBulkPool
 }
 
 // Collect sends the figures.
 func (c *DataPlaneCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descAgents, prometheus.GaugeValue, float64(c.Sessions()))
+	if c.BulkCredit != nil {
+		used, pool := c.BulkCredit()
+		ch <- prometheus.MustNewConstMetric(descBulkUsed, prometheus.GaugeValue, float64(used))
+		ch <- prometheus.MustNewConstMetric(descBulkPool, prometheus.GaugeValue, float64(pool))
+	}
 	if c.StoreUsage == nil {
 		return
 	}

@@ -109,7 +109,8 @@ func TestHubMetrics(t *testing.T) {
 	j.Ended(&ferry.Job{Type: ferry.JobLaunch, InitiatedBy: ferry.InitiatedByStartTest, CreatedAt: t0, EndedAt: t0.Add(42 * time.Second),
 		Servers: []ferry.JobServer{{LaunchStatus: ferry.LaunchLaunched}, {LaunchStatus: ferry.LaunchFailed}}})
 	reg.MustRegister(&DataPlaneCollector{Sessions: func() int { return 3 },
-		StoreUsage: func(context.Context) (int64, int64, error) { return 1000, 400, nil }})
+		StoreUsage: func(context.Context) (int64, int64, error) { return 1000, 400, nil },
+		BulkCredit: func() (int64, int64) { return 96 << 20, 1 << 30 }})
 	var b strings.Builder
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -119,6 +120,7 @@ func TestHubMetrics(t *testing.T) {
 		b.WriteString(mf.String())
 	}
 	for _, want := range []string{"ferry_agent_connections", "value:3", "ferry_store_logical_bytes", "value:1000", "ferry_store_stored_bytes", "value:400",
+		"ferry_bulk_credit_used_bytes", "value:1.00663296e+08", "ferry_bulk_credit_pool_bytes", "value:1.073741824e+09",
 		"ferry_job_duration_seconds", "sample_sum:42", "ferry_job_servers_total", `value:"LAUNCHED"`, `value:"FAILED"`} {
 		if !strings.Contains(strings.ReplaceAll(b.String(), " ", ""), strings.ReplaceAll(want, " ", "")) {
 			t.Errorf("metrics lack %s:\n%s", want, b.String())

@@ -109,7 +109,8 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 	s.APIAddr, s.DataAddr = s.apiLn.Addr().String(), s.dataLn.Addr().String()
 
 	s.data = &dataplane.Server{Store: s.store, CA: s.ca, Cert: s.cert, Logger: log, Replica: s.replica,
-		UnstableDrops: cfg.Drops, UnstableWindow: cfg.Window, BulkCreditPool: cfg.CreditPool}
+		UnstableDrops: cfg.Drops, UnstableWindow: cfg.Window, BulkCreditPool: cfg.CreditPool,
+		BulkCreditBytes: cfg.AgentBulkCredit}
 	// The control plane and the jobs change servers through a store that
 	// tells the data plane, so settings reach connected agents at once.
 	s.notified = notifyingStore{Store: s.store, changed: s.data.Notify}
@@ -123,7 +124,9 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 	s.gcObserve = func(end time.Time, d time.Duration, st replica.GCStats, err error) {
 		gcm.Ran(end, d, st.Deleted, st.FreedBytes, err)
 	}
-	reg.MustRegister(&metrics.DataPlaneCollector{Sessions: s.data.Sessions, StoreUsage: func(ctx context.Context) (int64, int64, error) {
+	reg.MustRegister(&metrics.DataPlaneCollector{Sessions: s.data.Sessions, BulkCredit: func() (int64, int64) {
+		return s.data.BulkCreditInUse(), s.data.BulkCreditPoolBytes()
+	}, StoreUsage: func(ctx context.Context) (int64, int64, error) {
 		u, err := s.replica.Usage(ctx)
 		if err != nil {
 			return 0, 0, err

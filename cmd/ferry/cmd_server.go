@@ -69,6 +69,7 @@ variables or --config, and a missing one is a start-up error.`,
 		"unstable_drops":       "unplanned drops of an agent's connection within unstable_window that make UNSTABLE_NETWORK (default 3)",
 		"unstable_window":      "the time unstable_drops are counted in, and a session must stay up to clear it (default 10m)",
 		"bulk_credit_pool_mib": "write credit (MiB) beyond 16 MiB per agent that agents copying whole disks share (default 1024; 0: off)",
+		"bulk_credit_mib":      "write credit (MiB) of one agent copying whole disks, from the pool (16-1024, default 64)",
 	}
 	for key, u := range usage {
 		v := new(string)
