@@ -114,44 +114,6 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-func TestBulkCreditPoolSetting(t *testing.T) {
-	tests := []struct {
-		in      string
-		want    int64
-		wantErr bool
-	}{
-		{"", 0, false},
-		{"1024", 1 << 30, false},
-		{"64", 64 << 20, false},
-		{"0", -1, false},
-		{"65536", 64 << 30, false},
-		{"65537", 0, true},
-		{"-1", 0, true},
-		{"1G", 0, true},
-	}
-	for _, tt := range tests {
-		c := Server{Dev: true, DataDir: "/d", BulkCreditPool: tt.in}
-		err := c.Finish()
-		if tt.wantErr {
-			if err == nil || !strings.Contains(err.Error(), "bulk_credit_pool_mib") || !strings.Contains(err.Error(), tt.in) {
-				t.Errorf("%q: error %v, want one naming bulk_credit_pool_mib and the value", tt.in, err)
-			}
-			continue
-		}
-		if err != nil || c.CreditPool != tt.want {
-			t.Errorf("%q: %d, %v; want %d", tt.in, c.CreditPool, err, tt.want)
-		}
-	}
-	c, err := Parse([]byte("bulk_credit_pool_mib: \"256\"\n"))
-	if err != nil || c.BulkCreditPool != "256" {
-		t.Fatalf("from YAML: %+v, %v", c, err)
-	}
-	c.ApplyEnv(func(k string) string { return map[string]string{"FERRY_BULK_CREDIT_POOL_MIB": "512"}[k] })
-	if c.BulkCreditPool != "512" {
-		t.Fatalf("FERRY_BULK_CREDIT_POOL_MIB not applied: %q", c.BulkCreditPool)
-	}
-}
-
 func TestUnstableNetworkSettings(t *testing.T) {
 	tests := []struct {
 		drops, window string
@@ -196,40 +158,55 @@ func TestUnstableNetworkSettings(t *testing.T) {
 	}
 }
 
-func TestBulkCreditSetting(t *testing.T) {
-	tests := []struct {
+// TestBulkCreditSettings: the two MiB settings of the bulk credit, from
+// the file, the environment, and refused with an error naming the key
+// and the value.
+func TestBulkCreditSettings(t *testing.T) {
+	type check struct {
 		in      string
 		want    int64
 		wantErr bool
+	}
+	for _, st := range []struct {
+		key, env string
+		set      func(*Server, string)
+		get      func(*Server) (raw string, parsed int64)
+		checks   []check
 	}{
-		{"", 0, false},
-		{"64", 64 << 20, false},
-		{"16", 16 << 20, false},
-		{"1024", 1 << 30, false},
-		{"15", 0, true},
-		{"1025", 0, true},
-		{"0", 0, true},
-		{"64M", 0, true},
-	}
-	for _, tt := range tests {
-		c := Server{Dev: true, DataDir: "/d", BulkCredit: tt.in}
-		err := c.Finish()
-		if tt.wantErr {
-			if err == nil || !strings.Contains(err.Error(), "bulk_credit_mib") || !strings.Contains(err.Error(), tt.in) {
-				t.Errorf("%q: error %v, want one naming bulk_credit_mib and the value", tt.in, err)
+		{"bulk_credit_pool_mib", "FERRY_BULK_CREDIT_POOL_MIB",
+			func(c *Server, v string) { c.BulkCreditPool = v },
+			func(c *Server) (string, int64) { return c.BulkCreditPool, c.CreditPool },
+			[]check{{"", 0, false}, {"1024", 1 << 30, false}, {"64", 64 << 20, false}, {"0", -1, false},
+				{"65536", 64 << 30, false}, {"65537", 0, true}, {"-1", 0, true}, {"1G", 0, true}}},
+		{"bulk_credit_mib", "FERRY_BULK_CREDIT_MIB",
+			func(c *Server, v string) { c.BulkCredit = v },
+			func(c *Server) (string, int64) { return c.BulkCredit, c.AgentBulkCredit },
+			[]check{{"", 0, false}, {"64", 64 << 20, false}, {"16", 16 << 20, false}, {"1024", 1 << 30, false},
+				{"15", 0, true}, {"1025", 0, true}, {"0", 0, true}, {"64M", 0, true}}},
+	} {
+		t.Run(st.key, func(t *testing.T) {
+			for _, tt := range st.checks {
+				c := Server{Dev: true, DataDir: "/d"}
+				st.set(&c, tt.in)
+				err := c.Finish()
+				if tt.wantErr {
+					if err == nil || !strings.Contains(err.Error(), st.key) || !strings.Contains(err.Error(), tt.in) {
+						t.Errorf("%q: error %v, want one naming %s and the value", tt.in, err, st.key)
+					}
+					continue
+				}
+				if _, got := st.get(&c); err != nil || got != tt.want {
+					t.Errorf("%q: %d, %v; want %d", tt.in, got, err, tt.want)
+				}
 			}
-			continue
-		}
-		if err != nil || c.AgentBulkCredit != tt.want {
-			t.Errorf("%q: %d, %v; want %d", tt.in, c.AgentBulkCredit, err, tt.want)
-		}
-	}
-	c, err := Parse([]byte("bulk_credit_mib: \"128\"\n"))
-	if err != nil || c.BulkCredit != "128" {
-		t.Fatalf("from YAML: %+v, %v", c, err)
-	}
-	c.ApplyEnv(func(k string) string { return map[string]string{"FERRY_BULK_CREDIT_MIB": "32"}[k] })
-	if c.BulkCredit != "32" {
-		t.Fatalf("FERRY_BULK_CREDIT_MIB not applied: %q", c.BulkCredit)
+			c, err := Parse([]byte(st.key + ": \"256\"\n"))
+			if raw, _ := st.get(&c); err != nil || raw != "256" {
+				t.Fatalf("from YAML: %+v, %v", c, err)
+			}
+			c.ApplyEnv(func(k string) string { return map[string]string{st.env: "32"}[k] })
+			if raw, _ := st.get(&c); raw != "32" {
+				t.Fatalf("%s not applied: %q", st.env, raw)
+			}
+		})
 	}
 }
