@@ -79,6 +79,9 @@ type Options struct {
 	Only []string
 	// ImageBytes is the initial-sync image (default 4 GiB, quick 512 MiB).
 	ImageBytes int64
+	// SyncPairs is how many initial syncs run beside rsync -W; above one,
+	// the time goal is judged on the median ratio (default 1).
+	SyncPairs int
 	// RPODuration is how long each write rate runs (default 60 s, quick
 	// 15 s).
 	RPODuration time.Duration
@@ -203,7 +206,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			skip(SectionReplication, "needs root (loop devices, eBPF)")
 		} else {
 			o.Logf("section replication")
-			res, err := replbench.Run(ctx, replbench.Options{Dir: o.Dir, ImageBytes: o.ImageBytes, Logf: o.Logf}, io.Discard)
+			res, err := replbench.Run(ctx, replbench.Options{Dir: o.Dir, ImageBytes: o.ImageBytes, SyncPairs: o.SyncPairs, Logf: o.Logf}, io.Discard)
 			if err != nil {
 				fail(SectionReplication, err)
 			} else {
@@ -327,6 +330,9 @@ func replicationFigures(res *replbench.Result, lim *limits.Result) []Figure {
 				rate.Met = nil
 			}
 			tm.Ratio, tm.RatioOf = ratio(m.Seconds, rsyncW.Seconds), "rsync -W's time"
+			if n := len(res.SyncPairs); n > 1 {
+				tm.Ratio, tm.RatioOf = res.MedianRatio, fmt.Sprintf("rsync -W's time, median of %d pairs", n)
+			}
 			tm.Goal, tm.Met = "≤ 0.5× rsync's time", met(tm.Ratio > 0 && tm.Ratio <= 0.5)
 		}
 		if !m.Verified {

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ferrymigrate/ferry/bench/replbench"
 )
 
 func report(profile string, figs ...Figure) *Report {
@@ -226,5 +228,31 @@ func TestSectionFuncs(t *testing.T) {
 	}
 	if !errors.Is(Skipf("x"), ErrSkip) || Skipf("a %s", "b").Error() != "a b" {
 		t.Error("Skipf does not wrap ErrSkip with its reason")
+	}
+}
+
+// With several initial-sync pairs the time goal is judged on their
+// median ratio, not on the first pair's.
+func TestReplicationFiguresMedian(t *testing.T) {
+	res := &replbench.Result{ImageBytes: 4 << 30,
+		InitialSync: []replbench.Measure{{Name: replbench.NameRsyncWhole, Seconds: 10}, {Name: replbench.NameFerryInitial, Seconds: 7}}}
+	find := func(figs []Figure) Figure {
+		for _, f := range figs {
+			if f.Name == replbench.NameFerryInitial+": time" {
+				return f
+			}
+		}
+		t.Fatal("no time figure for Ferry's initial sync")
+		return Figure{}
+	}
+	one := find(replicationFigures(res, nil))
+	if one.Ratio != 0.7 || one.Met == nil || *one.Met {
+		t.Fatalf("one pair: ratio %v met %v, want 0.7, not met", one.Ratio, one.Met)
+	}
+	res.SyncPairs = []replbench.SyncPair{{Ratio: 0.7}, {Ratio: 0.45}, {Ratio: 0.5}}
+	res.MedianRatio = 0.5
+	med := find(replicationFigures(res, nil))
+	if med.Ratio != 0.5 || med.Met == nil || !*med.Met || !strings.Contains(med.RatioOf, "median of 3") {
+		t.Fatalf("three pairs: ratio %v met %v of %q, want the median 0.5, met", med.Ratio, med.Met, med.RatioOf)
 	}
 }

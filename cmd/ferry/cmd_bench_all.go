@@ -115,6 +115,7 @@ listed.`,
 	f.BoolVar(&o.Quick, "quick", false, "scale everything down: a run in under 3 minutes")
 	f.StringSliceVar(&o.Only, "only", nil, "run only these sections (limits, replication, rpo, dedup, scale, launch, connector)")
 	f.Int64Var(&o.ImageBytes, "image-bytes", 0, "initial-sync image size (default 4 GiB; quick 512 MiB)")
+	f.IntVar(&o.SyncPairs, "sync-pairs", 1, "initial syncs beside rsync -W; above 1 the time goal is judged on the median ratio")
 	f.DurationVar(&o.RPODuration, "rpo-duration", 0, "how long each write rate runs (default 60s; quick 15s)")
 	f.Int64Var(&o.RPODiskBytes, "rpo-disk-bytes", 0, "continuous-replication source disk size (default 1 GiB; quick 256 MiB)")
 	f.Int64Var(&o.DedupImageBytes, "dedup-image-bytes", 0, "image the dedup clones share (default 256 MiB; quick 64 MiB)")

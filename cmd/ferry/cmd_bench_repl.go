@@ -28,6 +28,7 @@ func newBenchReplicationCmd() *cobra.Command {
 	f.Float64Var(&o.ChangePercent, "change-percent", 0, "share of 4 KiB blocks changed for the incremental runs (default 1)")
 	f.DurationVar(&o.RescanTimeout, "rescan-timeout", 0, "longest wait for the rescan (default 10m)")
 	f.StringVar(&o.InitialCPUProfile, "initial-cpuprofile", "", "write a CPU profile of Ferry's initial sync alone to `FILE` (go tool pprof)")
+	f.IntVar(&o.SyncPairs, "sync-pairs", 1, "run the initial sync beside rsync -W this many times and report the median ratio (this VM's speed swings)")
 	f.StringVar(&o.RescanCPUProfile, "rescan-cpuprofile", "", "write a CPU profile of Ferry's rescan alone to `FILE` (go tool pprof)")
 	return cmd
 }
