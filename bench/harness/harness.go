@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/ferrymigrate/ferry"
@@ -40,6 +41,7 @@ type Harness struct {
 	keyPEM, certPEM, caPEM []byte
 	cancel                 context.CancelFunc
 	done                   chan error
+	closeOnce              sync.Once
 }
 
 // New starts a harness keeping its files in dir (created). obs, if not
@@ -144,12 +146,15 @@ func (h *Harness) AddServer(ctx context.Context, id, name string) (func(context.
 	}, nil
 }
 
-// Close stops the data plane and closes the stores.
+// Close stops the data plane and closes the stores; later calls do
+// nothing.
 func (h *Harness) Close() {
-	h.cancel()
-	<-h.done
-	h.Replica.Close()
-	h.Store.Close()
+	h.closeOnce.Do(func() {
+		h.cancel()
+		<-h.done
+		h.Replica.Close()
+		h.Store.Close()
+	})
 }
 
 // Agent runs the agent in this process on dev until ctx ends, with state

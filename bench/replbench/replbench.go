@@ -309,6 +309,14 @@ func Run(ctx context.Context, o Options, w io.Writer) (*Result, error) {
 	rsyncW, _ := Find(res.InitialSync, NameRsyncWhole)
 	ferryS, _ := Find(res.InitialSync, NameFerryInitial)
 	res.SyncPairs = append(res.SyncPairs, newPair(rsyncW, ferryS))
+	if o.SyncPairs > 1 {
+		// Its store's background work (folds) would share the CPU with
+		// the next syncs.
+		h.Close()
+		if err := os.RemoveAll(filepath.Join(o.Dir, "ferry")); err != nil {
+			return nil, err
+		}
+	}
 	for k := 2; k <= o.SyncPairs; k++ {
 		o.Logf("initial sync pair %d of %d", k, o.SyncPairs)
 		p, err := syncPair(ctx, o.Dir, k, dev, img, o.ImageBytes, rs)
