@@ -258,21 +258,31 @@ func (c *Server) Finish() error {
 		c.Window = d
 	}
 	if c.BulkCreditPool != "" {
-		n, err := strconv.ParseInt(c.BulkCreditPool, 10, 64)
-		if err != nil || n < 0 || n > MaxBulkCreditPoolMiB {
-			return fmt.Errorf("config: bulk_credit_pool_mib %q: want a whole number of MiB from 0 (off) to %d", c.BulkCreditPool, MaxBulkCreditPoolMiB)
+		n, err := parseMiB("bulk_credit_pool_mib", c.BulkCreditPool, 0, MaxBulkCreditPoolMiB, "0 (off)")
+		if err != nil {
+			return err
 		}
-		c.CreditPool = n << 20
+		c.CreditPool = n
 		if n == 0 {
 			c.CreditPool = -1
 		}
 	}
 	if c.BulkCredit != "" {
-		n, err := strconv.ParseInt(c.BulkCredit, 10, 64)
-		if err != nil || n < MinBulkCreditMiB || n > MaxBulkCreditMiB {
-			return fmt.Errorf("config: bulk_credit_mib %q: want a whole number of MiB from %d (no more than every agent has) to %d", c.BulkCredit, MinBulkCreditMiB, MaxBulkCreditMiB)
+		n, err := parseMiB("bulk_credit_mib", c.BulkCredit, MinBulkCreditMiB, MaxBulkCreditMiB, "16 (no more than every agent has)")
+		if err != nil {
+			return err
 		}
-		c.AgentBulkCredit = n << 20
+		c.AgentBulkCredit = n
 	}
 	return nil
+}
+
+// parseMiB reads setting key's v, a whole number of MiB from lo to hi,
+// and returns it in bytes; low says what lo means to the operator.
+func parseMiB(key, v string, lo, hi int64, low string) (int64, error) {
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < lo || n > hi {
+		return 0, fmt.Errorf("config: %s %q: want a whole number of MiB from %s to %d", key, v, low, hi)
+	}
+	return n << 20, nil
 }

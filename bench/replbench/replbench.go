@@ -26,6 +26,7 @@ import (
 	"github.com/ferrymigrate/ferry/bench/harness"
 	"github.com/ferrymigrate/ferry/bench/workload"
 	"github.com/ferrymigrate/ferry/ebpf"
+	"github.com/ferrymigrate/ferry/track"
 )
 
 // Options size a run; zero values take the defaults.
@@ -217,15 +218,12 @@ func Run(ctx context.Context, o Options, w io.Writer) (*Result, error) {
 		return nil, err
 	}
 	defer stopProfile()
-	cpu0, t0 := cpuSelf(), time.Now()
-	done, err := h.Agent(actx, state, dev, tr)
+	cpu0 := cpuSelf()
+	took, done, err := syncToReady(ctx, actx, h, state, dev, tr)
 	if err != nil {
 		return nil, err
 	}
-	if err := h.WaitFor(ctx, 30*time.Minute, func(s *ferry.SourceServer) bool { return s.Lifecycle == ferry.LifecycleReadyForTest }); err != nil {
-		return nil, err
-	}
-	m = measure(NameFerryInitial, time.Since(t0), cpuSelf()-cpu0, o.ImageBytes)
+	m = measure(NameFerryInitial, took, cpuSelf()-cpu0, o.ImageBytes)
 	stopProfile()
 	m.WireBytes = h.DP.ReceivedBytes()
 	if m.Verified, err = h.ReplicaMatches(ctx, dev); err != nil {
@@ -245,7 +243,7 @@ func Run(ctx context.Context, o Options, w io.Writer) (*Result, error) {
 	if err := workload.ChangeBlocks(dev, o.ImageBytes, blocks, 1); err != nil {
 		return nil, err
 	}
-	t0 = time.Now()
+	t0 := time.Now()
 	if _, err := h.DP.Snapshot(ctx, harness.ServerID, true); err != nil {
 		return nil, fmt.Errorf("drained snapshot: %w", err)
 	}
@@ -360,15 +358,11 @@ func syncPair(ctx context.Context, dir string, k int, dev, img string, size int6
 	defer h.Close()
 	actx, stop := context.WithCancel(ctx)
 	defer stop()
-	t0 := time.Now()
-	done, err := h.Agent(actx, state, dev, nil)
+	took, done, err := syncToReady(ctx, actx, h, state, dev, nil)
 	if err != nil {
 		return SyncPair{}, err
 	}
-	if err := h.WaitFor(ctx, 30*time.Minute, func(s *ferry.SourceServer) bool { return s.Lifecycle == ferry.LifecycleReadyForTest }); err != nil {
-		return SyncPair{}, err
-	}
-	fm := measure(NameFerryInitial, time.Since(t0), 0, size)
+	fm := measure(NameFerryInitial, took, 0, size)
 	if fm.Verified, err = h.ReplicaMatches(ctx, dev); err != nil {
 		return SyncPair{}, err
 	}
@@ -377,6 +371,20 @@ func syncPair(ctx context.Context, dir string, k int, dev, img string, size int6
 		return SyncPair{}, fmt.Errorf("agent: %w", err)
 	}
 	return newPair(rm, fm), nil
+}
+
+// syncToReady starts an agent on dev (running until actx ends) and waits
+// until h's server is READY_FOR_TEST: the initial sync's time.
+func syncToReady(ctx, actx context.Context, h *harness.Harness, state, dev string, tr track.Tracker) (time.Duration, chan error, error) {
+	t0 := time.Now()
+	done, err := h.Agent(actx, state, dev, tr)
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := h.WaitFor(ctx, 30*time.Minute, func(s *ferry.SourceServer) bool { return s.Lifecycle == ferry.LifecycleReadyForTest }); err != nil {
+		return 0, nil, err
+	}
+	return time.Since(t0), done, nil
 }
 
 // medianRatio is the median of the pairs' ratios (the mean of the middle
