@@ -17,7 +17,10 @@ import (
 	"path/filepath"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ferrymigrate/ferry/bench/harness"
+	"github.com/ferrymigrate/ferry/internal/directio"
 )
 
 // tlsPipe sends the device's raw bytes through a TLS 1.3 connection on
@@ -55,13 +58,31 @@ func tlsPipe(ctx context.Context, dev, dir string) (Measure, error) {
 			return
 		}
 		defer c.Close()
-		got, err = io.CopyBuffer(out, c, make([]byte, 1<<20))
-		if err == nil {
-			err = out.Sync()
+		// 1 MiB file writes, as the sender reads: a TLS read returns one
+		// 16 KiB record, and a write per record would slow the peer down.
+		buf := make([]byte, 1<<20)
+		for {
+			n, rerr := io.ReadFull(c, buf)
+			if n > 0 {
+				if _, err := out.Write(buf[:n]); err != nil {
+					recv <- err
+					return
+				}
+				got += int64(n)
+			}
+			if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+				break
+			}
+			if rerr != nil {
+				recv <- rerr
+				return
+			}
 		}
-		recv <- err
+		recv <- out.Sync()
 	}()
-	src, err := os.Open(dev)
+	// The device is read with O_DIRECT in 1 MiB reads, as dd iflag=direct
+	// would and as the agent does: not through the page cache.
+	src, err := os.OpenFile(dev, os.O_RDONLY|unix.O_DIRECT, 0)
 	if err != nil {
 		return Measure{}, fmt.Errorf("open %s: %w", dev, err)
 	}
@@ -75,11 +96,26 @@ func tlsPipe(ctx context.Context, dev, dir string) (Measure, error) {
 	if err != nil {
 		return Measure{}, fmt.Errorf("tls pipe dial: %w", err)
 	}
-	sent, err := io.CopyBuffer(c, src, make([]byte, 1<<20))
-	c.Close()
-	if err != nil {
-		return Measure{}, fmt.Errorf("tls pipe send: %w", err)
+	var sent int64
+	buf := directio.Buf(1 << 20)
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if _, err := c.Write(buf[:n]); err != nil {
+				c.Close()
+				return Measure{}, fmt.Errorf("tls pipe send: %w", err)
+			}
+			sent += int64(n)
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			c.Close()
+			return Measure{}, fmt.Errorf("tls pipe read %s: %w", dev, rerr)
+		}
 	}
+	c.Close()
 	if err := <-recv; err != nil {
 		return Measure{}, fmt.Errorf("tls pipe receive: %w", err)
 	}

@@ -31,9 +31,11 @@ func TestNewPair(t *testing.T) {
 		rsync, ferry Measure
 		want         SyncPair
 	}{
-		{"both verified", Measure{Seconds: 10, Verified: true}, Measure{Seconds: 5, Verified: true}, SyncPair{10, 5, 0.5, true}},
-		{"Ferry's copy not verified", Measure{Seconds: 10, Verified: true}, Measure{Seconds: 4}, SyncPair{10, 4, 0.4, false}},
-		{"rsync missing: no ratio", Measure{}, Measure{Seconds: 4, Verified: true}, SyncPair{0, 4, 0, false}},
+		{"both verified", Measure{Seconds: 10, CPUSeconds: 9, Verified: true}, Measure{Seconds: 5, CPUSeconds: 7, Verified: true},
+			SyncPair{RsyncSeconds: 10, FerrySeconds: 5, RsyncCPU: 9, FerryCPU: 7, Ratio: 0.5, Verified: true}},
+		{"Ferry's copy not verified", Measure{Seconds: 10, Verified: true}, Measure{Seconds: 4},
+			SyncPair{RsyncSeconds: 10, FerrySeconds: 4, Ratio: 0.4}},
+		{"rsync missing: no ratio", Measure{}, Measure{Seconds: 4, Verified: true}, SyncPair{FerrySeconds: 4}},
 	} {
 		if got := newPair(tt.rsync, tt.ferry); got != tt.want {
 			t.Errorf("%s: %+v, want %+v", tt.name, got, tt.want)
@@ -42,10 +44,13 @@ func TestNewPair(t *testing.T) {
 }
 
 func TestPrintTablePairs(t *testing.T) {
-	r := &Result{ImageBytes: 1 << 30, SyncPairs: []SyncPair{{10, 5, 0.5, true}, {8, 6, 0.75, true}, {9, 5.4, 0.6, true}}, MedianRatio: 0.6}
+	r := &Result{ImageBytes: 1 << 30, SyncPairs: []SyncPair{
+		{RsyncSeconds: 10, FerrySeconds: 5, Ratio: 0.5, Verified: true},
+		{RsyncSeconds: 8, FerrySeconds: 6, RsyncCPU: 7.25, FerryCPU: 8.5, Ratio: 0.75, Verified: true},
+		{RsyncSeconds: 9, FerrySeconds: 5.4, Ratio: 0.6, Verified: true}}, MedianRatio: 0.6}
 	var b bytes.Buffer
 	printTable(&b, r)
-	for _, want := range []string{"3 pairs", "0.750", "median", "0.600"} {
+	for _, want := range []string{"3 pairs", "0.750", "7.25", "8.50", "median", "0.600"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
 		}

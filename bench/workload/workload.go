@@ -61,16 +61,23 @@ func MixedBlock(rng *rand.Rand, i int64, b []byte) {
 // WriteImage writes a size-byte image (rounded down to MiB) in 1 MiB
 // chunks: the first half zeros (a hole), then a quarter of text, then a
 // quarter of random bytes, and fsyncs it. The content is the same for a
-// given size on every run.
+// given size on every run. Over an existing image (one a loop device may
+// be attached to) it writes in place, the first half punched back to a
+// hole: the image is restored whatever was written to it since.
 func WriteImage(path string, size int64) error {
 	size -= size % MiB
-	f, err := os.Create(path)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return fmt.Errorf("create image: %w", err)
 	}
 	defer f.Close()
 	if err := f.Truncate(size); err != nil {
 		return fmt.Errorf("size image: %w", err)
+	}
+	if size > 0 {
+		if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, size/2); err != nil {
+			return fmt.Errorf("punch the image's zero half: %w", err)
+		}
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	chunk := make([]byte, MiB)

@@ -29,6 +29,7 @@ func newBenchReplicationCmd() *cobra.Command {
 	f.DurationVar(&o.RescanTimeout, "rescan-timeout", 0, "longest wait for the rescan (default 10m)")
 	f.StringVar(&o.InitialCPUProfile, "initial-cpuprofile", "", "write a CPU profile of Ferry's initial sync alone to `FILE` (go tool pprof)")
 	f.IntVar(&o.SyncPairs, "sync-pairs", 1, "run the initial sync beside rsync -W this many times and report the median ratio (this VM's speed swings)")
+	f.BoolVar(&o.WarmCache, "warm-cache", false, "keep the page cache between the initial syncs (by default each starts cold: written back and dropped)")
 	f.StringVar(&o.RescanCPUProfile, "rescan-cpuprofile", "", "write a CPU profile of Ferry's rescan alone to `FILE` (go tool pprof)")
 	return cmd
 }
