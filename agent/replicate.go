@@ -513,9 +513,9 @@ func (c *conn) flush() error {
 }
 
 func (c *conn) writeLocked(m protocol.Message) error {
-	c.wbuf = protocol.Append(c.wbuf[:0], m)
 	_ = c.c.SetWriteDeadline(time.Now().Add(agentReadTimeout))
-	if _, err := c.bw.Write(c.wbuf); err != nil {
+	var err error
+	if c.wbuf, err = protocol.WriteFrame(c.bw, c.wbuf, m); err != nil {
 		return fmt.Errorf("send %s: %w", m.Type(), err)
 	}
 	return nil

@@ -110,9 +110,9 @@ func openLink(ctx context.Context, dial func(context.Context) (net.Conn, error),
 func (l *link) send(m protocol.Message) error {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
-	l.wbuf = protocol.Append(l.wbuf[:0], m)
 	_ = l.nc.SetWriteDeadline(time.Now().Add(linkReadTimeout))
-	if _, err := l.bw.Write(l.wbuf); err != nil {
+	var err error
+	if l.wbuf, err = protocol.WriteFrame(l.bw, l.wbuf, m); err != nil {
 		return fmt.Errorf("send %s: %w", m.Type(), err)
 	}
 	if err := l.bw.Flush(); err != nil {

@@ -23,6 +23,35 @@ func Append(b []byte, m Message) []byte {
 	return e.b
 }
 
+// directPayload is the smallest WRITE payload WriteFrame hands to its
+// writer as it is rather than copying it behind the header.
+const directPayload = 16 << 10
+
+// WriteFrame writes m to w as one frame, encoding it in buf's storage and
+// returning buf (grown if it had to be) for the next frame. A WRITE's
+// payload of 16 KiB or more goes to w straight from m.Data, after its
+// header, instead of being copied behind it first: a whole-disk copy
+// would otherwise copy every byte it sends once more. The bytes written
+// are those of Append.
+func WriteFrame(w io.Writer, buf []byte, m Message) ([]byte, error) {
+	wm, ok := m.(*Write)
+	if !ok || len(wm.Data) < directPayload {
+		buf = Append(buf[:0], m)
+		_, err := w.Write(buf)
+		return buf, err
+	}
+	buf = append(buf[:0], 0, 0, 0, 0, byte(TypeWrite))
+	e := enc{b: buf}
+	wm.appendFields(&e)
+	buf = e.b
+	binary.BigEndian.PutUint32(buf, uint32(len(buf)-headerLen+len(wm.Data)))
+	if _, err := w.Write(buf); err != nil {
+		return buf, err
+	}
+	_, err := w.Write(wm.Data)
+	return buf, err
+}
+
 // Decode decodes one frame body (type byte and body, without the length
 // header). Data fields of the result alias body.
 func Decode(body []byte) (Message, error) {

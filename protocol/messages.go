@@ -286,12 +286,17 @@ type Write struct {
 func (*Write) Type() Type { return TypeWrite }
 
 func (m *Write) appendBody(e *enc) {
+	m.appendFields(e)
+	e.b = append(e.b, m.Data...)
+}
+
+// appendFields appends the body up to the payload.
+func (m *Write) appendFields(e *enc) {
 	e.u16(m.Disk)
 	e.u64(m.Seq)
 	e.i64(m.Offset)
 	e.u8(m.Flags)
 	e.u32(m.RawLen)
-	e.b = append(e.b, m.Data...)
 }
 
 func (m *Write) decodeBody(d *dec) {
