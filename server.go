@@ -1,6 +1,9 @@
 package ferry
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // SourceServer is a machine being migrated: its facts as the agent reported
 // them, where it stands in the migration, and how it is replicated and
@@ -20,14 +23,21 @@ type SourceServer struct {
 	Replication ReplicationInfo   `json:"replication"`
 	// Desired is what the operator asked replication to do; the
 	// replication server tells the agent, and Replication.State follows.
-	Desired          DesiredReplication  `json:"desired_replication"`
-	Archived         bool                `json:"archived"`
-	ApplicationID    string              `json:"application_id,omitempty"`
-	WaveID           string              `json:"wave_id,omitempty"`
-	AgentVersion     string              `json:"agent_version,omitempty"`
-	AgentCertSerial  string              `json:"-"`
-	ReplicationSetup ReplicationSettings `json:"replication_settings"`
-	LaunchSetup      LaunchSettings      `json:"launch_settings"`
+	Desired       DesiredReplication `json:"desired_replication"`
+	Archived      bool               `json:"archived"`
+	ApplicationID string             `json:"application_id,omitempty"`
+	WaveID        string             `json:"wave_id,omitempty"`
+	AgentVersion  string             `json:"agent_version,omitempty"`
+	// AgentCertSerial is the serial of the one agent certificate the
+	// replication server accepts for this server (pairing again or
+	// renewing replaces it).
+	AgentCertSerial string `json:"-"`
+	// AgentCertPrevSerial is the certificate the agent renewed with, still
+	// accepted until the agent connects with the renewed one: an agent
+	// that stopped before saving its new certificate is not locked out.
+	AgentCertPrevSerial string              `json:"-"`
+	ReplicationSetup    ReplicationSettings `json:"replication_settings"`
+	LaunchSetup         LaunchSettings      `json:"launch_settings"`
 	// Launched is the newest test or cutover instance, if any.
 	Launched   *LaunchedInstance `json:"launched_instance,omitempty"`
 	LastSeenAt time.Time         `json:"last_seen_at,omitzero"`
@@ -131,4 +141,19 @@ func (s *SourceServer) Clone() *SourceServer {
 		c.Launched = &li
 	}
 	return &c
+}
+
+// CertSerials is how a store keeps a server's two certificate serials in
+// one column: the current one, then a comma and the previous one if any.
+func (s *SourceServer) CertSerials() string {
+	if s.AgentCertPrevSerial == "" {
+		return s.AgentCertSerial
+	}
+	return s.AgentCertSerial + "," + s.AgentCertPrevSerial
+}
+
+// SetCertSerials sets both certificate serials from CertSerials' form (a
+// lone serial, as stores kept before renewal existed, is the current one).
+func (s *SourceServer) SetCertSerials(v string) {
+	s.AgentCertSerial, s.AgentCertPrevSerial, _ = strings.Cut(v, ",")
 }

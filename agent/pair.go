@@ -151,6 +151,11 @@ func LoadState(stateDir string) (*State, error) {
 // DataPlaneTLS loads the agent's identity from its state directory as a TLS
 // client configuration trusting only the CA saved at pairing.
 func DataPlaneTLS(stateDir string) (*tls.Config, error) {
+	// A renewal a crash interrupted is completed first, or the key and
+	// the certificate could be of two different pairs.
+	if err := finishRenewal(stateDir); err != nil {
+		return nil, err
+	}
 	cert, err := tls.LoadX509KeyPair(filepath.Join(stateDir, certFile), filepath.Join(stateDir, keyFile))
 	if err != nil {
 		return nil, fmt.Errorf("load agent certificate: %w", err)

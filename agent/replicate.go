@@ -178,6 +178,9 @@ type engine struct {
 	sendTiming atomic.Bool
 	// syncCodec is the initial sync's codec for the current session.
 	syncCodec atomic.Uint32
+	// renew renews the agent's certificate; nil when the caller dials
+	// with an identity of its own.
+	renew *renewer
 
 	mu       sync.Mutex
 	cond     *sync.Cond
@@ -250,6 +253,8 @@ func Replicate(ctx context.Context, o Options) error {
 		}
 		o.ServerID = st.SourceServerID
 	}
+	// An agent dialing with its state directory's identity renews it.
+	renewable := o.Dial == nil
 	if o.Dial == nil {
 		o.Dial = func(ctx context.Context) (net.Conn, error) { return Connect(ctx, o.StateDir) }
 	}
@@ -259,6 +264,9 @@ func Replicate(ctx context.Context, o Options) error {
 	e := &engine{o: o, log: o.Logger, byPath: map[string]*rdisk{}, chunk: int64(o.ChunkSize),
 		limiter: rate.NewLimiter(rate.Inf, protocol.MaxFrame), statsNow: make(chan struct{}, 1)}
 	e.cond = sync.NewCond(&e.mu)
+	if renewable {
+		e.renew = &renewer{dir: o.StateDir}
+	}
 	progress, err := loadProgress(o.StateDir)
 	if err != nil {
 		return err
@@ -577,6 +585,9 @@ func (e *engine) session(ctx context.Context) error {
 		e.mu.Unlock()
 	}()
 	go e.statsLoop(ctx, c)
+	if e.renew != nil && ack.ProtocolVersion >= protocol.RevisionRenew {
+		go e.renewLoop(ctx, c)
+	}
 	err = e.sendLoop(ctx, c, hashReplies)
 	cancel(err)
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
@@ -751,6 +762,18 @@ func (e *engine) readLoop(ctx context.Context, r *protocol.Reader, nc net.Conn, 
 				return nil
 			}
 		case *protocol.Heartbeat:
+		case *protocol.Renewed:
+			if e.renew == nil {
+				return errors.New("RENEWED from the server, which no RENEW asked for")
+			}
+			// A failed renewal keeps the certificate, which still works:
+			// it is logged and asked for again later, not a reason to
+			// drop the session.
+			if until, err := e.renew.answer(m); err != nil {
+				e.log.Warn("certificate not renewed; asking again later", "err", err)
+			} else {
+				e.log.Info("certificate renewed", "valid_until", until)
+			}
 		case *protocol.Error:
 			return fmt.Errorf("server: %w", m)
 		default:

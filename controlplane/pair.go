@@ -163,7 +163,7 @@ func (s *Server) pair(w http.ResponseWriter, r *http.Request, c *caller) error {
 		srv.RAMBytes = req.RAMBytes
 		srv.NICs = req.NICs
 		srv.AgentVersion = req.AgentVersion
-		srv.AgentCertSerial = serial.String()
+		srv.AgentCertSerial, srv.AgentCertPrevSerial = serial.String(), ""
 		srv.Disks = mergeDisks(srv.Disks, req.Disks)
 		if it.ApplicationID != "" {
 			srv.ApplicationID = it.ApplicationID

@@ -157,7 +157,7 @@ func (s *Server) disconnectServer(w http.ResponseWriter, r *http.Request, _ *cal
 		}
 		srv.Lifecycle = ferry.LifecycleDisconnected
 		srv.Replication.State = ferry.ReplicationDisconnected
-		srv.AgentCertSerial = ""
+		srv.AgentCertSerial, srv.AgentCertPrevSerial = "", ""
 		srv.UpdatedAt = now
 		return nil
 	})

@@ -65,6 +65,9 @@ type Server struct {
 	// sessions hold together; 0 means 1 GiB, negative none (bulk credit
 	// off).
 	BulkCreditPool int64
+	// AgentCertValidity is how long the certificates agents renew with
+	// RENEW last; 0 means a year, as pairing issues.
+	AgentCertValidity time.Duration
 	// Observer, when set, is told of every WRITE applied and every
 	// durable acknowledgement sent (benchmarks match them to measure the
 	// RPO); nil means none.
@@ -125,7 +128,8 @@ func (s *Server) ReceivedBytes() int64 { return s.received.Load() }
 
 // Revoked reports whether a certificate may no longer be used: its server
 // is gone, disconnected, archived, or was paired again with a newer
-// certificate. Lookup errors count as revoked: refusing is the safe side.
+// certificate, or renewed and the agent has since connected with the
+// renewed one. Lookup errors count as revoked: refusing is the safe side.
 func (s *Server) Revoked(serial *big.Int, serverID string) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -133,7 +137,11 @@ func (s *Server) Revoked(serial *big.Int, serverID string) bool {
 	if err != nil {
 		return true
 	}
-	return srv.Archived || srv.Lifecycle == ferry.LifecycleDisconnected || srv.AgentCertSerial != serial.String()
+	if srv.Archived || srv.Lifecycle == ferry.LifecycleDisconnected {
+		return true
+	}
+	sn := serial.String()
+	return sn != srv.AgentCertSerial && sn != srv.AgentCertPrevSerial
 }
 
 // TLSConfig is the data plane's TLS configuration: TLS 1.3 only, a client
@@ -231,30 +239,38 @@ func (s *Server) handle(ctx context.Context, c *tls.Conn) {
 		s.log().Info("data plane handshake refused", "remote", c.RemoteAddr().String(), "err", err)
 		return
 	}
-	id, err := pki.ServerIDFromCert(c.ConnectionState().PeerCertificates[0])
+	leaf := c.ConnectionState().PeerCertificates[0]
+	id, err := pki.ServerIDFromCert(leaf)
 	if err != nil {
 		return
 	}
+	serial := leaf.SerialNumber.String()
 	// Recorded beside the session, not before it: with thousands of
 	// agents connecting, the metadata store's writer queue must not delay
 	// HELLO_ACK.
 	go func() {
-		if err := s.markConnected(ctx, id); err != nil && ctx.Err() == nil {
+		if err := s.markConnected(ctx, id, serial); err != nil && ctx.Err() == nil {
 			s.log().Warn("record agent connection", "server", id, "err", err)
 		}
 	}()
 	s.log().Info("agent connected", "server", id, "remote", c.RemoteAddr().String())
-	if err := s.replicate(ctx, c, id); err != nil {
+	if err := s.replicate(ctx, c, id, serial); err != nil {
 		s.log().Warn("agent session ended", "server", id, "err", err)
 		return
 	}
 	s.log().Info("agent disconnected", "server", id)
 }
 
-func (s *Server) markConnected(ctx context.Context, id string) error {
+// markConnected records that server id's agent connected with the
+// certificate of serial: a renewed certificate in use retires the one it
+// replaced.
+func (s *Server) markConnected(ctx context.Context, id, serial string) error {
 	now := s.now()
 	_, err := s.Store.UpdateServer(ctx, id, func(srv *ferry.SourceServer) error {
 		srv.LastSeenAt = now
+		if srv.AgentCertPrevSerial != "" && serial == srv.AgentCertSerial {
+			srv.AgentCertPrevSerial = ""
+		}
 		for i := range srv.Replication.Steps {
 			switch srv.Replication.Steps[i].Step {
 			case ferry.StepPairReplicationServerWithAgent, ferry.StepConnectAgentToReplicationServer:

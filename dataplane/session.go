@@ -65,12 +65,15 @@ type pending struct {
 
 // session is one agent's replication session.
 type session struct {
-	s    *Server
-	c    net.Conn
-	id   string
-	wmu  sync.Mutex // serialises frames on c
-	bw   *bufio.Writer
-	wbuf []byte // guarded by wmu
+	s  *Server
+	c  net.Conn
+	id string
+	// serial is the agent certificate's serial the session authenticated
+	// with (decimal).
+	serial string
+	wmu    sync.Mutex // serialises frames on c
+	bw     *bufio.Writer
+	wbuf   []byte // guarded by wmu
 
 	disks []*sessDisk
 	acks  chan pending
@@ -180,10 +183,10 @@ func (ss *session) fail(code uint16, err error) error {
 	return err
 }
 
-// replicate runs the protocol on an authenticated connection of server id
-// until the connection ends.
-func (s *Server) replicate(ctx context.Context, c net.Conn, id string) error {
-	ss := &session{s: s, c: c, id: id, bw: bufio.NewWriterSize(c, writeBuffer), acks: make(chan pending, ackQueue), traffic: s.trafficOf(id), poke: make(chan struct{}, 1), wake: make(chan struct{}, 1)}
+// replicate runs the protocol on an authenticated connection of server id,
+// whose certificate has serial, until the connection ends.
+func (s *Server) replicate(ctx context.Context, c net.Conn, id, serial string) error {
+	ss := &session{s: s, c: c, id: id, serial: serial, bw: bufio.NewWriterSize(c, writeBuffer), acks: make(chan pending, ackQueue), traffic: s.trafficOf(id), poke: make(chan struct{}, 1), wake: make(chan struct{}, 1)}
 	r := protocol.NewReaderSize(c, readBuffer)
 	_ = c.SetReadDeadline(time.Now().Add(readTimeout))
 	m, err := r.Read()
@@ -512,6 +515,17 @@ func (ss *session) readLoop(ctx context.Context, r *protocol.Reader) error {
 				return err
 			}
 		case *protocol.Heartbeat:
+		case *protocol.Renew:
+			// A refusal is an answer, not the end of the session: the
+			// agent keeps its certificate and asks again later.
+			reply := &protocol.Renewed{}
+			if reply.Certificate, err = ss.renew(ctx, m); err != nil {
+				ss.s.log().Warn("agent certificate not renewed", "server", ss.id, "err", err)
+				reply.Refusal = err.Error()
+			}
+			if err := ss.send(reply); err != nil {
+				return err
+			}
 		case *protocol.Error:
 			// The agent ended the session on purpose.
 			err := fmt.Errorf("agent: %w", m)

@@ -19,10 +19,10 @@ var servers = &kind[ferry.SourceServer]{
 		return []string{"machine_id", "hostname", "search", "lifecycle", "replication_state",
 				"application_id", "wave_id", "archived", "agent_cert_serial"},
 			[]any{nullIfEmpty(s.MachineID), s.Hostname, search(s.ID, s.Hostname), string(s.Lifecycle),
-				string(s.Replication.State), s.ApplicationID, s.WaveID, s.Archived, s.AgentCertSerial}
+				string(s.Replication.State), s.ApplicationID, s.WaveID, s.Archived, s.CertSerials()}
 	},
-	hiddenOf: func(s *ferry.SourceServer) []byte { return []byte(s.AgentCertSerial) },
-	load:     func(s *ferry.SourceServer, hidden []byte) { s.AgentCertSerial = string(hidden) },
+	hiddenOf: func(s *ferry.SourceServer) []byte { return []byte(s.CertSerials()) },
+	load:     func(s *ferry.SourceServer, hidden []byte) { s.SetCertSerials(string(hidden)) },
 	uniques: []unique[ferry.SourceServer]{
 		{col: "machine_id", label: "machine id", val: func(s *ferry.SourceServer) string { return s.MachineID }},
 	},

@@ -19,8 +19,11 @@ const (
 	RevisionStatsTiming = 2
 	// RevisionS2 adds WRITE payloads compressed with S2 (FlagS2).
 	RevisionS2 = 3
+	// RevisionRenew adds RENEW and RENEWED: an agent renews its
+	// certificate over its session.
+	RevisionRenew = 4
 	// Revision is the newest revision this package speaks.
-	Revision = RevisionS2
+	Revision = RevisionRenew
 )
 
 // Limits the decoder enforces.
@@ -36,6 +39,9 @@ const (
 	MaxName = 255
 	// MaxErrorText is the longest ERROR message.
 	MaxErrorText = 4096
+	// MaxPEM is the longest certificate request or certificate (PEM) in
+	// RENEW and RENEWED.
+	MaxPEM = 16 << 10
 )
 
 // Type identifies a message.
@@ -59,6 +65,8 @@ const (
 	TypeStats       Type = 14
 	TypeError       Type = 15
 	TypeFlush       Type = 16
+	TypeRenew       Type = 17
+	TypeRenewed     Type = 18
 )
 
 var typeNames = map[Type]string{
@@ -66,6 +74,7 @@ var typeNames = map[Type]string{
 	TypeBarrier: "BARRIER", TypeSnapshot: "SNAPSHOT", TypeAck: "ACK", TypeHashRequest: "HASH_REQUEST",
 	TypeHashReply: "HASH_REPLY", TypeResize: "RESIZE", TypeCredit: "CREDIT", TypeSettings: "SETTINGS",
 	TypeHeartbeat: "HEARTBEAT", TypeStats: "STATS", TypeError: "ERROR", TypeFlush: "FLUSH",
+	TypeRenew: "RENEW", TypeRenewed: "RENEWED",
 }
 
 // String returns the message type's name, e.g. "WRITE".
@@ -118,6 +127,10 @@ func newMessage(t Type) Message {
 		return &Stats{}
 	case TypeError:
 		return &Error{}
+	case TypeRenew:
+		return &Renew{}
+	case TypeRenewed:
+		return &Renewed{}
 	}
 	return nil
 }
@@ -865,4 +878,43 @@ func (m *Error) appendBody(e *enc) { e.u16(m.Code); e.str(m.Message) }
 func (m *Error) decodeBody(d *dec) {
 	m.Code = d.u16("code")
 	m.Message = d.str("message", MaxErrorText)
+}
+
+// Renew (agent → server, RevisionRenew) asks for a new certificate for the
+// session's source server before the one it connected with expires. CSR is
+// a PEM certificate request for a new key, at most MaxPEM bytes; the
+// server answers with RENEWED, or ends the session with an ERROR.
+type Renew struct {
+	CSR string
+}
+
+// Type implements Message.
+func (*Renew) Type() Type { return TypeRenew }
+
+func (m *Renew) appendBody(e *enc) { e.str(m.CSR) }
+
+func (m *Renew) decodeBody(d *dec) { m.CSR = d.str("csr", MaxPEM) }
+
+// Renewed (server → agent, RevisionRenew) answers RENEW: Certificate is
+// the PEM certificate issued for the request's key, at most MaxPEM bytes.
+// From then on the server accepts it, and the agent's old certificate only
+// until the agent has connected with the new one. When the server did not
+// renew, Certificate is empty and Refusal says why (at most MaxErrorText
+// bytes); the agent keeps its certificate and may ask again later.
+type Renewed struct {
+	Certificate string
+	Refusal     string
+}
+
+// Type implements Message.
+func (*Renewed) Type() Type { return TypeRenewed }
+
+func (m *Renewed) appendBody(e *enc) { e.str(m.Certificate); e.str(m.Refusal) }
+
+func (m *Renewed) decodeBody(d *dec) {
+	m.Certificate = d.str("certificate", MaxPEM)
+	m.Refusal = d.str("refusal", MaxErrorText)
+	if d.err == nil && (m.Certificate == "") == (m.Refusal == "") {
+		d.fail("certificate", "exactly one of a certificate and a refusal is required")
+	}
 }

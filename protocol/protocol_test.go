@@ -41,6 +41,9 @@ func samples() []Message {
 		&Stats{SentAtUnixNano: 6, Disks: []DiskStats{{Phase: PhaseContinuous, SyncDone: true}},
 			Timing: &AgentTiming{ReadNanos: 1e9, NetworkNanos: 2e9, ThrottleNanos: 3, IdleNanos: 4e9}},
 		&Error{Code: ErrCodeStorage, Message: "disk full"},
+		&Renew{CSR: "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"},
+		&Renewed{Certificate: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"},
+		&Renewed{Refusal: "RENEW: certificate request: bad signature"},
 	}
 }
 
@@ -169,6 +172,10 @@ func TestDecodeErrorsNameTheProblem(t *testing.T) {
 		{"small credit", Append(nil, &Credit{Bytes: 10})[headerLen:], "CREDIT: bytes"},
 		{"stats timing cut short", append(Append(nil, &Stats{})[headerLen:], 1, 2, 3), "STATS: read ns: needs 8 bytes"},
 		{"stats timing negative", Append(nil, &Stats{Timing: &AgentTiming{IdleNanos: -1}})[headerLen:], "STATS: idle ns: negative"},
+		{"huge csr", Append(nil, &Renew{CSR: strings.Repeat("A", MaxPEM+1)})[headerLen:], "RENEW: csr: 16385 bytes exceeds the limit of 16384"},
+		{"renewed with neither", Append(nil, &Renewed{})[headerLen:], "RENEWED: certificate: exactly one"},
+		{"renewed with both", Append(nil, &Renewed{Certificate: "c", Refusal: "r"})[headerLen:], "RENEWED: certificate: exactly one"},
+		{"csr cut short", Append(nil, &Renew{CSR: "abc"})[headerLen : headerLen+4], "RENEW: csr: needs 3 bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -20,9 +20,9 @@ var servers = &kind[ferry.SourceServer]{
 		return []string{"machine_id", "hostname", "search", "lifecycle", "replication_state",
 				"application_id", "wave_id", "archived", "agent_cert_serial"},
 			[]any{nullIfEmpty(s.MachineID), s.Hostname, search(s.ID, s.Hostname), string(s.Lifecycle),
-				string(s.Replication.State), s.ApplicationID, s.WaveID, boolInt(s.Archived), s.AgentCertSerial}
+				string(s.Replication.State), s.ApplicationID, s.WaveID, boolInt(s.Archived), s.CertSerials()}
 	},
-	load: func(s *ferry.SourceServer, hidden sql.RawBytes) { s.AgentCertSerial = string(hidden) },
+	load: func(s *ferry.SourceServer, hidden sql.RawBytes) { s.SetCertSerials(string(hidden)) },
 	uniques: []unique[ferry.SourceServer]{
 		{col: "machine_id", label: "machine id", val: func(s *ferry.SourceServer) string { return s.MachineID }},
 	},

@@ -47,7 +47,7 @@ func testServerRoundTrip(t *testing.T, ctx context.Context, s ferry.Store) {
 	// Update returns what a later read returns.
 	upd, err := s.UpdateServer(ctx, "srv-1", func(v *ferry.SourceServer) error {
 		v.Tags["new"] = "tag"
-		v.AgentCertSerial = "ff:ee"
+		v.AgentCertSerial, v.AgentCertPrevSerial = "ff:ee", ""
 		v.UpdatedAt = at(time.Minute)
 		return nil
 	})
@@ -55,7 +55,7 @@ func testServerRoundTrip(t *testing.T, ctx context.Context, s ferry.Store) {
 	read, err := s.Server(ctx, "srv-1")
 	ok(t, "get after update", err)
 	same(t, "UpdateServer result vs Server", upd, read)
-	if read.AgentCertSerial != "ff:ee" || read.Tags["new"] != "tag" || !read.UpdatedAt.Equal(at(time.Minute)) {
+	if read.AgentCertSerial != "ff:ee" || read.AgentCertPrevSerial != "" || read.Tags["new"] != "tag" || !read.UpdatedAt.Equal(at(time.Minute)) {
 		t.Fatalf("update not stored: %+v", read)
 	}
 
