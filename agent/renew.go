@@ -1,12 +1,12 @@
 package agent
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -39,10 +39,12 @@ const (
 	nextCertFile = certFile + ".next"
 )
 
-// renewer runs an agent's certificate renewals. Renew only applies to an
-// agent whose identity is its state directory's (Options.Dial nil): a
-// caller that dials with its own identity renews it itself.
-type renewer struct {
+// Renewer renews the certificate in a state directory over a data-plane
+// session (protocol revision 4): Due says when, Request makes the RENEW,
+// Answer installs what RENEWED brings. The agent runs one when it dials
+// with its state directory's identity (Options.Dial nil); the connector
+// one per VM. Its methods may be called concurrently.
+type Renewer struct {
 	dir string
 
 	mu      sync.Mutex
@@ -50,9 +52,13 @@ type renewer struct {
 	asked   time.Time // when it was sent; guarded by mu
 }
 
-// due reports whether the certificate in the state directory should be
-// renewed at now (and whether no request is in flight for it).
-func (r *renewer) due(now time.Time) bool {
+// NewRenewer returns a Renewer of the identity in state directory dir.
+func NewRenewer(dir string) *Renewer { return &Renewer{dir: dir} }
+
+// Due reports whether the certificate in the state directory should be
+// renewed at now: less than a third of its lifetime left, and no request
+// sent within the last hour. Without a certificate there it is never due.
+func (r *Renewer) Due(now time.Time) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.pending != nil && now.Sub(r.asked) < renewRetry {
@@ -66,9 +72,9 @@ func (r *renewer) due(now time.Time) bool {
 	return leaf.NotAfter.Sub(now) < life/renewWithin
 }
 
-// request makes a new key, saves it as the next key and returns the
-// RENEW to send.
-func (r *renewer) request(now time.Time) (*protocol.Renew, error) {
+// Request makes a new key, saves it beside the current one and returns
+// the RENEW to send for it at now.
+func (r *Renewer) Request(now time.Time) (*protocol.Renew, error) {
 	host, _ := os.Hostname()
 	keyPEM, csrPEM, err := pki.NewKeyAndCSR(host)
 	if err != nil {
@@ -83,10 +89,13 @@ func (r *renewer) request(now time.Time) (*protocol.Renew, error) {
 	return &protocol.Renew{CSR: string(csrPEM)}, nil
 }
 
-// answer installs the certificate a RENEWED carries, after checking that
+// Answer installs the certificate a RENEWED carries, after checking that
 // it is for the key of the request in flight and chains to the CA saved
-// at pairing; it returns the new certificate's expiry.
-func (r *renewer) answer(m *protocol.Renewed) (time.Time, error) {
+// at pairing; it returns the new certificate's expiry. A refusal, or a
+// certificate that fails a check, is an error and changes nothing: the
+// current certificate still works, and Due asks again an hour after the
+// request.
+func (r *Renewer) Answer(m *protocol.Renewed) (time.Time, error) {
 	r.mu.Lock()
 	keyPEM := r.pending
 	r.mu.Unlock()
@@ -211,27 +220,38 @@ func loadLeafPEM(b []byte) (*x509.Certificate, error) {
 // renewCheck is how often a session looks at its certificate's expiry.
 const renewCheck = 10 * time.Minute
 
-// renewLoop sends a RENEW whenever the certificate is due for renewal,
-// from the session's start until it ends; the read loop installs the
-// answer.
-func (e *engine) renewLoop(ctx context.Context, c *conn) {
+// Run sends a RENEW through send whenever the certificate is due, from
+// now until done is closed or send fails (the session ended); the
+// session's reader hands the RENEWED to Install.
+func (r *Renewer) Run(done <-chan struct{}, send func(protocol.Message) error, log *slog.Logger) {
 	t := time.NewTicker(renewCheck)
 	defer t.Stop()
 	for {
-		if now := time.Now(); e.renew.due(now) {
-			m, err := e.renew.request(now)
+		if now := time.Now(); r.Due(now) {
+			m, err := r.Request(now)
 			if err != nil {
-				e.log.Warn("certificate renewal", "err", err)
-			} else if err := c.send(m); err != nil {
-				return // the session is ending
+				log.Warn("certificate renewal", "err", err)
+			} else if err := send(m); err != nil {
+				return
 			} else {
-				e.log.Info("certificate due for renewal; asked the server for a new one")
+				log.Info("certificate due for renewal; asked the server for a new one")
 			}
 		}
 		select {
-		case <-ctx.Done():
+		case <-done:
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// Install is Answer, logging the outcome: a failed renewal keeps the
+// certificate, which still works, and is asked for again later; it is no
+// reason to end the session.
+func (r *Renewer) Install(m *protocol.Renewed, log *slog.Logger) {
+	if until, err := r.Answer(m); err != nil {
+		log.Warn("certificate not renewed; asking again later", "err", err)
+	} else {
+		log.Info("certificate renewed", "valid_until", until)
 	}
 }

@@ -105,32 +105,32 @@ func TestRenewerDue(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	r := &renewer{dir: dir}
+	r := NewRenewer(dir)
 	now := time.Now()
 	for _, tt := range []struct {
 		at   time.Duration
 		want bool
 	}{{0, false}, {30 * time.Hour, false}, {32 * time.Hour, true}, {50 * time.Hour, true}} {
-		if got := r.due(now.Add(tt.at)); got != tt.want {
+		if got := r.Due(now.Add(tt.at)); got != tt.want {
 			t.Errorf("due %v from now: %v, want %v", tt.at, got, tt.want)
 		}
 	}
 	at := now.Add(40 * time.Hour)
-	m, err := r.request(at)
+	m, err := r.Request(at)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.due(at.Add(renewRetry / 2)) {
+	if r.Due(at.Add(renewRetry / 2)) {
 		t.Error("due again while a request is in flight")
 	}
-	if !r.due(at.Add(renewRetry)) {
+	if !r.Due(at.Add(renewRetry)) {
 		t.Error("not due again once the request went unanswered for renewRetry")
 	}
-	if _, err := r.answer(&protocol.Renewed{Refusal: "no"}); err == nil {
+	if _, err := r.Answer(&protocol.Renewed{Refusal: "no"}); err == nil {
 		t.Error("a refusal installed nothing but reported no error")
 	}
 	// An answer for another key, or from another CA, is refused.
-	if _, err := r.answer(&protocol.Renewed{Certificate: string(p.cert)}); err == nil {
+	if _, err := r.Answer(&protocol.Renewed{Certificate: string(p.cert)}); err == nil {
 		t.Error("a certificate for another key was installed")
 	}
 	other, err := pki.LoadOrCreateCA(t.TempDir())
@@ -141,14 +141,14 @@ func TestRenewerDue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.answer(&protocol.Renewed{Certificate: string(forged)}); err == nil {
+	if _, err := r.Answer(&protocol.Renewed{Certificate: string(forged)}); err == nil {
 		t.Error("a certificate from another CA was installed")
 	}
 	good, _, err := ca.SignAgentCSR([]byte(m.CSR), "s-1", 47*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.answer(&protocol.Renewed{Certificate: string(good)}); err != nil {
+	if _, err := r.Answer(&protocol.Renewed{Certificate: string(good)}); err != nil {
 		t.Fatalf("the CA's certificate for the new key: %v", err)
 	}
 	if got, err := os.ReadFile(filepath.Join(dir, certFile)); err != nil || string(got) != string(good) {

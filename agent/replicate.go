@@ -180,7 +180,7 @@ type engine struct {
 	syncCodec atomic.Uint32
 	// renew renews the agent's certificate; nil when the caller dials
 	// with an identity of its own.
-	renew *renewer
+	renew *Renewer
 
 	mu       sync.Mutex
 	cond     *sync.Cond
@@ -265,7 +265,7 @@ func Replicate(ctx context.Context, o Options) error {
 		limiter: rate.NewLimiter(rate.Inf, protocol.MaxFrame), statsNow: make(chan struct{}, 1)}
 	e.cond = sync.NewCond(&e.mu)
 	if renewable {
-		e.renew = &renewer{dir: o.StateDir}
+		e.renew = NewRenewer(o.StateDir)
 	}
 	progress, err := loadProgress(o.StateDir)
 	if err != nil {
@@ -586,7 +586,7 @@ func (e *engine) session(ctx context.Context) error {
 	}()
 	go e.statsLoop(ctx, c)
 	if e.renew != nil && ack.ProtocolVersion >= protocol.RevisionRenew {
-		go e.renewLoop(ctx, c)
+		go e.renew.Run(ctx.Done(), c.send, e.log)
 	}
 	err = e.sendLoop(ctx, c, hashReplies)
 	cancel(err)
@@ -766,14 +766,7 @@ func (e *engine) readLoop(ctx context.Context, r *protocol.Reader, nc net.Conn, 
 			if e.renew == nil {
 				return errors.New("RENEWED from the server, which no RENEW asked for")
 			}
-			// A failed renewal keeps the certificate, which still works:
-			// it is logged and asked for again later, not a reason to
-			// drop the session.
-			if until, err := e.renew.answer(m); err != nil {
-				e.log.Warn("certificate not renewed; asking again later", "err", err)
-			} else {
-				e.log.Info("certificate renewed", "valid_until", until)
-			}
+			e.renew.Install(m, e.log)
 		case *protocol.Error:
 			return fmt.Errorf("server: %w", m)
 		default:

@@ -3,10 +3,13 @@ package connector
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -277,6 +280,9 @@ func TestConnectorReplicatesQEMU(t *testing.T) {
 		t.Fatalf("source server facts: hostname %q cpus %d ram %d disks %+v nics %+v", srv.Hostname, srv.CPUs, srv.RAMBytes, srv.Disks, srv.NICs)
 	}
 	id := dataplane.DiskID(src.ServerID, "disk0")
+	// The VM's certificate is near its end: the connector renews it over
+	// the session its first run opens.
+	oldSerial := dueCertificate(t, filepath.Join(dir, "server", "pki"), ls.s.Store(), src)
 
 	run := func(name string, want Mode) *RunResult {
 		t.Helper()
@@ -298,6 +304,19 @@ func TestConnectorReplicatesQEMU(t *testing.T) {
 	}
 
 	first := run("first", ModeFull)
+	eventually(t, 30*time.Second, "the VM's certificate renewed", func() bool {
+		s, err := ls.s.Store().Server(ctx, src.ServerID)
+		if err != nil || s.AgentCertPrevSerial != oldSerial.String() {
+			return false
+		}
+		b, err := os.ReadFile(filepath.Join(src.StateDir, "agent.crt"))
+		if err != nil {
+			return false
+		}
+		blk, _ := pem.Decode(b)
+		c, err := x509.ParseCertificate(blk.Bytes)
+		return err == nil && c.SerialNumber.String() == s.AgentCertSerial && time.Until(c.NotAfter) > 300*24*time.Hour
+	})
 	if got := first.Disks[0].RawSentBytes; got != 12<<20 {
 		t.Errorf("first run sent %d bytes, want the 12 MiB of data (zeros skipped)", got)
 	}
@@ -461,4 +480,33 @@ func fileSHA(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// dueCertificate gives the source's VM identity a certificate from the
+// server's CA (in caDir) with less than a third of its life left, and
+// makes it the one the server accepts; it returns its serial.
+func dueCertificate(t *testing.T, caDir string, st ferry.Store, src *Source) *big.Int {
+	t.Helper()
+	ca, err := pki.LoadOrCreateCA(caDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, csrPEM, err := pki.NewKeyAndCSR("vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 20 minutes after the CA's hour of clock skew.
+	certPEM, serial, err := ca.SignAgentCSR(csrPEM, src.ServerID, 20*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string][]byte{"agent.key": keyPEM, "agent.crt": certPEM} {
+		if err := os.WriteFile(filepath.Join(src.StateDir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := st.UpdateServer(t.Context(), src.ServerID, func(s *ferry.SourceServer) error { s.AgentCertSerial = serial.String(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return serial
 }

@@ -5,11 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/ferrymigrate/ferry/agent"
 	"github.com/ferrymigrate/ferry/protocol"
 )
 
@@ -56,7 +58,11 @@ type link struct {
 	stats  func() *protocol.Stats
 	// onFlush is told of every FLUSH (the server wants a drained point).
 	onFlush func(*protocol.Flush)
-	done    chan struct{}
+	// renew renews the VM's certificate over the link; nil when the
+	// server's revision cannot or the source has no identity of its own.
+	renew *agent.Renewer
+	log   *slog.Logger
+	done  chan struct{}
 }
 
 type flightBytes struct {
@@ -65,8 +71,10 @@ type flightBytes struct {
 }
 
 // openLink connects, sends HELLO and waits for HELLO_ACK. stats is called
-// every second for the STATS message.
-func openLink(ctx context.Context, dial func(context.Context) (net.Conn, error), hello *protocol.Hello, stats func() *protocol.Stats, onFlush func(*protocol.Flush)) (*link, error) {
+// every second for the STATS message. renew, when not nil, renews the
+// identity dial uses when it is due (and the server can).
+func openLink(ctx context.Context, dial func(context.Context) (net.Conn, error), hello *protocol.Hello, stats func() *protocol.Stats, onFlush func(*protocol.Flush),
+	renew *agent.Renewer, log *slog.Logger) (*link, error) {
 	nc, err := dial(ctx)
 	if err != nil {
 		return nil, err
@@ -102,8 +110,14 @@ func openLink(ctx context.Context, dial func(context.Context) (net.Conn, error),
 	for i, d := range ack.Disks {
 		l.acked[i] = d.DurableSeq
 	}
+	if renew != nil && ack.ProtocolVersion >= protocol.RevisionRenew {
+		l.renew, l.log = renew, log
+	}
 	go l.readLoop()
 	go l.statsLoop()
+	if l.renew != nil {
+		go l.renew.Run(l.done, l.send, log)
+	}
 	return l, nil
 }
 
@@ -205,6 +219,12 @@ func (l *link) readLoop() {
 				l.onFlush(&f)
 			}
 		case *protocol.Heartbeat:
+		case *protocol.Renewed:
+			if l.renew == nil {
+				l.fail(errors.New("RENEWED from the server, which no RENEW asked for"))
+				return
+			}
+			l.renew.Install(m, l.log)
 		case *protocol.Error:
 			l.fail(fmt.Errorf("server: %w", m))
 			return

@@ -68,6 +68,7 @@ func open(ctx context.Context, o Options, s *Source) (*Source, error) {
 	s.roots = []string{o.StateDir, work}
 	s.Name, s.MachineID = f.Hostname(socket), id
 	s.Dial = func(ctx context.Context) (net.Conn, error) { return agent.Connect(ctx, dir) }
+	s.Renew = agent.NewRenewer(dir)
 	return s, nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferrymigrate/ferry/agent"
 	"github.com/ferrymigrate/ferry/protocol"
 	"github.com/ferrymigrate/ferry/qmp"
 )
@@ -43,6 +44,9 @@ type Source struct {
 	// Dial opens the VM's data-plane connection (mutual TLS with its
 	// certificate).
 	Dial func(ctx context.Context) (net.Conn, error)
+	// Renew, when set, renews the certificate Dial uses before it ends
+	// (Open sets it for the identity in StateDir).
+	Renew *agent.Renewer
 	// Logger receives progress; nil means slog.Default().
 	Logger *slog.Logger
 	// ChunkSize is the largest extent in one WRITE; 0 means 1 MiB.
@@ -315,7 +319,7 @@ func (s *Source) ensureLinkLocked(ctx context.Context) error {
 	// FLUSHes of an earlier session are not answered on this one: the
 	// server forgot them with that session.
 	s.takeFlushes()
-	l, err := openLink(ctx, s.Dial, hello, s.stats, s.noteFlush)
+	l, err := openLink(ctx, s.Dial, hello, s.stats, s.noteFlush, s.Renew, s.log().With("server", s.ServerID))
 	if err != nil {
 		return fmt.Errorf("data plane: %w", err)
 	}
