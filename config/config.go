@@ -74,7 +74,23 @@ type Server struct {
 	// AgentBulkCredit is BulkCredit in bytes, parsed by Finish: 0 means
 	// the replication server's default.
 	AgentBulkCredit int64 `yaml:"-"`
+	// AgentCertValidity is how long the agent certificates pairing and
+	// renewal issue last, as a Go duration (MinAgentCertValidity to
+	// MaxAgentCertValidity, never past the CA's end; default 8760h, a
+	// year). Agents renew with a third of it left. Finish parses it into
+	// AgentCertLife.
+	AgentCertValidity string `yaml:"agent_cert_validity"`
+	// AgentCertLife is AgentCertValidity parsed by Finish: 0 means the
+	// default.
+	AgentCertLife time.Duration `yaml:"-"`
 }
+
+// MinAgentCertValidity and MaxAgentCertValidity bound agent_cert_validity:
+// a day, so that renewals stay hours apart, to ten years, the CA's own.
+const (
+	MinAgentCertValidity = 24 * time.Hour
+	MaxAgentCertValidity = 10 * 365 * 24 * time.Hour
+)
 
 // MinBulkCreditMiB and MaxBulkCreditMiB bound bulk_credit_mib: from the
 // credit every agent has to what one session may usefully hold.
@@ -158,6 +174,7 @@ var EnvVars = map[string]string{
 	"unstable_window":      "FERRY_UNSTABLE_WINDOW",
 	"bulk_credit_pool_mib": "FERRY_BULK_CREDIT_POOL_MIB",
 	"bulk_credit_mib":      "FERRY_BULK_CREDIT_MIB",
+	"agent_cert_validity":  "FERRY_AGENT_CERT_VALIDITY",
 }
 
 // ApplyEnv sets every field whose environment variable is set and
@@ -181,6 +198,7 @@ func (c *Server) fields() map[string]*string {
 		"qemu_binary": &c.QEMUBinary, "gc_interval": &c.GCInterval,
 		"unstable_drops": &c.UnstableDrops, "unstable_window": &c.UnstableWindow,
 		"bulk_credit_pool_mib": &c.BulkCreditPool, "bulk_credit_mib": &c.BulkCredit,
+		"agent_cert_validity": &c.AgentCertValidity,
 	}
 }
 
@@ -273,6 +291,13 @@ func (c *Server) Finish() error {
 			return err
 		}
 		c.AgentBulkCredit = n
+	}
+	if c.AgentCertValidity != "" {
+		d, err := time.ParseDuration(c.AgentCertValidity)
+		if err != nil || d < MinAgentCertValidity || d > MaxAgentCertValidity {
+			return fmt.Errorf("config: agent_cert_validity %q: want a duration from 24h to 87600h (ten years), such as 2160h for 90 days", c.AgentCertValidity)
+		}
+		c.AgentCertLife = d
 	}
 	return nil
 }

@@ -158,10 +158,10 @@ func TestUnstableNetworkSettings(t *testing.T) {
 	}
 }
 
-// TestBulkCreditSettings: the two MiB settings of the bulk credit, from
-// the file, the environment, and refused with an error naming the key
-// and the value.
-func TestBulkCreditSettings(t *testing.T) {
+// TestParsedSettings: the settings parsed into numbers (the bulk credit's
+// MiB, the agent certificate validity), from the file, the environment,
+// and refused with an error naming the key and the value.
+func TestParsedSettings(t *testing.T) {
 	type check struct {
 		in      string
 		want    int64
@@ -183,6 +183,11 @@ func TestBulkCreditSettings(t *testing.T) {
 			func(c *Server) (string, int64) { return c.BulkCredit, c.AgentBulkCredit },
 			[]check{{"", 0, false}, {"64", 64 << 20, false}, {"16", 16 << 20, false}, {"1024", 1 << 30, false},
 				{"15", 0, true}, {"1025", 0, true}, {"0", 0, true}, {"64M", 0, true}}},
+		{"agent_cert_validity", "FERRY_AGENT_CERT_VALIDITY",
+			func(c *Server, v string) { c.AgentCertValidity = v },
+			func(c *Server) (string, int64) { return c.AgentCertValidity, int64(c.AgentCertLife) },
+			[]check{{"", 0, false}, {"2160h", int64(90 * 24 * time.Hour), false}, {"24h", int64(24 * time.Hour), false},
+				{"87600h", int64(MaxAgentCertValidity), false}, {"23h59m", 0, true}, {"87601h", 0, true}, {"365d", 0, true}, {"-24h", 0, true}}},
 	} {
 		t.Run(st.key, func(t *testing.T) {
 			for _, tt := range st.checks {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/ferrymigrate/ferry/config"
 	"github.com/ferrymigrate/ferry/server"
@@ -15,16 +16,17 @@ import (
 func TestDataPlaneSettingsApplied(t *testing.T) {
 	for _, tt := range []struct {
 		name             string
-		pool, bulk       string
+		pool, bulk, cert string
 		wantPool, wantPS int64 // pool bytes; per-session bulk credit asked for
+		wantCert         time.Duration
 	}{
-		{"defaults", "", "", 1 << 30, 0},
-		{"set", "256", "32", 256 << 20, 32 << 20},
-		{"pool off", "0", "", 0, 0},
+		{"defaults", "", "", "", 1 << 30, 0, 0},
+		{"set", "256", "32", "720h", 256 << 20, 32 << 20, 30 * 24 * time.Hour},
+		{"pool off", "0", "", "", 0, 0, 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := config.Server{Dev: true, DataDir: t.TempDir(), Listen: "127.0.0.1:0", DataListen: "127.0.0.1:0",
-				BulkCreditPool: tt.pool, BulkCredit: tt.bulk}
+				BulkCreditPool: tt.pool, BulkCredit: tt.bulk, AgentCertValidity: tt.cert}
 			if err := cfg.Finish(); err != nil {
 				t.Fatal(err)
 			}
@@ -41,6 +43,9 @@ func TestDataPlaneSettingsApplied(t *testing.T) {
 			}
 			if dp.BulkCreditBytes != tt.wantPS {
 				t.Errorf("bulk credit per agent %d, want %d", dp.BulkCreditBytes, tt.wantPS)
+			}
+			if dp.AgentCertValidity != tt.wantCert || srv.ControlPlane().AgentCertValidity != tt.wantCert {
+				t.Errorf("agent certificate validity %v (data plane) and %v (pairing), want %v", dp.AgentCertValidity, srv.ControlPlane().AgentCertValidity, tt.wantCert)
 			}
 		})
 	}

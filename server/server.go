@@ -110,7 +110,7 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 
 	s.data = &dataplane.Server{Store: s.store, CA: s.ca, Cert: s.cert, Logger: log, Replica: s.replica,
 		UnstableDrops: cfg.Drops, UnstableWindow: cfg.Window, BulkCreditPool: cfg.CreditPool,
-		BulkCreditBytes: cfg.AgentBulkCredit}
+		BulkCreditBytes: cfg.AgentBulkCredit, AgentCertValidity: cfg.AgentCertLife}
 	// The control plane and the jobs change servers through a store that
 	// tells the data plane, so settings reach connected agents at once.
 	s.notified = notifyingStore{Store: s.store, changed: s.data.Notify}
@@ -146,6 +146,7 @@ func Start(ctx context.Context, cfg config.Server, log *slog.Logger, out io.Writ
 		Store: s.notified, Signer: s.ca, DataPlaneAddr: advertised(cfg.Advertise, s.DataAddr),
 		Version: Version, Logger: log, Observe: apiMetrics.Observe, Snapshots: s.data, Jobs: s.jobs,
 		DataPlane: dataPlaneFigures{s.data}, Usage: stagingUsage{s.replica}, Replicas: s.data, Started: time.Now().UTC(),
+		AgentCertValidity: cfg.AgentCertLife,
 	}
 	s.cp = cp
 	mux := http.NewServeMux()

@@ -70,6 +70,7 @@ variables or --config, and a missing one is a start-up error.`,
 		"unstable_window":      "the time unstable_drops are counted in, and a session must stay up to clear it (default 10m)",
 		"bulk_credit_pool_mib": "write credit (MiB) beyond 16 MiB per agent that agents copying whole disks share (default 1024; 0: off)",
 		"bulk_credit_mib":      "write credit (MiB) of one agent copying whole disks, from the pool (16-1024, default 64)",
+		"agent_cert_validity":  "how long agent certificates last; agents renew with a third left (24h to 87600h, default 8760h)",
 	}
 	for key, u := range usage {
 		v := new(string)
