@@ -2,6 +2,9 @@ package dataplane
 
 import "github.com/ferrymigrate/ferry/protocol"
 
+// TryConnect is tryConnect for tests outside the package.
+var TryConnect = tryConnect
+
 // DropsLogged returns how many unplanned session ends of server id s
 // keeps in its drop log, for tests outside the package.
 func DropsLogged(s *Server, id string) int {

@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -95,7 +94,7 @@ func TestAgentRenewsCertificate(t *testing.T) {
 	}
 	// Until the agent connects with the new certificate, the old one
 	// still works: an agent stopped before saving it is not locked out.
-	if err := tryConnect(h.addr, oldConf); err != nil {
+	if err := dataplane.TryConnect(h.addr, oldConf); err != nil {
 		t.Fatalf("old certificate refused before the agent used the new one: %v", err)
 	}
 	eventually(t, 30*time.Second, "the initial sync", func() bool { return h.replicaEquals(dataplane.DiskID("s-1", "vda"), img) })
@@ -115,7 +114,7 @@ func TestAgentRenewsCertificate(t *testing.T) {
 		s, err := h.st.Server(ctx, "s-1")
 		return err == nil && s.AgentCertPrevSerial == "" && s.AgentCertSerial == renewed.SerialNumber.String()
 	})
-	if err := tryConnect(h.addr, oldConf); err == nil {
+	if err := dataplane.TryConnect(h.addr, oldConf); err == nil {
 		t.Fatal("the old certificate was accepted after the agent connected with the renewed one")
 	}
 	// Still replicating with the renewed certificate.
@@ -141,21 +140,4 @@ func leafOf(t *testing.T, path string) *x509.Certificate {
 		return nil
 	}
 	return c
-}
-
-// tryConnect reports whether the data plane keeps a connection with conf
-// (TLS 1.3 delivers a refusal as an alert on the first read).
-func tryConnect(addr string, conf *tls.Config) error {
-	c, err := tls.Dial("tcp", addr, conf)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-	var b [1]byte
-	_, err = c.Read(b[:])
-	if ne, ok := err.(net.Error); ok && ne.Timeout() {
-		return nil
-	}
-	return err
 }

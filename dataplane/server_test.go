@@ -78,22 +78,7 @@ func TestDataPlaneChecksCertificateAgainstStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// connect reports whether the server kept the connection (a refusal
-	// arrives as an alert on the first read in TLS 1.3).
-	connect := func(conf *tls.Config) error {
-		c, err := tls.Dial("tcp", ln.Addr().String(), conf)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-		var b [1]byte
-		_, err = c.Read(b[:])
-		if ne, ok := err.(net.Error); ok && ne.Timeout() {
-			return nil
-		}
-		return err
-	}
+	connect := func(conf *tls.Config) error { return tryConnect(ln.Addr().String(), conf) }
 	if err := connect(clientConf); err != nil {
 		t.Fatalf("paired agent refused: %v", err)
 	}
@@ -201,4 +186,22 @@ func TestServeSurvivesAcceptErrors(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Serve did not end after its listener closed")
 	}
+}
+
+// tryConnect reports whether the data plane at addr keeps a connection
+// made with conf (TLS 1.3 delivers a refusal as an alert on the first
+// read).
+func tryConnect(addr string, conf *tls.Config) error {
+	c, err := tls.Dial("tcp", addr, conf)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	var b [1]byte
+	_, err = c.Read(b[:])
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		return nil
+	}
+	return err
 }
