@@ -2,10 +2,13 @@ package qemu
 
 import (
 	"context"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ferrymigrate/ferry/launch"
 )
@@ -75,4 +78,46 @@ func TestDetectAccel(t *testing.T) {
 		t.Fatalf("detectAccel = %q", a)
 	}
 	t.Logf("accelerator here: %s", a)
+}
+
+// TestTerminateKillsAStartingQEMU: a server killed while QEMU was still
+// starting recorded the instance without a PID, and QEMU has written no
+// pidfile yet. Terminate finds the process by its QMP socket and kills it
+// before it removes the files, so nothing runs on once they are gone.
+func TestTerminateKillsAStartingQEMU(t *testing.T) {
+	dir := t.TempDir()
+	tg := &Target{Dir: dir}
+	st := &state{ID: "test-1", Dir: filepath.Join(dir, "test-1"), QMP: filepath.Join(dir, "test-1", "qmp.sock")}
+	if err := os.MkdirAll(st.Dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := tg.states().Write(st.ID, st); err != nil {
+		t.Fatal(err)
+	}
+	// A stand-in for QEMU half-way through -daemonize: a process whose
+	// command line names the QMP socket as QEMU's does.
+	cmd := exec.Command("sh", "-c", "while :; do sleep 1; done", "unix:"+escapeOpt(st.QMP)+",server=on,wait=off")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	if pids := processesOf(st); !slices.Contains(pids, cmd.Process.Pid) {
+		t.Fatalf("processesOf = %v, want %d among them", pids, cmd.Process.Pid)
+	}
+	if err := tg.Terminate(t.Context(), st.ID); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the starting process survived Terminate")
+	}
+	if _, err := os.Stat(st.Dir); !os.IsNotExist(err) {
+		t.Errorf("instance files left: %v", err)
+	}
+	if err := tg.Terminate(t.Context(), st.ID); err != nil {
+		t.Errorf("terminating it again: %v, want nothing to do", err)
+	}
 }

@@ -354,6 +354,20 @@ func (t *Target) Terminate(ctx context.Context, id string) error {
 	}
 	start := time.Now()
 	how := "gone"
+	if st.PID == 0 {
+		// No pidfile yet: a QEMU may still be starting, its server
+		// killed in the middle of -daemonize. It is found by its QMP
+		// socket, unique to the instance, before its files go.
+		if pids := processesOf(st); len(pids) > 0 {
+			how = "kill (still starting)"
+			for _, pid := range pids {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+			if !waitGone(ctx, st, 5*time.Second) {
+				return fmt.Errorf("qemu: terminate %s: processes %v survived SIGKILL", id, pids)
+			}
+		}
+	}
 	if alive(st) {
 		how = "powerdown"
 		// A state without a start time is one whose launch never
@@ -472,6 +486,39 @@ func alive(st *state) bool {
 		return false
 	}
 	return bytes.Contains(cmdline, []byte(escapeOpt(st.QMP)))
+}
+
+// processesOf returns the live processes whose command line names st's
+// QMP socket: the instance's QEMU, and its parent while -daemonize has
+// not returned.
+func processesOf(st *state) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if alive(&state{PID: pid, QMP: st.QMP}) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// waitGone polls until no process names st's QMP socket, for at most d.
+func waitGone(ctx context.Context, st *state, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for len(processesOf(st)) > 0 {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
 }
 
 // waitExit polls until st's process is gone, for at most d.
