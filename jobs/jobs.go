@@ -536,8 +536,9 @@ func (r *Runner) Finalize(ctx context.Context, serverID string) (*ferry.SourceSe
 
 // Recover ends the jobs a previous control-plane process left running:
 // their servers' launches are marked FAILED with the reason, the instance
-// a launch may have started before the process ended is terminated, and a
-// cutover in progress goes back to READY_FOR_CUTOVER.
+// a launch may have started before the process ended (or started, but
+// never recorded on its server) is terminated, and a cutover in progress
+// goes back to READY_FOR_CUTOVER.
 func (r *Runner) Recover(ctx context.Context) (int, error) {
 	n := 0
 	for _, st := range []ferry.JobStatus{ferry.JobPending, ferry.JobStarted} {
@@ -549,6 +550,13 @@ func (r *Runner) Recover(ctx context.Context) (int, error) {
 			}
 			for _, j := range list {
 				for _, js := range j.Servers {
+					// An instance the launch started and the job recorded,
+					// but that the server's record never got (the process
+					// ended between the two), is one nothing else points to:
+					// it is terminated like an interrupted launch's.
+					if js.LaunchStatus == ferry.LaunchLaunched && js.InstanceID != "" && !r.recorded(ctx, js) {
+						js.LaunchStatus = ferry.LaunchInProgress
+					}
 					if js.LaunchStatus == ferry.LaunchPending || js.LaunchStatus == ferry.LaunchInProgress {
 						if js.InstanceID != "" {
 							r.recoverInstance(ctx, j, js)
@@ -571,6 +579,17 @@ func (r *Runner) Recover(ctx context.Context) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// recorded reports whether js's instance is the one its server's record
+// points to. A server that cannot be read counts as recorded: Recover
+// then leaves the instance alone rather than terminate one in use.
+func (r *Runner) recorded(ctx context.Context, js ferry.JobServer) bool {
+	srv, err := r.Store.Server(ctx, js.SourceServerID)
+	if err != nil {
+		return !errors.Is(err, ferry.ErrNotFound)
+	}
+	return srv.Launched != nil && srv.Launched.ID == js.InstanceID
 }
 
 // recoverInstance terminates the instance an interrupted launch may have

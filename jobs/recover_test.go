@@ -108,3 +108,65 @@ func TestRecoverTerminatesInterruptedLaunches(t *testing.T) {
 		})
 	}
 }
+
+// TestRecoverTerminatesUnrecordedInstances: a control plane killed after
+// a launch recorded its instance in the job as LAUNCHED but before the
+// server's record pointed to it leaves an instance nothing else knows of.
+// Recover terminates it and marks the launch FAILED; an instance the
+// server's record holds stays, LAUNCHED.
+func TestRecoverTerminatesUnrecordedInstances(t *testing.T) {
+	ctx := t.Context()
+	st, err := sqlite.Open(filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for _, tc := range []struct {
+		id       string
+		launched *ferry.LaunchedInstance // the server's record
+	}{
+		{"s-aa", nil},
+		{"s-bb", &ferry.LaunchedInstance{ID: "test-bb-1", Kind: ferry.InitiatedByStartTest}},
+		{"s-cc", &ferry.LaunchedInstance{ID: "test-cc-0", Kind: ferry.InitiatedByStartTest}},
+	} {
+		srv := &ferry.SourceServer{ID: tc.id, MachineID: "m-" + tc.id, Hostname: tc.id, Lifecycle: ferry.LifecycleReadyForTest,
+			LaunchSetup: ferry.LaunchSettings{Target: "qemu"}, Launched: tc.launched}
+		if err := st.CreateServer(ctx, srv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	job := &ferry.Job{ID: "j-1", Type: ferry.JobLaunch, InitiatedBy: ferry.InitiatedByStartTest, Status: ferry.JobStarted, CreatedAt: time.Now(),
+		Servers: []ferry.JobServer{
+			{SourceServerID: "s-aa", LaunchStatus: ferry.LaunchLaunched, InstanceID: "test-aa-1"}, // no record
+			{SourceServerID: "s-bb", LaunchStatus: ferry.LaunchLaunched, InstanceID: "test-bb-1"}, // recorded
+			{SourceServerID: "s-cc", LaunchStatus: ferry.LaunchLaunched, InstanceID: "test-cc-1"}, // the record still has the one it replaces
+		}}
+	if err := st.CreateJob(ctx, job); err != nil {
+		t.Fatal(err)
+	}
+	l := &recordingLauncher{}
+	r := &jobs.Runner{Store: st, Launcher: l}
+	if n, err := r.Recover(ctx); err != nil || n != 1 {
+		t.Fatalf("Recover = %d, %v; want 1 job", n, err)
+	}
+	var ids []string
+	for _, inst := range l.terminated {
+		ids = append(ids, inst.ID)
+		if inst.Target != "qemu" {
+			t.Errorf("%s terminated on target %q, want its server's", inst.ID, inst.Target)
+		}
+	}
+	if strings.Join(ids, ",") != "test-aa-1,test-cc-1" {
+		t.Fatalf("terminated %v; want test-aa-1 and test-cc-1", ids)
+	}
+	got, err := st.Job(ctx, "j-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]ferry.LaunchStatus{"s-aa": ferry.LaunchFailed, "s-bb": ferry.LaunchLaunched, "s-cc": ferry.LaunchFailed}
+	for _, js := range got.Servers {
+		if js.LaunchStatus != want[js.SourceServerID] {
+			t.Errorf("%s: launch %s, want %s", js.SourceServerID, js.LaunchStatus, want[js.SourceServerID])
+		}
+	}
+}
