@@ -3,7 +3,6 @@ package agent
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -195,26 +194,17 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// loadLeaf reads the first certificate of a PEM file.
+// loadLeaf reads a certificate file.
 func loadLeaf(path string) (*x509.Certificate, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	c, err := loadLeafPEM(b)
+	c, err := pki.ParseCertificatePEM(b)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return c, nil
-}
-
-// loadLeafPEM parses the first certificate of PEM data.
-func loadLeafPEM(b []byte) (*x509.Certificate, error) {
-	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "CERTIFICATE" {
-		return nil, errors.New("no certificate")
-	}
-	return x509.ParseCertificate(blk.Bytes)
 }
 
 // renewCheck is how often a session looks at its certificate's expiry.

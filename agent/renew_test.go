@@ -70,7 +70,7 @@ func TestFinishRenewal(t *testing.T) {
 				t.Fatal(err)
 			}
 			got := cc.Certificate[0]
-			want, err := loadLeafPEM(tt.want.cert)
+			want, err := pki.ParseCertificatePEM(tt.want.cert)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -3,9 +3,7 @@ package connector
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
@@ -313,8 +311,7 @@ func TestConnectorReplicatesQEMU(t *testing.T) {
 		if err != nil {
 			return false
 		}
-		blk, _ := pem.Decode(b)
-		c, err := x509.ParseCertificate(blk.Bytes)
+		c, err := pki.ParseCertificatePEM(b)
 		return err == nil && c.SerialNumber.String() == s.AgentCertSerial && time.Until(c.NotAfter) > 300*24*time.Hour
 	})
 	if got := first.Disks[0].RawSentBytes; got != 12<<20 {

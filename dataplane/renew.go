@@ -36,8 +36,7 @@ func (ss *session) renew(ctx context.Context, m *protocol.Renew) (string, error)
 	_, err = ss.s.Store.UpdateServer(ctx, ss.id, func(srv *ferry.SourceServer) error {
 		// The session outlives a re-pairing or a disconnect from the
 		// service, which retire its certificate: it may not renew it.
-		if srv.Archived || srv.Lifecycle == ferry.LifecycleDisconnected ||
-			(ss.serial != srv.AgentCertSerial && ss.serial != srv.AgentCertPrevSerial) {
+		if !accepts(srv, ss.serial) {
 			return errStaleCert
 		}
 		// The certificate the agent holds now stays valid until it has

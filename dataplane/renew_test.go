@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"os"
 	"path/filepath"
 	"testing"
@@ -131,13 +130,6 @@ func leafOf(t *testing.T, path string) *x509.Certificate {
 	if err != nil {
 		return nil
 	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		return nil
-	}
-	c, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		return nil
-	}
+	c, _ := pki.ParseCertificatePEM(b)
 	return c
 }

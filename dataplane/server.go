@@ -137,11 +137,17 @@ func (s *Server) Revoked(serial *big.Int, serverID string) bool {
 	if err != nil {
 		return true
 	}
+	return !accepts(srv, serial.String())
+}
+
+// accepts reports whether srv takes the agent certificate of serial
+// (decimal): its current one, or the one it renewed until the agent has
+// connected with the new; none once srv is archived or disconnected.
+func accepts(srv *ferry.SourceServer, serial string) bool {
 	if srv.Archived || srv.Lifecycle == ferry.LifecycleDisconnected {
-		return true
+		return false
 	}
-	sn := serial.String()
-	return sn != srv.AgentCertSerial && sn != srv.AgentCertPrevSerial
+	return serial == srv.AgentCertSerial || serial == srv.AgentCertPrevSerial
 }
 
 // TLSConfig is the data plane's TLS configuration: TLS 1.3 only, a client

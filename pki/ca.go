@@ -216,7 +216,7 @@ func createCA(dir, keyPath, certPath string) (*CA, error) {
 // The certificate must be a CA allowed to sign certificates, and the key must
 // match it.
 func LoadCA(certPEM, keyPEM []byte) (*CA, error) {
-	cert, err := parseOneCertificate(certPEM)
+	cert, err := ParseCertificatePEM(certPEM)
 	if err != nil {
 		return nil, fmt.Errorf("pki: load CA certificate: %w", err)
 	}
@@ -240,8 +240,9 @@ func LoadCA(certPEM, keyPEM []byte) (*CA, error) {
 	}, nil
 }
 
-// parseOneCertificate parses data holding exactly one CERTIFICATE PEM block.
-func parseOneCertificate(data []byte) (*x509.Certificate, error) {
+// ParseCertificatePEM parses data holding exactly one CERTIFICATE PEM
+// block, as the certificate files pairing and renewal write do.
+func ParseCertificatePEM(data []byte) (*x509.Certificate, error) {
 	block, rest := pem.Decode(data)
 	if block == nil {
 		return nil, errors.New("no PEM block found")

@@ -313,7 +313,7 @@ func TestNewKeyAndCSR(t *testing.T) {
 
 func parseCertPEM(t testing.TB, certPEM []byte) *x509.Certificate {
 	t.Helper()
-	cert, err := parseOneCertificate(certPEM)
+	cert, err := ParseCertificatePEM(certPEM)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,7 @@ func FuzzSignAgentCSR(f *testing.F) {
 			}
 			return
 		}
-		cert, err := parseOneCertificate(certPEM)
+		cert, err := ParseCertificatePEM(certPEM)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -116,7 +116,7 @@ func ClientTLSConfig(pinnedFingerprint []byte, clientCert *tls.Certificate) *tls
 // checked and the system roots are never consulted. If clientCert is not nil
 // it is sent whenever the server asks for a certificate.
 func ClientTLSConfigWithCA(caPEM []byte, clientCert *tls.Certificate) (*tls.Config, error) {
-	ca, err := parseOneCertificate(caPEM)
+	ca, err := ParseCertificatePEM(caPEM)
 	if err != nil {
 		return nil, fmt.Errorf("pki: client TLS config: CA certificate: %w", err)
 	}
